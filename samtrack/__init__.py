@@ -1,0 +1,17 @@
+"""samtrack: track and segment objects through long videos with SAM2, at a cost
+that does not grow with video length.
+
+Public entry points: :func:`open_video` (lazy frame access) and, once a model
+is installed, :func:`open_session` (tracking).
+"""
+__version__ = "0.1.0"
+
+
+def open_video(source, **kwargs):
+    """See :func:`samtrack.io.open_video`."""
+    from samtrack.io import open_video as _open
+
+    return _open(source, **kwargs)
+
+
+open_video.__doc__ = "Open any video-like source lazily; see samtrack.io.open_video."

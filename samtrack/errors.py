@@ -1,0 +1,98 @@
+"""Typed errors. Every message says what went wrong and what to do next.
+
+Specific errors also inherit the matching builtin, so callers can catch either
+(``except KeyError`` still catches :class:`UnknownObjectError`).
+"""
+from __future__ import annotations
+
+
+class SamtrackError(Exception):
+    """Base class of every error samtrack raises on purpose."""
+
+
+# --- sources and decoding -------------------------------------------------
+class UnsupportedSourceError(SamtrackError, ValueError):
+    """No reader can open the source; the message says what to install or convert."""
+
+
+class SourceNotFoundError(SamtrackError, FileNotFoundError):
+    """The source path does not exist."""
+
+
+class CorruptSourceError(SamtrackError, OSError):
+    """The file is damaged. ``usable_frames`` is how many frames decode, or 0."""
+
+    def __init__(self, message: str, *, usable_frames: int = 0):
+        super().__init__(message)
+        self.usable_frames = usable_frames
+
+
+class EmptySourceError(SamtrackError, ValueError):
+    """A folder or stack with no frames in it."""
+
+
+class MixedFrameSizeError(SamtrackError, ValueError):
+    """Frames of one source have different sizes; ``path`` names the first odd one."""
+
+    def __init__(self, message: str, *, path: str | None = None):
+        super().__init__(message)
+        self.path = path
+
+
+class AmbiguousAxesError(SamtrackError, ValueError):
+    """A stack's axes leave a choice (Z plane, channels) that the user must make."""
+
+
+class FrameIndexError(SamtrackError, IndexError):
+    """A frame index outside ``0 .. n_frames - 1``."""
+
+
+class DecodeError(SamtrackError, RuntimeError):
+    """A frame could not be decoded; ``frame`` is its index."""
+
+    def __init__(self, message: str, *, frame: int):
+        super().__init__(message)
+        self.frame = frame
+
+
+class CacheError(SamtrackError, RuntimeError):
+    """The frame cache or result store on disk cannot be used."""
+
+
+class InvalidOptionError(SamtrackError, ValueError):
+    """An option value outside its allowed range."""
+
+
+# --- models and sessions ----------------------------------------------------
+class UnknownModelError(SamtrackError, KeyError):
+    """A model name not in the registry."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointError(SamtrackError, RuntimeError):
+    """A checkpoint is missing, corrupt, or does not match the chosen model."""
+
+
+class PromptError(SamtrackError, ValueError):
+    """A prompt outside the frame, a malformed box or mask, or bad labels."""
+
+
+class UnknownObjectError(SamtrackError, KeyError):
+    """An object id that the session does not know."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class NoPromptsError(SamtrackError, RuntimeError):
+    """Propagation asked for before any prompt was given."""
+
+
+class OutOfMemoryError(SamtrackError, MemoryError):
+    """The device or host ran out of memory; the message names the budget to lower."""
+
+
+class CancelledError(SamtrackError, RuntimeError):
+    """Propagation was cancelled; every frame finished before the cancel is stored."""

@@ -1,0 +1,400 @@
+"""FrameStore: a chunked zarr cache of display frames, filled lazily in the background.
+
+Layout of ``<workdir>/frames.zarr`` (zarr v3):
+
+- ``frames``: (N, H, W, 3) uint8 display pixels, one shard per ``chunk_frames``
+  frames (one writer per shard: the builder thread), one inner chunk per frame
+  so a random read decompresses one frame;
+- ``chunk_state``: (n_chunks,) uint8, one zarr chunk per element, written after
+  its shard: 0 missing, 1 complete, 2 partial (a decode error inside);
+- attributes: ``signature`` (what the cache was built from), ``mapping`` (the
+  intensity window used), ``info``, ``errors`` (frame -> message).
+
+Invariant: a frame is served from zarr only when its chunk's state says so; a
+killed build leaves at worst a shard without its state, which is rebuilt.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from samtrack import __version__
+from samtrack.errors import CacheError, CancelledError, DecodeError, FrameIndexError, InvalidOptionError, SamtrackError
+from samtrack.io.info import VideoInfo
+from samtrack.io.model_input import to_model_input
+from samtrack.io.normalize import DisplayMapping, Intensity, resolve_mapping
+from samtrack.io.readers.base import Reader
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+MISSING, DONE, PARTIAL = 0, 1, 2
+Progress = Callable[[int, int], None]
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("SAMTRACK_CACHE_DIR", Path.home() / ".cache" / "samtrack"))
+
+
+def source_signature(source: Any, reader: Reader, intensity: Intensity) -> dict:
+    """What decides whether a cache may be reused."""
+    sig: dict = {"reader": reader.name, "reader_options": reader.options(), "intensity": intensity.to_dict(),
+                 "samtrack": __version__, "format": CACHE_FORMAT,
+                 "shape": [reader.info.n_frames, reader.info.height, reader.info.width]}
+    if isinstance(source, (str, os.PathLike)):
+        p = Path(source).resolve()
+        st = p.stat()
+        if p.is_dir():  # a folder changes when any file in it changes
+            entries = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(p) if e.is_file())
+            sig.update(source=str(p), size=len(entries), mtime_ns=hashlib.sha1(repr(entries).encode()).hexdigest())
+        else:
+            sig.update(source=str(p), size=st.st_size, mtime_ns=st.st_mtime_ns)
+    else:
+        h = hashlib.sha1()
+        for i in sorted({0, reader.info.n_frames // 2, reader.info.n_frames - 1}):
+            h.update(np.ascontiguousarray(reader.read_raw(i)).tobytes())
+        sig.update(source=f"<{type(source).__name__}>", size=reader.info.n_frames, mtime_ns=h.hexdigest())
+    return sig
+
+
+def default_chunk_frames(height: int, width: int) -> int:
+    return int(np.clip(round(64e6 / (height * width * 3)), 1, 32))
+
+
+class _Builder(threading.Thread):
+    """The one thread that decodes and writes shards, in the order the store asks."""
+
+    def __init__(self, store: "FrameStore"):
+        super().__init__(name="samtrack-frame-builder", daemon=True)
+        self.store = store
+
+    def run(self) -> None:
+        store = self.store
+        reader = store._reader.reopen()
+        try:
+            while True:
+                k = store._next_chunk()
+                if k is None:
+                    return
+                store._build_chunk(reader, k)
+        except BaseException as e:  # never die silently: waiting readers get the error
+            log.exception("frame builder stopped")
+            store._fatal(e)
+        finally:
+            reader.close()
+
+
+class FrameStore:
+    """Random access to display frames of any source, through a zarr cache.
+
+    ``read(i)`` -> (H, W, 3) uint8 display pixels; ``read_raw(i)`` -> original
+    samples (e.g. uint16) for export; ``model_input(i, S, device)`` -> float32
+    (3, S, S) on ``device``. Frames are decoded once by a background thread that
+    runs ``prefetch`` chunks ahead of the last read; ``build()`` fills everything.
+    """
+
+    def __init__(self, source: Any, reader: Reader, *, workdir: str | os.PathLike | None = None,
+                 intensity: Intensity | None = None, chunk_frames: int | None = None,
+                 prefetch_chunks: int = 4, ram_chunks: int = 3, disk_budget_bytes: int | None = 20 * 2**30):
+        import zarr
+        from zarr.codecs import BloscCodec
+
+        self._zarr = zarr
+        self.source = source
+        self._reader = reader
+        self.intensity = intensity or Intensity()
+        info = reader.info
+        self.chunk_frames = int(chunk_frames or default_chunk_frames(info.height, info.width))
+        if self.chunk_frames < 1 or prefetch_chunks < 1:
+            raise InvalidOptionError("chunk_frames and prefetch_chunks must be >= 1")
+        self.n_chunks = -(-info.n_frames // self.chunk_frames)
+        self.prefetch_chunks = prefetch_chunks
+        self.disk_budget_bytes = disk_budget_bytes
+        self._tmpdir = None
+        if workdir is None:
+            if isinstance(source, (str, os.PathLike)):
+                key = hashlib.sha1(str(Path(source).resolve()).encode()).hexdigest()[:16]
+                workdir = default_cache_root() / "frames" / key
+            else:
+                self._tmpdir = tempfile.mkdtemp(prefix="samtrack-frames-")
+                workdir = self._tmpdir
+        self.workdir = Path(workdir)
+        self.path = self.workdir / "frames.zarr"
+        self._lock = threading.Condition()
+        self._ram: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._ram_chunks = ram_chunks
+        self._access: collections.OrderedDict[int, float] = collections.OrderedDict()
+        self._requested: list[int] = []
+        self._cursor = 0
+        self._build_all = False
+        self._closed = False
+        self._fatal_error: BaseException | None = None
+        self._errors: dict[int, str] = {}
+        self._building: tuple[int, np.ndarray, int] | None = None  # (chunk, block, frames ready)
+        self._raw_lock = threading.Lock()
+        self._open_cache(BloscCodec)
+        self._builder: _Builder | None = None
+        self.stats = {"decoded_chunks": 0, "evicted_chunks": 0}
+
+    # -- cache files -----------------------------------------------------------
+    def _open_cache(self, BloscCodec) -> None:
+        zarr = self._zarr
+        sig = source_signature(self.source, self._reader, self.intensity)
+        root = None
+        if self.path.exists():
+            try:
+                root = zarr.open_group(self.path, mode="r+")
+                if root.attrs.get("signature") != sig:
+                    log.info("frame cache %s was built from something else: rebuilding", self.path)
+                    root = None
+            except Exception as e:  # unreadable metadata: never trust it
+                log.warning("frame cache %s unreadable (%s): rebuilding", self.path, e)
+                root = None
+            if root is None:
+                shutil.rmtree(self.path, ignore_errors=True)
+        info = self._reader.info
+        if root is None:
+            self.mapping = resolve_mapping(self._reader, self.intensity)
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            root = zarr.open_group(self.path, mode="w")
+            f = self.chunk_frames
+            root.create_array("frames", shape=(info.n_frames, info.height, info.width, 3), dtype="uint8",
+                              shards=(f, info.height, info.width, 3), chunks=(1, info.height, info.width, 3),
+                              compressors=[BloscCodec(cname="lz4", clevel=1, shuffle="noshuffle")], fill_value=0)
+            root.create_array("chunk_state", shape=(self.n_chunks,), dtype="uint8", chunks=(1,), fill_value=0)
+            root.attrs.update({"mapping": self.mapping.to_dict(), "info": info.to_dict(),
+                               "chunk_frames": f, "errors": {}, "complete": False, "signature": sig})
+        else:
+            self.mapping = DisplayMapping.from_dict(root.attrs["mapping"])
+            self.chunk_frames = int(root.attrs["chunk_frames"])
+            self.n_chunks = -(-info.n_frames // self.chunk_frames)
+        self._root = root
+        self._frames = root["frames"]
+        self._state_arr = root["chunk_state"]
+        self._state = np.asarray(self._state_arr[:]).copy()
+        self._state[self._state == PARTIAL] = MISSING  # retry damaged chunks once per open
+        done = int((self._state == DONE).sum())
+        if done:
+            log.info("frame cache %s: resuming, %d of %d chunks already built", self.path, done, self.n_chunks)
+
+    # -- public API ------------------------------------------------------------
+    @property
+    def info(self) -> VideoInfo:
+        return self._reader.info
+
+    def __len__(self) -> int:
+        return self.info.n_frames
+
+    @property
+    def complete(self) -> bool:
+        return bool((self._state == DONE).all())
+
+    @property
+    def cached_frames(self) -> int:
+        return int(sum(self._chunk_len(k) for k in np.flatnonzero(self._state == DONE)))
+
+    def read(self, index: int) -> np.ndarray:
+        """Display frame ``index``: (H, W, 3) uint8 RGB after intensity mapping."""
+        index = self._check(index)
+        k = index // self.chunk_frames
+        with self._lock:
+            self._cursor = k
+            self._touch(k)
+            while True:
+                if self._fatal_error is not None:
+                    raise CacheError(f"frame decoding stopped: {self._fatal_error}") from self._fatal_error
+                if index in self._errors:
+                    raise DecodeError(self._errors[index], frame=index)
+                b = self._building
+                if b is not None and b[0] == k and index - k * self.chunk_frames < b[2]:
+                    return b[1][index - k * self.chunk_frames].copy()
+                chunk = self._ram.get(k)
+                if chunk is not None:
+                    self._ram.move_to_end(k)
+                    return chunk[index - k * self.chunk_frames]
+                if self._state[k] in (DONE, PARTIAL):
+                    return np.asarray(self._frames[index])
+                if self._closed:
+                    raise CacheError("the frame store is closed")
+                if k not in self._requested:
+                    self._requested.append(k)
+                self._ensure_builder()
+                self._lock.notify_all()
+                self._lock.wait(timeout=1.0)
+
+    __getitem__ = read
+
+    def read_raw(self, index: int) -> np.ndarray:
+        """Original samples of frame ``index`` (H, W, C) in the source dtype, e.g. uint16."""
+        index = self._check(index)
+        with self._raw_lock:
+            return self._reader.read_raw(index)
+
+    def model_input(self, index: int, image_size: int, device="cpu"):
+        """float32 tensor (3, S, S): frame ``index`` resized and normalized with SAM's mean/std."""
+        return to_model_input(self.read(index), image_size, device)
+
+    def build(self, *, progress: Progress | None = None, cancel: threading.Event | None = None) -> None:
+        """Decode every frame into the cache (resumes a partial cache)."""
+        total = len(self)
+        with self._lock:
+            self._build_all = True
+            self._ensure_builder()
+            self._lock.notify_all()
+            while True:
+                if self._fatal_error is not None:
+                    raise CacheError(f"frame decoding stopped: {self._fatal_error}") from self._fatal_error
+                finished = self._state != MISSING
+                done = int(sum(self._chunk_len(k) for k in np.flatnonzero(finished)))
+                if progress:
+                    progress(done, total)
+                if finished.all():
+                    break
+                if cancel is not None and cancel.is_set():
+                    self._build_all = False
+                    raise CancelledError(f"cache build cancelled at {done}/{total} frames; run it again to resume")
+                self._lock.wait(timeout=0.2)
+        if self._errors:
+            frames = sorted(self._errors)
+            raise DecodeError(f"{len(frames)} frame(s) could not be decoded, first {frames[0]}: "
+                              f"{self._errors[frames[0]]}; the other {total - len(frames)} frames are cached",
+                              frame=frames[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+        if self._builder is not None:
+            self._builder.join(timeout=30)
+        self._reader.close()
+        if self._tmpdir:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+
+    def __enter__(self) -> "FrameStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- builder side ----------------------------------------------------------
+    def _check(self, index: int) -> int:
+        n = len(self)
+        if not isinstance(index, (int, np.integer)) or not 0 <= int(index) < n:
+            raise FrameIndexError(f"frame {index!r} is out of range: this video has {n} frames (0..{n - 1})")
+        return int(index)
+
+    def _chunk_len(self, k: int) -> int:
+        return min(self.chunk_frames, len(self) - k * self.chunk_frames)
+
+    def _touch(self, k: int) -> None:
+        self._access[k] = time.monotonic()
+        self._access.move_to_end(k)
+
+    def _ensure_builder(self) -> None:
+        if self._builder is None or not self._builder.is_alive():
+            if self._fatal_error is None and not self._closed:
+                self._builder = _Builder(self)
+                self._builder.start()
+
+    def _next_chunk(self) -> int | None:
+        """Called by the builder: the next chunk to build, waiting while there is none."""
+        with self._lock:
+            while True:
+                if self._closed:
+                    return None
+                while self._requested:
+                    k = self._requested.pop(0)
+                    if self._state[k] == MISSING:
+                        return k
+                ahead = range(self._cursor, min(self._cursor + self.prefetch_chunks, self.n_chunks))
+                for k in ahead:
+                    if self._state[k] == MISSING:
+                        return k
+                if self._build_all:
+                    missing = np.flatnonzero(self._state == MISSING)
+                    if missing.size:
+                        return int(missing[0])
+                self._lock.wait(timeout=0.5)
+
+    def _build_chunk(self, reader: Reader, k: int) -> None:
+        f = self.chunk_frames
+        start, stop = k * f, k * f + self._chunk_len(k)
+        block = np.zeros((stop - start,) + (self.info.height, self.info.width, 3), np.uint8)
+        error: DecodeError | None = None
+        n = 0
+        try:
+            for n, raw in enumerate(reader.iter_raw(start, stop)):
+                block[n] = self.mapping.apply(raw)
+                with self._lock:  # publish each frame at once: a first read waits for one frame
+                    self._building = (k, block, n + 1)
+                    self._lock.notify_all()
+            n = stop - start
+        except SamtrackError as e:
+            bad = getattr(e, "frame", start + n)
+            error = e if isinstance(e, DecodeError) else DecodeError(str(e), frame=bad)
+            n = max(0, bad - start)
+        with self._lock:  # hand the chunk to readers before the disk write
+            self._building = None
+            self._ram[k] = block
+            self._ram.move_to_end(k)
+            while len(self._ram) > self._ram_chunks:
+                self._ram.popitem(last=False)
+            if error is not None:
+                for i in range(start + n, stop):
+                    self._errors[i] = f"frame {i}: {error}"
+            self._lock.notify_all()
+        self._frames[start:stop] = block
+        state = DONE if error is None else PARTIAL
+        self._state_arr[k] = state
+        with self._lock:
+            self._state[k] = state
+            self.stats["decoded_chunks"] += 1
+            if error is not None:
+                self._root.attrs["errors"] = {str(i): m for i, m in self._errors.items()}
+            elif self._state.min() == DONE and not self._root.attrs.get("complete"):
+                self._root.attrs["complete"] = True
+            self._lock.notify_all()
+        self._enforce_disk_budget(k)
+
+    def _chunk_file(self, k: int) -> Path:
+        return self.path / "frames" / "c" / str(k) / "0" / "0" / "0"
+
+    def _enforce_disk_budget(self, just_built: int) -> None:
+        if self.disk_budget_bytes is None:
+            return
+        with self._lock:
+            done = [int(k) for k in np.flatnonzero(self._state == DONE)]
+            sizes = {k: self._chunk_file(k).stat().st_size for k in done if self._chunk_file(k).exists()}
+            total = sum(sizes.values())
+            if total <= self.disk_budget_bytes:
+                return
+            protect = set(range(self._cursor, self._cursor + self.prefetch_chunks)) | {just_built}
+            order = sorted(sizes, key=lambda c: self._access.get(c, 0.0))
+            for c in order:
+                if total <= self.disk_budget_bytes:
+                    break
+                if c in protect:
+                    continue
+                self._state[c] = MISSING
+                self._state_arr[c] = MISSING
+                self._chunk_file(c).unlink(missing_ok=True)
+                self._ram.pop(c, None)
+                total -= sizes[c]
+                self.stats["evicted_chunks"] += 1
+            if self._root.attrs.get("complete"):
+                self._root.attrs["complete"] = False
+
+    def _fatal(self, e: BaseException) -> None:
+        with self._lock:
+            self._fatal_error = e
+            self._lock.notify_all()

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# One-time, idempotent set-up of a development environment in .venv.
+# Order matters: torch is installed first (a pinned CPU/CUDA build), then sam2
+# without build isolation, otherwise sam2's build pulls a multi-GB CUDA torch
+# into its isolated build environment.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+  for cand in python3.11 python3.12 python3.10 python3; do
+    if command -v "$cand" >/dev/null 2>&1; then PY="$cand"; break; fi
+  done
+fi
+TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+TORCHVISION_VERSION="${TORCHVISION_VERSION:-0.28.0}"
+
+# System packages for napari under a virtual display (tests marked gui).
+need_apt=()
+command -v Xvfb >/dev/null 2>&1 || need_apt+=(xvfb)
+for lib in libxcb-icccm4 libxcb-keysyms1 libxkbcommon-x11-0 libxcb-image0 libxcb-render-util0 libxcb-xinerama0 libxcb-randr0 libxcb-shape0 libxcb-cursor0 libegl1 libgl1 libfontconfig1 libdbus-1-3; do
+  dpkg -s "$lib" >/dev/null 2>&1 || need_apt+=("$lib")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing system packages: ${need_apt[*]}"
+    apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" || \
+      echo "setup: WARNING could not install ${need_apt[*]}; gui tests will be skipped"
+  else
+    echo "setup: WARNING missing ${need_apt[*]} (not root): gui tests will be skipped"
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+VPY=.venv/bin/python
+$VPY -m pip install -q --upgrade pip setuptools wheel
+
+if ! $VPY -c "import torch" >/dev/null 2>&1; then
+  $VPY -m pip install -q "torch==${TORCH_VERSION}"
+fi
+if ! $VPY -c "import torchvision" >/dev/null 2>&1; then
+  $VPY -m pip install -q --no-deps "torchvision==${TORCHVISION_VERSION}" || \
+    echo "setup: WARNING torchvision ${TORCHVISION_VERSION} not installed"
+fi
+# Runtime deps of sam2 first, so that --no-build-isolation finds them.
+$VPY -m pip install -q "hydra-core>=1.3.2" "iopath>=0.1.10" "tqdm>=4.66" "pillow>=9.4"
+if ! $VPY -c "import sam2" >/dev/null 2>&1; then
+  SAM2_BUILD_CUDA=0 $VPY -m pip install -q --no-build-isolation --no-deps "sam2==1.1.0"
+fi
+$VPY -m pip install -q -e ".[dev,viewer,export]"
+# decord is optional (faster mp4 decode); it has no wheel on some platforms.
+$VPY -m pip install -q "decord>=0.6.0" || echo "setup: decord not available; PyAV is used"
+$VPY - <<'PYEOF'
+import torch, sam2, av, zarr, tifffile
+print(f"setup: ok  torch {torch.__version__}  sam2  av {av.__version__}  zarr {zarr.__version__}  tifffile {tifffile.__version__}")
+PYEOF
+touch .venv/.samtrack-setup-done
