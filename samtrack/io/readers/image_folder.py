@@ -22,21 +22,28 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """(H, W, C) in the file's own dtype; colour files come back RGB(A)."""
+    """(H, W, C) in the file's own dtype; colour files come back RGB(A).
+
+    Pillow, not OpenCV: OpenCV's libpng fails ("bad parameters to zlib") once
+    PyAV's FFmpeg libraries are loaded in the same process.
+    """
     if path.suffix.lower() in (".tif", ".tiff"):
         import tifffile
 
         img = tifffile.imread(path)
     else:
-        import cv2
+        from PIL import Image
 
-        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if img is None:
-            raise OSError("OpenCV cannot decode it")
-        if img.ndim == 3 and img.shape[2] == 3:
-            img = img[..., ::-1]
-        elif img.ndim == 3 and img.shape[2] == 4:
-            img = img[..., [2, 1, 0, 3]]
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+                img = np.asarray(im).astype(np.uint16)
+            elif im.mode in ("L", "RGB", "RGBA", "I", "F"):
+                img = np.asarray(im)
+            elif im.mode in ("LA", "PA"):
+                img = np.asarray(im.convert("L"))
+            else:  # palette, CMYK, 1-bit, YCbCr: explicit conversion to RGB
+                img = np.asarray(im.convert("RGB"))
     if img.ndim == 2:
         img = img[..., None]
     return np.ascontiguousarray(img)

@@ -1,0 +1,27 @@
+"""Progress bars for the CLI (rich). Library code takes a ``progress(done, total)`` callback instead."""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, *, total: int | None = None, unit: str = "frames") -> Iterator[Callable[[int, int], None]]:
+    """Yield an ``update(done, total)`` callback drawing a bar with rate and ETA on stderr."""
+    from rich.console import Console
+
+    cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TextColumn("ETA"), TimeRemainingColumn(), TimeElapsedColumn()]
+    with Progress(*cols, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task(label, total=total, rate="")
+
+        def update(done: int, total_now: int | None = None, **fields) -> None:
+            t = bar.tasks[task]
+            speed = t.speed
+            rate = f"{speed:6.1f} {unit}/s" if speed else ""
+            bar.update(task, completed=done, total=total_now if total_now is not None else t.total, rate=rate, **fields)
+
+        yield update
