@@ -68,7 +68,15 @@ def source_signature(source: Any, reader: Reader, intensity: Intensity) -> dict:
 
 
 def default_chunk_frames(height: int, width: int) -> int:
-    return int(np.clip(round(64e6 / (height * width * 3)), 1, 32))
+    return int(np.clip(round(32e6 / (height * width * 3)), 1, 32))  # ~32 MB shards: 5 frames at 1080p
+
+
+def _lower_thread_priority() -> None:
+    """Background cache work yields the CPU to the consumer (Linux: per-thread nice)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass
 
 
 class _Builder(threading.Thread):
@@ -80,6 +88,7 @@ class _Builder(threading.Thread):
 
     def run(self) -> None:
         store = self.store
+        _lower_thread_priority()
         reader = store._reader.reopen()
         try:
             while True:
@@ -105,7 +114,7 @@ class FrameStore:
 
     def __init__(self, source: Any, reader: Reader, *, workdir: str | os.PathLike | None = None,
                  intensity: Intensity | None = None, chunk_frames: int | None = None,
-                 prefetch_chunks: int = 4, ram_chunks: int = 3, disk_budget_bytes: int | None = 20 * 2**30):
+                 prefetch_chunks: int = 4, ram_chunks: int = 2, disk_budget_bytes: int | None = 20 * 2**30):
         import zarr
         from zarr.codecs import BloscCodec
 
@@ -142,9 +151,15 @@ class FrameStore:
         self._errors: dict[int, str] = {}
         self._building: tuple[int, np.ndarray, int] | None = None  # (chunk, block, frames ready)
         self._raw_lock = threading.Lock()
+        self._claimed: set[int] = set()  # chunks being written: one writer per chunk
+        self._write_queue: collections.deque[tuple[int, np.ndarray]] = collections.deque()
+        self.write_queue_chunks = 2
+        self._writer: threading.Thread | None = None
+        self._writing: tuple[int, Any] | None = None  # the chunk the writer has in hand
+        self._fg_reader: Reader | None = None
         self._open_cache(BloscCodec)
         self._builder: _Builder | None = None
-        self.stats = {"decoded_chunks": 0, "evicted_chunks": 0}
+        self.stats = {"decoded_chunks": 0, "evicted_chunks": 0, "streamed_chunks": 0, "unpersisted_chunks": 0}
 
     # -- cache files -----------------------------------------------------------
     def _open_cache(self, BloscCodec) -> None:
@@ -218,9 +233,10 @@ class FrameStore:
                 b = self._building
                 if b is not None and b[0] == k and index - k * self.chunk_frames < b[2]:
                     return b[1][index - k * self.chunk_frames].copy()
-                chunk = self._ram.get(k)
+                chunk = self._in_memory(k)
                 if chunk is not None:
-                    self._ram.move_to_end(k)
+                    if k in self._ram:
+                        self._ram.move_to_end(k)
                     return chunk[index - k * self.chunk_frames]
                 if self._state[k] in (DONE, PARTIAL):
                     return np.asarray(self._frames[index])
@@ -270,13 +286,109 @@ class FrameStore:
                               f"{self._errors[frames[0]]}; the other {total - len(frames)} frames are cached",
                               frame=frames[0])
 
+    def iter_frames(self, start: int = 0, stop: int | None = None, *, reverse: bool = False):
+        """Yield ``(index, display_frame)`` for ``start <= index < stop``, in order or reversed.
+
+        The fast path for sequential consumers (propagation, export): cached
+        chunks are read from zarr; missing ones are decoded in the caller's
+        thread, a whole chunk at a time, and handed to a writer thread that
+        persists them behind the consumer. When the disk cannot keep up, the
+        oldest queued chunk is left unpersisted (decoded again if revisited)
+        rather than slowing the consumer down; ``build()`` persists everything.
+        """
+        n = len(self)
+        stop = n if stop is None else min(stop, n)
+        if start >= stop:
+            return
+        self._check(start)
+        first, last = start // self.chunk_frames, (stop - 1) // self.chunk_frames
+        ks = range(last, first - 1, -1) if reverse else range(first, last + 1)
+        for k in ks:
+            block = self._chunk_for_stream(k)
+            lo, hi = max(start, k * self.chunk_frames), min(stop, k * self.chunk_frames + len(block))
+            idx = range(hi - 1, lo - 1, -1) if reverse else range(lo, hi)
+            for i in idx:
+                if i in self._errors:
+                    raise DecodeError(self._errors[i], frame=i)
+                yield i, block[i - k * self.chunk_frames]
+
+    def _chunk_for_stream(self, k: int) -> np.ndarray:
+        """Chunk ``k`` from RAM, the write queue or zarr, else decoded here (no prefetch thread)."""
+        while True:
+            with self._lock:
+                self._touch(k)  # the prefetch cursor is left alone: streaming decodes itself
+                chunk = self._in_memory(k)
+                if chunk is not None:
+                    return chunk
+                if self._state[k] == DONE:
+                    start = k * self.chunk_frames
+                    return np.asarray(self._frames[start:start + self._chunk_len(k)])
+                if self._claim(k):
+                    break
+            self.read(k * self.chunk_frames)  # the builder has it in hand: wait for it
+        if self._fg_reader is None:
+            self._fg_reader = self._reader.reopen()
+        start, stop = k * self.chunk_frames, k * self.chunk_frames + self._chunk_len(k)
+        block: list[np.ndarray] = []  # a list, not a stacked copy: the writer stacks it
+        try:
+            for raw in self._fg_reader.iter_raw(start, stop):
+                block.append(self.mapping.apply(raw))
+        except BaseException:
+            with self._lock:
+                self._claimed.discard(k)
+            raise
+        self._queue_write(k, block)
+        return block
+
+    def _queue_write(self, k: int, block: np.ndarray) -> None:
+        with self._lock:
+            self.stats["streamed_chunks"] += 1
+            self._write_queue.append((k, block))
+            while len(self._write_queue) > self.write_queue_chunks:  # disk slower than the consumer
+                dropped, _ = self._write_queue.popleft()
+                self._claimed.discard(dropped)
+                self.stats["unpersisted_chunks"] += 1
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(target=self._write_loop, name="samtrack-frame-writer", daemon=True)
+                self._writer.start()
+            self._lock.notify_all()
+
+    def _write_loop(self) -> None:
+        _lower_thread_priority()
+        while True:
+            with self._lock:
+                while not self._write_queue and not self._closed:
+                    self._lock.wait(timeout=0.5)
+                if not self._write_queue:
+                    return
+                self._writing = self._write_queue.popleft()
+            k, block = self._writing
+            self._persist(k, np.stack(block) if isinstance(block, list) else block, DONE)
+            with self._lock:
+                self._writing = None
+                self._ram[k] = block
+                while len(self._ram) > self._ram_chunks:
+                    self._ram.popitem(last=False)
+                self._lock.notify_all()
+            self._enforce_disk_budget(k)
+
+    def flush(self) -> None:
+        """Wait until every queued chunk is on disk."""
+        with self._lock:
+            while (self._write_queue or self._writing) and self._writer is not None and self._writer.is_alive():
+                self._lock.wait(timeout=0.2)
+
     def close(self) -> None:
+        self.flush()
         with self._lock:
             self._closed = True
             self._lock.notify_all()
-        if self._builder is not None:
-            self._builder.join(timeout=30)
+        for t in (self._builder, self._writer):
+            if t is not None:
+                t.join(timeout=30)
         self._reader.close()
+        if self._fg_reader is not None:
+            self._fg_reader.close()
         if self._tmpdir:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
 
@@ -314,17 +426,33 @@ class FrameStore:
                     return None
                 while self._requested:
                     k = self._requested.pop(0)
-                    if self._state[k] == MISSING:
+                    if self._claim(k):
                         return k
                 ahead = range(self._cursor, min(self._cursor + self.prefetch_chunks, self.n_chunks))
                 for k in ahead:
-                    if self._state[k] == MISSING:
+                    if self._claim(k):
                         return k
                 if self._build_all:
-                    missing = np.flatnonzero(self._state == MISSING)
-                    if missing.size:
-                        return int(missing[0])
+                    for k in np.flatnonzero(self._state == MISSING):
+                        if self._claim(int(k)):
+                            return int(k)
                 self._lock.wait(timeout=0.5)
+
+    def _in_memory(self, k: int):
+        """Under the lock: chunk ``k`` if it is in RAM, queued or being written, else None."""
+        chunk = self._ram.get(k)
+        if chunk is None and self._writing is not None and self._writing[0] == k:
+            chunk = self._writing[1]
+        if chunk is None:
+            chunk = next((b for c, b in self._write_queue if c == k), None)
+        return chunk
+
+    def _claim(self, k: int) -> bool:
+        """Under the lock: take chunk ``k`` for writing if nobody has it and it is missing."""
+        if self._state[k] != MISSING or k in self._claimed or self._in_memory(k) is not None:
+            return False
+        self._claimed.add(k)
+        return True
 
     def _build_chunk(self, reader: Reader, k: int) -> None:
         f = self.chunk_frames
@@ -353,18 +481,23 @@ class FrameStore:
                 for i in range(start + n, stop):
                     self._errors[i] = f"frame {i}: {error}"
             self._lock.notify_all()
-        self._frames[start:stop] = block
-        state = DONE if error is None else PARTIAL
+        self._persist(k, block, DONE if error is None else PARTIAL)
+        self._enforce_disk_budget(k)
+
+    def _persist(self, k: int, block: np.ndarray, state: int) -> None:
+        """Write one shard, then its state (a kill in between leaves it missing, never wrong)."""
+        start = k * self.chunk_frames
+        self._frames[start:start + len(block)] = block
         self._state_arr[k] = state
         with self._lock:
             self._state[k] = state
+            self._claimed.discard(k)
             self.stats["decoded_chunks"] += 1
-            if error is not None:
+            if state == PARTIAL:
                 self._root.attrs["errors"] = {str(i): m for i, m in self._errors.items()}
             elif self._state.min() == DONE and not self._root.attrs.get("complete"):
                 self._root.attrs["complete"] = True
             self._lock.notify_all()
-        self._enforce_disk_budget(k)
 
     def _chunk_file(self, k: int) -> Path:
         return self.path / "frames" / "c" / str(k) / "0" / "0" / "0"
