@@ -15,3 +15,10 @@ def open_video(source, **kwargs):
 
 
 open_video.__doc__ = "Open any video-like source lazily; see samtrack.io.open_video."
+
+
+def open_session(source, **kwargs):
+    """Open a source for tracking; see :func:`samtrack.session.open_session`."""
+    from samtrack.session import open_session as _open
+
+    return _open(source, **kwargs)

@@ -1,0 +1,149 @@
+"""ResultStore: per-frame masks at video resolution, scores and status, in zarr.
+
+Layout of ``<workdir>/results.zarr``: per object ``obj_<id>/`` with ``mask``
+(N, H, W) bool (one chunk per frame: one writer per chunk), ``status`` (N,)
+uint8, ``object_score`` and ``iou`` (N,) float32, ``source`` (N,) int32 (the
+keyframe whose pass produced the frame, -1 none). Attributes: ``objects``
+({id: {name, parent, color}}), ``video`` (VideoInfo), ``signature``.
+
+A frame never computed reads as status NOT_RUN, never as an empty mask.
+"""
+from __future__ import annotations
+
+import threading
+from enum import IntEnum
+from pathlib import Path
+
+import numpy as np
+
+from samtrack.errors import CacheError, FrameIndexError, UnknownObjectError
+
+
+class Status(IntEnum):
+    NOT_RUN = 0
+    PROPAGATED = 1
+    PROMPTED = 2
+    STALE = 3
+
+
+class ResultStore:
+    def __init__(self, path: str | Path, *, n_frames: int, height: int, width: int, signature: dict | None = None):
+        import zarr
+
+        self.path = Path(path)
+        self.n_frames, self.height, self.width = n_frames, height, width
+        self.root = zarr.open_group(self.path, mode="a")
+        old = self.root.attrs.get("signature")
+        if signature is not None and old is not None and old != signature:
+            raise CacheError(f"{self.path} holds results of another job ({old.get('source')}, {old.get('model')}); "
+                             "use another workdir, or delete it to start over")
+        if old is None and signature is not None:
+            self.root.attrs["signature"] = signature
+        if "video" not in self.root.attrs:
+            self.root.attrs["video"] = {"n_frames": n_frames, "height": height, "width": width}
+        self._lock = threading.RLock()
+        self._cache: dict[int, dict] = {}
+        self._objects: dict[str, dict] = dict(self.root.attrs.get("objects", {}))
+
+    # -- objects ---------------------------------------------------------------
+    @property
+    def object_ids(self) -> list[int]:
+        return sorted(int(k) for k in self._objects)
+
+    def object_meta(self, obj_id: int) -> dict:
+        return dict(self._objects[str(obj_id)])
+
+    def add_object(self, obj_id: int, *, name: str | None = None, parent: int | None = None, color=None) -> None:
+        with self._lock:
+            meta = self._objects.get(str(obj_id), {})
+            meta.update({"name": name or meta.get("name") or f"object-{obj_id}",
+                         "parent": parent if parent is not None else meta.get("parent"),
+                         "color": list(color) if color is not None else meta.get("color")})
+            self._objects[str(obj_id)] = meta
+            self.root.attrs["objects"] = self._objects
+            self._arrays(obj_id)
+
+    def remove_object(self, obj_id: int) -> None:
+        with self._lock:
+            self._objects.pop(str(obj_id), None)
+            self.root.attrs["objects"] = self._objects
+            self._cache.pop(obj_id, None)
+            if f"obj_{obj_id}" in self.root:
+                del self.root[f"obj_{obj_id}"]
+
+    def _arrays(self, obj_id: int) -> dict:
+        a = self._cache.get(obj_id)
+        if a is not None:
+            return a
+        if str(obj_id) not in self._objects:
+            raise UnknownObjectError(f"object {obj_id} has no results; known: {self.object_ids}")
+        name = f"obj_{obj_id}"
+        n, h, w = self.n_frames, self.height, self.width
+        if name not in self.root:
+            g = self.root.create_group(name)
+            g.create_array("mask", shape=(n, h, w), chunks=(1, h, w), dtype="bool", fill_value=False)
+            g.create_array("status", shape=(n,), chunks=(min(n, 4096),), dtype="uint8", fill_value=0)
+            g.create_array("object_score", shape=(n,), chunks=(min(n, 4096),), dtype="float32", fill_value=np.nan)
+            g.create_array("iou", shape=(n,), chunks=(min(n, 4096),), dtype="float32", fill_value=np.nan)
+            g.create_array("source", shape=(n,), chunks=(min(n, 4096),), dtype="int32", fill_value=-1)
+        g = self.root[name]
+        a = {k: g[k] for k in ("mask", "status", "object_score", "iou", "source")}
+        # small per-frame vectors live in RAM too (N bytes each), written through
+        for k in ("status", "object_score", "iou", "source"):
+            a["_" + k] = np.asarray(a[k][:])
+        self._cache[obj_id] = a
+        return a
+
+    # -- writes ----------------------------------------------------------------
+    def write(self, frame: int, obj_id: int, mask: np.ndarray, *, status: Status, object_score: float,
+              iou: float, source: int) -> None:
+        """Store one object's mask (H, W) bool on one frame; status is written after the mask."""
+        self._check(frame)
+        with self._lock:
+            a = self._arrays(obj_id)
+            a["mask"][frame] = mask
+            for k, v in (("object_score", object_score), ("iou", iou), ("source", source), ("status", int(status))):
+                a[k][frame] = v
+                a["_" + k][frame] = v
+
+    def set_status(self, obj_id: int, frames, status: Status) -> None:
+        frames = np.asarray(list(frames), dtype=int)
+        if frames.size == 0:
+            return
+        with self._lock:
+            a = self._arrays(obj_id)
+            a["_status"][frames] = int(status)
+            lo, hi = int(frames.min()), int(frames.max()) + 1
+            a["status"][lo:hi] = a["_status"][lo:hi]
+
+    # -- reads -----------------------------------------------------------------
+    def status(self, obj_id: int) -> np.ndarray:
+        return self._arrays(obj_id)["_status"].copy()
+
+    def sources(self, obj_id: int) -> np.ndarray:
+        return self._arrays(obj_id)["_source"].copy()
+
+    def scores(self, obj_id: int) -> tuple[np.ndarray, np.ndarray]:
+        a = self._arrays(obj_id)
+        return a["_object_score"].copy(), a["_iou"].copy()
+
+    def mask(self, frame: int, obj_id: int) -> np.ndarray | None:
+        """(H, W) bool, or None when the frame was never computed for this object."""
+        self._check(frame)
+        a = self._arrays(obj_id)
+        if a["_status"][frame] == Status.NOT_RUN:
+            return None
+        return np.asarray(a["mask"][frame])
+
+    def label_frame(self, frame: int) -> np.ndarray:
+        """(H, W) uint16/uint32 labels; later objects drawn over earlier ones."""
+        out = np.zeros((self.height, self.width), np.uint32 if max(self.object_ids, default=0) > 65535 else np.uint16)
+        for oid in self.object_ids:
+            m = self.mask(frame, oid)
+            if m is not None:
+                out[m] = oid
+        return out
+
+    def _check(self, frame: int) -> None:
+        if not 0 <= frame < self.n_frames:
+            raise FrameIndexError(f"frame {frame} is out of range 0..{self.n_frames - 1}")

@@ -1,0 +1,256 @@
+"""MemoryBank: what every object left on every frame, paged between tiers.
+
+- device tier: the entries the last steps read (a small LRU on the compute
+  device, ``device_entries`` per object), so a step copies nothing it read
+  just before;
+- host tier: every other entry, full (with encoded memory), bounded by
+  ``host_budget_bytes`` with least-recently-used eviction;
+- disk tier (zarr, ``<workdir>/memory.zarr``): every entry is written through
+  as it is made, without its encoded memory (low-res logits, object pointer,
+  scores, flags): enough to re-encode the memory exactly and to restart
+  propagation at any frame, after a crash too.
+
+An entry read back from disk has ``maskmem=None``; the session re-encodes it.
+Device-to-host copies are ``non_blocking`` into pinned memory and the copy's
+event is synchronized before any host read (INPUTS-AND-FAULTS item 14).
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from samtrack.session.backends.base import MemoryEntry
+
+log = logging.getLogger(__name__)
+
+_F_PRESENT, _F_PROMPT, _F_REVERSE, _F_KEY, _F_MEMLOGITS = 1, 2, 4, 8, 16
+
+
+class _DiskTier:
+    """One zarr group; per object: logits, mem_logits, ptr, score, iou, flags (one writer: the session)."""
+
+    def __init__(self, path: Path, n_frames: int):
+        import zarr
+
+        self._zarr = zarr
+        self.path = path
+        self.n = n_frames
+        self.root = zarr.open_group(path, mode="a")
+        self._arrays: dict[int, dict] = {}
+
+    def _obj(self, obj_id: int, like: MemoryEntry | None = None) -> dict | None:
+        if obj_id in self._arrays:
+            return self._arrays[obj_id]
+        name = f"obj_{obj_id}"
+        if name not in self.root:
+            if like is None:
+                return None
+            g = self.root.create_group(name)
+            s = like.mask_logits.shape[-1]
+            c = like.obj_ptr.shape[-1]
+            for key, shape, chunks, dt in (("logits", (self.n, s, s), (1, s, s), "float32"),
+                                           ("mem_logits", (self.n, s, s), (1, s, s), "float32"),
+                                           ("ptr", (self.n, c), (256, c), "float32"),
+                                           ("score", (self.n,), (4096,), "float32"),
+                                           ("iou", (self.n,), (4096,), "float32"),
+                                           ("flags", (self.n,), (4096,), "uint8")):
+                g.create_array(key, shape=shape, chunks=chunks, dtype=dt, fill_value=0)
+        g = self.root[name]
+        arrs = {k: g[k] for k in ("logits", "mem_logits", "ptr", "score", "iou", "flags")}
+        arrs["_flags"] = np.asarray(arrs["flags"][:])  # in-memory copy: which frames exist
+        self._arrays[obj_id] = arrs
+        return arrs
+
+    def write(self, obj_id: int, frame: int, e: MemoryEntry) -> None:
+        a = self._obj(obj_id, e)
+        a["logits"][frame] = e.mask_logits[0].cpu().numpy()
+        flags = _F_PRESENT | (_F_PROMPT * e.from_prompt) | (_F_REVERSE * e.reverse) | (_F_KEY * e.keyframe)
+        if e.mem_logits is not None and e.mem_logits is not e.mask_logits:
+            a["mem_logits"][frame] = e.mem_logits[0].cpu().numpy()
+            flags |= _F_MEMLOGITS
+        a["ptr"][frame] = e.obj_ptr.cpu().numpy()
+        a["score"][frame] = float(e.object_score.reshape(-1)[0])
+        a["iou"][frame] = float(e.iou)
+        a["flags"][frame] = flags  # written last: a frame exists once its flags say so
+        a["_flags"][frame] = flags
+
+    def read(self, obj_id: int, frame: int) -> MemoryEntry | None:
+        a = self._obj(obj_id)
+        if a is None or not a["_flags"][frame] & _F_PRESENT:
+            return None
+        fl = int(a["_flags"][frame])
+        logits = torch.from_numpy(np.asarray(a["logits"][frame]))[None]
+        mem = torch.from_numpy(np.asarray(a["mem_logits"][frame]))[None] if fl & _F_MEMLOGITS else None
+        return MemoryEntry(obj_ptr=torch.from_numpy(np.asarray(a["ptr"][frame])),
+                           object_score=torch.tensor([float(a["score"][frame])]), mask_logits=logits,
+                           iou=float(a["iou"][frame]), from_prompt=bool(fl & _F_PROMPT), reverse=bool(fl & _F_REVERSE),
+                           keyframe=bool(fl & _F_KEY), mem_logits=mem)
+
+    def clear(self, obj_id: int, frames) -> None:
+        a = self._obj(obj_id)
+        if a is None:
+            return
+        for f in frames:
+            if a["_flags"][f]:
+                a["flags"][f] = 0
+                a["_flags"][f] = 0
+
+    def frames(self, obj_id: int) -> np.ndarray:
+        a = self._obj(obj_id)
+        return np.zeros(0, int) if a is None else np.flatnonzero(a["_flags"] & _F_PRESENT)
+
+    def drop_object(self, obj_id: int) -> None:
+        self._arrays.pop(obj_id, None)
+        name = f"obj_{obj_id}"
+        if name in self.root:
+            del self.root[name]
+
+
+class MemoryBank:
+    """Entries by (object, frame). Thread-safe for one writer and concurrent readers."""
+
+    def __init__(self, workdir: Path, n_frames: int, *, device: torch.device | str = "cpu",
+                 host_budget_bytes: int = 2 * 2**30, device_entries: int = 32):
+        self.n_frames = n_frames
+        self.device = torch.device(device)
+        self.host_budget_bytes = int(host_budget_bytes)
+        self.device_entries = device_entries
+        self._host: collections.OrderedDict[tuple[int, int], MemoryEntry] = collections.OrderedDict()
+        self._host_bytes = 0
+        self._dev: collections.OrderedDict[tuple[int, int], MemoryEntry] = collections.OrderedDict()
+        self._pending_copies: list[torch.cuda.Event] = []
+        self._pinned: dict[tuple[int, int], MemoryEntry] = {}  # prompts not yet on disk: never evicted
+        self._disk = _DiskTier(Path(workdir) / "memory.zarr", n_frames)
+        self._lock = threading.RLock()
+        self.stats = collections.Counter()
+
+    # -- writes ----------------------------------------------------------------
+    def put(self, obj_id: int, frame: int, entry: MemoryEntry, *, persist: bool = True) -> None:
+        """Store an entry (on the compute device or the host); written through to disk."""
+        key = (obj_id, frame)
+        with self._lock:
+            if persist and not entry.pending:
+                self._disk.write(obj_id, frame, entry)
+            self._drop_host(key)
+            self._dev.pop(key, None)
+            self._pinned.pop(key, None)
+            if entry.pending:
+                self._pinned[key] = entry
+            elif self.device.type != "cpu":
+                self._dev[key] = entry
+                self._trim_device()
+            else:
+                self._add_host(key, entry)
+
+    def set_maskmem(self, obj_id: int, frame: int, maskmem: torch.Tensor) -> MemoryEntry:
+        """Attach re-encoded memory to an entry (keeps it in the faster tiers)."""
+        e = self.get(obj_id, frame)
+        e = replace(e, maskmem=maskmem)
+        self.put(obj_id, frame, e, persist=False)
+        return e
+
+    # -- reads -----------------------------------------------------------------
+    def get(self, obj_id: int, frame: int) -> MemoryEntry | None:
+        key = (obj_id, frame)
+        with self._lock:
+            e = self._pinned.get(key)
+            if e is not None:
+                return e
+            e = self._dev.get(key)
+            if e is not None:
+                self._dev.move_to_end(key)
+                self.stats["device_hits"] += 1
+                return e
+            e = self._host.get(key)
+            if e is not None:
+                self._sync_copies()
+                self._host.move_to_end(key)
+                self.stats["host_hits"] += 1
+                return e
+            e = self._disk.read(obj_id, frame)
+            if e is not None:
+                self.stats["disk_reads"] += 1
+            return e
+
+    def has(self, obj_id: int, frame: int) -> bool:
+        key = (obj_id, frame)
+        with self._lock:
+            if key in self._dev or key in self._host or key in self._pinned:
+                return True
+            a = self._disk._obj(obj_id)
+            return a is not None and bool(a["_flags"][frame])
+
+    def frames(self, obj_id: int) -> set[int]:
+        with self._lock:
+            s = {f for (o, f) in list(self._dev) + list(self._host) + list(self._pinned) if o == obj_id}
+            return s | set(self._disk.frames(obj_id).tolist())
+
+    def discard(self, obj_id: int, frames) -> None:
+        frames = list(frames)
+        with self._lock:
+            for f in frames:
+                self._pinned.pop((obj_id, f), None)
+                self._dev.pop((obj_id, f), None)
+                self._drop_host((obj_id, f))
+            self._disk.clear(obj_id, frames)
+
+    def drop_object(self, obj_id: int) -> None:
+        with self._lock:
+            for key in [k for k in list(self._pinned) if k[0] == obj_id]:
+                self._pinned.pop(key)
+            for key in [k for k in list(self._dev) if k[0] == obj_id]:
+                self._dev.pop(key)
+            for key in [k for k in list(self._host) if k[0] == obj_id]:
+                self._drop_host(key)
+            self._disk.drop_object(obj_id)
+
+    @property
+    def host_bytes(self) -> int:
+        return self._host_bytes
+
+    # -- tiers -----------------------------------------------------------------
+    def _trim_device(self) -> None:
+        while len(self._dev) > self.device_entries:
+            key, e = self._dev.popitem(last=False)
+            self._add_host(key, self._offload(e))
+
+    def _offload(self, e: MemoryEntry) -> MemoryEntry:
+        """Asynchronous copy to pinned host memory; reads wait for the copy's event."""
+        def host(t):
+            if t is None or t.device.type == "cpu":
+                return t
+            dst = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            dst.copy_(t, non_blocking=True)
+            return dst
+
+        out = replace(e, obj_ptr=host(e.obj_ptr), object_score=host(e.object_score), mask_logits=host(e.mask_logits),
+                      maskmem=host(e.maskmem), mem_logits=host(e.mem_logits) if e.mem_logits is not e.mask_logits else None)
+        if self.device.type == "cuda":
+            ev = torch.cuda.Event()
+            ev.record()
+            self._pending_copies.append(ev)
+        self.stats["offloads"] += 1
+        return out
+
+    def _sync_copies(self) -> None:
+        while self._pending_copies:
+            self._pending_copies.pop().synchronize()
+
+    def _add_host(self, key, e: MemoryEntry) -> None:
+        self._host[key] = e
+        self._host_bytes += e.nbytes()
+        while self._host_bytes > self.host_budget_bytes and len(self._host) > 1:
+            old_key, old = self._host.popitem(last=False)  # on disk already: just forget it
+            self._host_bytes -= old.nbytes()
+            self.stats["host_evictions"] += 1
+
+    def _drop_host(self, key) -> None:
+        e = self._host.pop(key, None)
+        if e is not None:
+            self._host_bytes -= e.nbytes()

@@ -1,0 +1,258 @@
+"""SAM2 / SAM2.1 through the ``sam2`` package, driving ``SAM2Base`` directly.
+
+The model is built exactly as ``build_sam2_video_predictor`` builds it (same
+class, same post-processing overrides), so the same checkpoint behaves the
+same. Each step hands ``SAM2Base._track_step`` an ``output_dict`` that holds
+only the frames its memory attention reads, assembled from the MemoryBank,
+with the objects of one frame stacked into one batch (upstream loops over
+objects one by one).
+"""
+from __future__ import annotations
+
+import collections
+import logging
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from samtrack.errors import CheckpointError
+from samtrack.session.backends.base import FrameFeatures, MemoryEntry, MemoryView, StepOutput, TrackRequest
+from samtrack.session.checkpoints import check_state_dict, load_state_dict
+from samtrack.session.models import ModelSpec
+
+log = logging.getLogger(__name__)
+
+# what build_sam2_video_predictor(apply_postprocessing=True) adds
+POSTPROCESSING = [
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=true",
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta=0.05",
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh=0.98",
+    "++model.binarize_mask_from_pts_for_mem_enc=true",
+    "++model.fill_hole_area=8",
+]
+
+
+def hydra_overrides(image_size: int | None, extra: Sequence[str] = ()) -> list[str]:
+    """Overrides for a model at ``image_size``: the RoPE feature size follows (S / 16)."""
+    ov = ["++model._target_=sam2.sam2_video_predictor.SAM2VideoPredictor", *POSTPROCESSING]
+    if image_size is not None:
+        if image_size % 16 or image_size < 64:
+            from samtrack.errors import InvalidOptionError
+
+            raise InvalidOptionError(f"image_size={image_size}: use a multiple of 16, at least 64 (e.g. 512, 1024)")
+        f = image_size // 16
+        ov += [f"++model.image_size={image_size}",
+               f"++model.memory_attention.layer.self_attention.feat_sizes=[{f},{f}]",
+               f"++model.memory_attention.layer.cross_attention.feat_sizes=[{f},{f}]"]
+    return ov + list(extra)
+
+
+def build_model(spec: ModelSpec, *, image_size: int | None = None, extra_overrides: Sequence[str] = ()):
+    """The upstream video model module with random weights (load a checkpoint next)."""
+    from hydra import compose
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    import sam2  # noqa: F401  (initializes sam2's Hydra config module on import)
+
+    cfg = compose(config_name=spec.config, overrides=hydra_overrides(image_size, extra_overrides))
+    OmegaConf.resolve(cfg)
+    return instantiate(cfg.model, _recursive_=True)
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class Sam2Backend:
+    """Adapter of one loaded SAM2/SAM2.1 model. Not thread-safe: one session drives it."""
+
+    def __init__(self, spec: ModelSpec, checkpoint, *, image_size: int | None = None, device="auto",
+                 extra_overrides: Sequence[str] = ()):
+        self.spec = spec
+        self.device = pick_device(device)
+        model = build_model(spec, image_size=image_size, extra_overrides=extra_overrides)
+        if checkpoint is not None:
+            sd = load_state_dict(checkpoint)
+            check_state_dict(sd, model.state_dict(), spec, checkpoint)
+            model.load_state_dict(sd, strict=True)
+        self.model = model.to(self.device).eval()
+        self.image_size = int(model.image_size)
+        self.num_maskmem = int(model.num_maskmem)
+        self.max_obj_ptrs = int(model.max_obj_ptrs_in_encoder)
+        self.stride = int(model.memory_temporal_stride_for_eval)
+        self.autocast = self.device.type == "cuda"  # bf16 on CUDA, as upstream's notebooks run it
+        self._pos_enc: list[torch.Tensor] | None = None
+        self.calls: dict = {"encode_image": collections.Counter(), "track": collections.Counter(),
+                            "prompt": collections.Counter(), "encode_memory": collections.Counter()}
+
+    # -- frames -------------------------------------------------------------
+    def _ctx(self):
+        if self.autocast:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
+    def encode_image(self, image: torch.Tensor, frame_idx: int) -> FrameFeatures:
+        """``image``: (3, S, S) float32 normalized. Returns features for batch 1."""
+        self.calls["encode_image"][frame_idx] += 1
+        with self._ctx():
+            out = self.model.forward_image(image.to(self.device, non_blocking=True).float()[None])
+        return FrameFeatures(frame_idx, out)
+
+    def _features(self, feats: FrameFeatures, batch: int):
+        bo = feats.data
+        expanded = {"backbone_fpn": [x.expand(batch, -1, -1, -1) for x in bo["backbone_fpn"]],
+                    "vision_pos_enc": [x.expand(batch, -1, -1, -1) for x in bo["vision_pos_enc"]]}
+        _, vision_feats, vision_pos, sizes = self.model._prepare_backbone_features(expanded)
+        return vision_feats, vision_pos, sizes
+
+    # -- which frames attention reads (mirrors _prepare_memory_conditioned_features) --
+    def frames_read(self, frame_idx: int, reverse: bool, cond_frames: Sequence[int], n_frames: int) -> list[int]:
+        """Non-keyframe frame indices this step may read (memory and object pointers)."""
+        out, s = [], self.stride
+        for t_pos in range(1, self.num_maskmem):
+            t_rel = self.num_maskmem - t_pos
+            if t_rel == 1:
+                t = frame_idx + t_rel if reverse else frame_idx - t_rel
+            elif not reverse:
+                t = ((frame_idx - 2) // s) * s - (t_rel - 2) * s
+            else:
+                t = -(-(frame_idx + 2) // s) * s + (t_rel - 2) * s
+            out.append(t)
+        for t_diff in range(1, min(n_frames, self.max_obj_ptrs)):
+            t = frame_idx + t_diff if reverse else frame_idx - t_diff
+            if t < 0 or t >= n_frames:
+                break
+            out.append(t)
+        return sorted(set(out))
+
+    def _output_dict(self, views: Sequence[MemoryView], frames: Sequence[int], feats_dtype) -> dict:
+        """Upstream's per-object output_dict, for a batch of objects that read the same frames."""
+        cond = {t: self._stack([v.cond[t] for v in views]) for t in views[0].cond}
+        other = {}
+        for t in frames:
+            es = [v.other.get(t) for v in views]
+            if es[0] is not None:
+                other[t] = self._stack(es)
+        return {"cond_frame_outputs": cond, "non_cond_frame_outputs": other}
+
+    def _stack(self, entries: Sequence[MemoryEntry]) -> dict:
+        dev = self.device
+        feats = torch.stack([e.maskmem for e in entries]).to(dev, non_blocking=True)
+        ptr = torch.stack([e.obj_ptr for e in entries]).to(dev, non_blocking=True)
+        return {"maskmem_features": feats, "maskmem_pos_enc": self._expand_pos(len(entries)), "obj_ptr": ptr}
+
+    def _expand_pos(self, batch: int):
+        if self._pos_enc is None:
+            raise RuntimeError("memory position encoding is not known before the first memory encoding")
+        return [x.expand(batch, -1, -1, -1) for x in self._pos_enc]
+
+    # -- steps ----------------------------------------------------------------
+    @torch.inference_mode()
+    def track(self, feats: FrameFeatures, req: TrackRequest, n_frames: int) -> StepOutput:
+        """One tracking step for a batch of objects whose views hold the same frames."""
+        b = len(req.views)
+        self.calls["track"][req.frame_idx] += b
+        frames = self.frames_read(req.frame_idx, req.reverse, list(req.views[0].cond), n_frames)
+        with self._ctx():
+            vf, vp, sizes = self._features(feats, b)
+            od = self._output_dict(req.views, frames, vf[-1].dtype)
+            return self._step(req.frame_idx, False, vf, vp, sizes, None, None, od, n_frames, req.reverse,
+                              None, run_mem_encoder=True, from_prompt=False)
+
+    @torch.inference_mode()
+    def prompt(self, feats: FrameFeatures, frame_idx: int, view: MemoryView | None, *, points=None, labels=None,
+               mask=None, prev_logits=None, reverse: bool = False, n_frames: int) -> StepOutput:
+        """A prompt on one frame for one object. ``points``: (P, 2) in model pixels (0..S), labels (P,).
+
+        ``view`` is None for a first prompt (no memory, like SAM on an image), else
+        the object's memory, for a correction on a tracked frame.
+        """
+        self.calls["prompt"][frame_idx] += 1
+        point_inputs = None
+        if points is not None:
+            point_inputs = {"point_coords": points[None].float().to(self.device),
+                            "point_labels": labels[None].int().to(self.device)}
+        mask_inputs = None
+        if mask is not None:
+            m = mask[None, None].float().to(self.device)
+            if m.shape[-2:] != (self.image_size, self.image_size):
+                m = F.interpolate(m, size=(self.image_size, self.image_size), align_corners=False,
+                                  mode="bilinear", antialias=True)
+                m = (m >= 0.5).float()
+            mask_inputs = m
+        prev = None
+        if prev_logits is not None and point_inputs is not None:
+            prev = torch.clamp(prev_logits[None].to(self.device), -32.0, 32.0)
+        with self._ctx():
+            vf, vp, sizes = self._features(feats, 1)
+            if view is None:
+                od = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+            else:
+                od = self._output_dict([view], self.frames_read(frame_idx, reverse, list(view.cond), n_frames), vf[-1].dtype)
+            return self._step(frame_idx, view is None, vf, vp, sizes, point_inputs, mask_inputs, od, n_frames,
+                              reverse, prev, run_mem_encoder=False, from_prompt=True)
+
+    def _step(self, frame_idx, is_init, vf, vp, sizes, point_inputs, mask_inputs, od, n_frames, reverse, prev,
+              *, run_mem_encoder: bool, from_prompt: bool) -> StepOutput:
+        from sam2.utils.misc import fill_holes_in_mask_scores
+
+        m = self.model
+        _, sam_out, _, _ = m._track_step(frame_idx, is_init, vf, vp, sizes, point_inputs, mask_inputs, od,
+                                         n_frames, reverse, prev)
+        _, _, ious, low_res, high_res, obj_ptr, score = sam_out
+        maskmem = None
+        if run_mem_encoder and self.num_maskmem > 0:
+            maskmem, pos = m._encode_new_memory(vf, sizes, high_res, score, is_mask_from_pts=point_inputs is not None)
+            self._remember_pos(pos)
+            maskmem = maskmem.to(torch.bfloat16)  # upstream stores memory in bf16
+        out_logits = low_res.float()
+        if getattr(m, "fill_hole_area", 0) > 0:
+            out_logits = fill_holes_in_mask_scores(out_logits, m.fill_hole_area)
+        # memory of a prompt is encoded later from the output; of a tracked frame, from the raw logits
+        mem_logits = out_logits if from_prompt else low_res.float()
+        return StepOutput(out_logits, mem_logits, obj_ptr.float(), score.float(), ious.float().max(-1).values,
+                          maskmem)
+
+    def _remember_pos(self, pos) -> None:
+        if self._pos_enc is None:
+            self._pos_enc = [x[0:1].clone() for x in pos]
+
+    @torch.inference_mode()
+    def encode_memory(self, feats: FrameFeatures, logits: torch.Tensor, object_score: torch.Tensor,
+                      from_prompt: bool) -> torch.Tensor:
+        """Memory of one object on one frame from its low-res logits (1, s, s): (Cm, h, w) bf16."""
+        self.calls["encode_memory"][feats.frame_idx] += 1
+        with self._ctx():
+            vf, _, sizes = self._features(feats, 1)
+            high = F.interpolate(logits[None].to(self.device), size=(self.image_size, self.image_size),
+                                 mode="bilinear", align_corners=False)
+            mem, pos = self.model._encode_new_memory(vf, sizes, high, object_score[None].to(self.device),
+                                                     is_mask_from_pts=from_prompt)
+        self._remember_pos(pos)
+        return mem[0].to(torch.bfloat16)
+
+    def to_video_res(self, logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """(B, 1, s, s) -> (B, H, W) float32 logits at video resolution (bilinear, as upstream)."""
+        x = logits.to(self.device).float()
+        if x.shape[-2:] != (height, width):
+            x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+        return x[:, 0]
+
+
+def load_backend(spec: ModelSpec, checkpoint, **kw) -> Sam2Backend:
+    try:
+        return Sam2Backend(spec, checkpoint, **kw)
+    except ImportError as e:
+        raise CheckpointError(f"the sam2 package is not installed ({e}): run `make setup` or "
+                              "`SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2==1.1.0`") from e

@@ -1,0 +1,124 @@
+"""Find, download (resumable, verified) and read SAM checkpoints.
+
+A checkpoint is ``{"model": state_dict}`` as published (a bare state dict is
+accepted too). Lookup order: an explicit path; ``$SAMTRACK_CHECKPOINTS``; the
+cache directory ``~/.cache/samtrack/checkpoints``; then a download when the
+network allows.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+from samtrack.errors import CheckpointError
+from samtrack.session.models import MODELS, ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_dirs() -> list[Path]:
+    dirs = []
+    if os.environ.get("SAMTRACK_CHECKPOINTS"):
+        dirs.append(Path(os.environ["SAMTRACK_CHECKPOINTS"]))
+    dirs.append(Path(os.environ.get("SAMTRACK_CACHE_DIR", Path.home() / ".cache" / "samtrack")) / "checkpoints")
+    dirs.append(Path.cwd() / "checkpoints")
+    return dirs
+
+
+def find_checkpoint(spec: ModelSpec) -> Path | None:
+    for d in checkpoint_dirs():
+        p = d / spec.checkpoint
+        if p.is_file():
+            return p
+    return None
+
+
+def download_checkpoint(spec: ModelSpec, *, dest_dir: Path | None = None,
+                        progress: Callable[[int, int], None] | None = None, timeout: float = 30.0) -> Path:
+    """Download ``spec``'s checkpoint, resuming a partial ``.part`` file; verify sha256 when known."""
+    dest_dir = Path(dest_dir or checkpoint_dirs()[-2])
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest = dest_dir / spec.checkpoint
+    part = dest.with_suffix(dest.suffix + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    req = urllib.request.Request(spec.url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            if have and r.status != 206:  # server ignored the range: start again
+                have = 0
+                part.unlink(missing_ok=True)
+            total = have + int(r.headers.get("Content-Length") or 0)
+            with open(part, "ab") as f:
+                while chunk := r.read(1 << 20):
+                    f.write(chunk)
+                    have += len(chunk)
+                    if progress:
+                        progress(have, total)
+    except OSError as e:
+        raise CheckpointError(
+            f"cannot download {spec.checkpoint} from {spec.url} ({e}). Download it elsewhere and put it in "
+            f"{dest_dir}, or pass checkpoint=PATH. A partial download is kept and resumed next time") from e
+    if spec.sha256:
+        digest = sha256_file(part)
+        if digest != spec.sha256:
+            part.unlink()
+            raise CheckpointError(f"{spec.checkpoint}: sha256 {digest} does not match {spec.sha256}; the download was removed, try again")
+    part.rename(dest)
+    return dest
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_state_dict(path: str | os.PathLike) -> dict:
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged file
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e}); re-download it") from e
+    sd = obj.get("model", obj) if isinstance(obj, dict) else None
+    if not isinstance(sd, dict) or not sd:
+        raise CheckpointError(f"{path}: expected {{'model': state_dict}} or a state dict")
+    return sd
+
+
+def guess_model(sd: dict) -> str | None:
+    """Which registered model a state dict looks like (by Hiera depth, width and 2.0/2.1 keys)."""
+    blocks = {int(m.group(1)) for k in sd if (m := re.match(r"image_encoder\.trunk\.blocks\.(\d+)\.", k))}
+    w = sd.get("image_encoder.trunk.patch_embed.proj.weight")
+    if not blocks or w is None:
+        return None
+    n, dim = max(blocks) + 1, int(w.shape[0])
+    family = "sam2.1" if "no_obj_embed_spatial" in sd else "sam2"
+    for spec in MODELS.values():
+        if spec.family == family and spec.trunk_blocks == n and spec.embed_dim == dim:
+            return spec.name
+    return f"an unregistered Hiera ({n} blocks, width {dim}, {family})"
+
+
+def check_state_dict(sd: dict, model_sd: dict, spec: ModelSpec, path) -> None:
+    """Raise a CheckpointError naming the model the checkpoint looks like when keys/shapes differ."""
+    missing = [k for k in model_sd if k not in sd]
+    unexpected = [k for k in sd if k not in model_sd]
+    shape = [k for k in model_sd if k in sd and tuple(sd[k].shape) != tuple(model_sd[k].shape)
+             and not k.endswith(("pos_embed", "pos_embed_window"))]
+    if missing or unexpected or shape:
+        looks = guess_model(sd)
+        hint = f"it looks like {looks}: pass model={looks!r}" if looks and looks != spec.name else "it is not a SAM2 checkpoint of this architecture"
+        raise CheckpointError(
+            f"{path} does not match {spec.name} ({len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(shape)} mis-shaped tensors, e.g. {(missing + unexpected + shape)[:2]}); {hint}")

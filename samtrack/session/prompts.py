@@ -1,0 +1,93 @@
+"""Prompts (frozen dataclasses) and their validation against the video size.
+
+Coordinates are (x, y) in original video pixels; boxes are (x0, y0, x1, y1);
+masks are (H, W) bool at video resolution.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from samtrack.errors import PromptError
+
+
+@dataclass(frozen=True)
+class Points:
+    points: tuple[tuple[float, float], ...]
+    labels: tuple[int, ...]
+    box: tuple[float, float, float, float] | None = None  # a box with optional refining points
+
+    kind = "points"
+
+
+@dataclass(frozen=True, eq=False)
+class Mask:
+    mask: np.ndarray = field(repr=False)
+
+    kind = "mask"
+
+
+Prompt = Points | Mask
+
+
+def make_points(points, labels, width: int, height: int, *, box=None) -> Points:
+    pts = np.asarray(points if points is not None else np.zeros((0, 2)), dtype=np.float64)
+    if pts.ndim == 1 and pts.size == 2:
+        pts = pts[None]
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise PromptError(f"points must be (N, 2) as (x, y) pairs, got shape {pts.shape}")
+    lab = np.asarray(labels if labels is not None else np.zeros(0), dtype=np.int64).reshape(-1)
+    if len(lab) != len(pts):
+        raise PromptError(f"{len(pts)} points but {len(lab)} labels: give one label (1 positive, 0 negative) per point")
+    if not np.isin(lab, (0, 1)).all():
+        raise PromptError(f"labels must be 1 (positive) or 0 (negative), got {sorted(set(lab.tolist()))}")
+    if not np.isfinite(pts).all():
+        raise PromptError("points contain NaN or infinity")
+    bad = (pts[:, 0] < 0) | (pts[:, 0] > width) | (pts[:, 1] < 0) | (pts[:, 1] > height)
+    if bad.any():
+        x, y = pts[bad][0]
+        raise PromptError(f"point ({x:g}, {y:g}) is outside the {width}x{height} frame; points are (x, y) in video pixels")
+    b = None
+    if box is not None:
+        b = check_box(box, width, height)
+    if b is None and len(pts) == 0:
+        raise PromptError("no points: give at least one point with its label, or a box")
+    return Points(tuple(map(tuple, pts.tolist())), tuple(lab.tolist()), b)
+
+
+def check_box(box, width: int, height: int) -> tuple[float, float, float, float]:
+    b = np.asarray(box, dtype=np.float64).reshape(-1)
+    if b.size != 4 or not np.isfinite(b).all():
+        raise PromptError(f"a box is 4 numbers (x0, y0, x1, y1), got {list(np.asarray(box).reshape(-1))}")
+    x0, y0, x1, y1 = b.tolist()
+    if x1 <= x0 or y1 <= y0:
+        raise PromptError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is empty or inverted: need x0 < x1 and y0 < y1")
+    if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+        raise PromptError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) goes outside the {width}x{height} frame")
+    return (x0, y0, x1, y1)
+
+
+def make_mask(mask, width: int, height: int) -> Mask:
+    m = np.asarray(mask)
+    if m.ndim == 3 and m.shape[-1] == 1:
+        m = m[..., 0]
+    if m.shape != (height, width):
+        raise PromptError(f"mask is {m.shape[::-1] if m.ndim == 2 else m.shape} but the video is {width}x{height}: "
+                          "give an (H, W) mask at video resolution")
+    m = m.astype(bool)
+    if not m.any():
+        raise PromptError("the mask is empty: paint at least one pixel, or remove the object instead")
+    return Mask(m)
+
+
+def to_model_points(p: Points, width: int, height: int, image_size: int):
+    """(P, 2) float32 coordinates in model pixels and (P,) int labels; a box is two points labelled 2, 3."""
+    import torch
+
+    pts = np.asarray(p.points, np.float32).reshape(-1, 2)
+    lab = np.asarray(p.labels, np.int32).reshape(-1)
+    if p.box is not None:
+        pts = np.concatenate([np.asarray(p.box, np.float32).reshape(2, 2), pts])
+        lab = np.concatenate([np.array([2, 3], np.int32), lab])
+    return torch.from_numpy(pts) / torch.tensor([width, height], dtype=torch.float32) * image_size, torch.from_numpy(lab)

@@ -1,0 +1,441 @@
+"""TrackingSession: objects, keyframe prompts, propagation and corrections.
+
+Conventions: frames are 0-based indices in decode order; points are (x, y)
+in video pixels with labels 1 (positive) / 0 (negative); boxes are (x0, y0,
+x1, y1); masks are (H, W) bool at video resolution. Results carry ``masks``
+(n, H, W) bool and ``logits`` (n, H, W) float32 at video resolution.
+
+Invariant: every prompted frame is a keyframe of its object and is never
+recomputed by a propagation; every computed frame records the keyframe whose
+pass produced it (see :mod:`samtrack.session.planner`).
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from samtrack.errors import (CancelledError, FrameIndexError, InvalidOptionError, NoPromptsError, OutOfMemoryError,
+                             PromptError, UnknownObjectError)
+from samtrack.io.frame_store import FrameStore
+from samtrack.io.result_store import ResultStore, Status
+from samtrack.memory.bank import MemoryBank
+from samtrack.session.backends.base import MemoryEntry, MemoryView, TrackRequest
+from samtrack.session.planner import RULES, Action, decide, stale_frames
+from samtrack.session.prompts import Mask, Points, make_mask, make_points, to_model_points
+
+log = logging.getLogger(__name__)
+NO_OBJ_LOGIT = -1024.0  # upstream's NO_OBJ_SCORE: "no mask here"
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Tracking options. ``max_keyframes_in_attention``: nearest keyframes each
+    step reads (upstream reads all; capping keeps the cost bounded however many
+    corrections are made). ``overlap_rule``: who owns frames between two
+    keyframes (nearer / forward / backward). ``host_budget_bytes``: RAM for the
+    memory bank's host tier. ``feature_cache_frames``: image embeddings kept
+    (prompting the same frame again does not re-encode it)."""
+
+    max_keyframes_in_attention: int | None = 8
+    overlap_rule: str = "nearer"
+    host_budget_bytes: int = 2 * 2**30
+    feature_cache_frames: int = 8
+
+    def __post_init__(self):
+        if self.overlap_rule not in RULES:
+            raise InvalidOptionError(f"overlap_rule={self.overlap_rule!r}: use one of {RULES}")
+        if self.max_keyframes_in_attention is not None and self.max_keyframes_in_attention < 2:
+            raise InvalidOptionError("max_keyframes_in_attention must be at least 2 (or None for all)")
+
+
+@dataclass
+class FrameResult:
+    frame_idx: int
+    obj_ids: list[int]
+    masks: np.ndarray  # (n, H, W) bool
+    logits: np.ndarray  # (n, H, W) float32
+    object_scores: np.ndarray  # (n,) object-presence logit (> 0: present)
+    ious: np.ndarray  # (n,) predicted IoU
+
+
+@dataclass
+class _Object:
+    obj_id: int
+    prompts: dict[int, Points | Mask] = field(default_factory=dict)
+    pending: set[int] = field(default_factory=set)  # prompted, memory not encoded yet
+    visited: np.ndarray | None = None  # int8 per frame: -1 never tracked, 0 forward, 1 backward
+
+    @property
+    def keyframes(self) -> list[int]:
+        return sorted(self.prompts)
+
+    def finalized_keyframes(self) -> list[int]:
+        return sorted(set(self.prompts) - self.pending)
+
+
+class TrackingSession:
+    """Prompt keyframes, propagate, correct, re-propagate. Not thread-safe except :meth:`cancel`."""
+
+    def __init__(self, frames: FrameStore, backend, *, workdir: str | Path, config: SessionConfig | None = None,
+                 signature: dict | None = None):
+        self.frames = frames
+        self.backend = backend
+        self.config = config or SessionConfig()
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        info = frames.info
+        self.n_frames, self.height, self.width = info.n_frames, info.height, info.width
+        self.results = ResultStore(self.workdir / "results.zarr", n_frames=self.n_frames, height=self.height,
+                                   width=self.width, signature=signature)
+        self.bank = MemoryBank(self.workdir, self.n_frames, device=backend.device,
+                               host_budget_bytes=self.config.host_budget_bytes)
+        self._objects: dict[int, _Object] = {}
+        self._features: collections.OrderedDict[int, object] = collections.OrderedDict()
+        self._cancel = threading.Event()
+
+    # -- objects ---------------------------------------------------------------
+    @property
+    def obj_ids(self) -> list[int]:
+        return sorted(self._objects)
+
+    def add_object(self, obj_id: int, *, name: str | None = None, parent: int | None = None, color=None) -> None:
+        if not isinstance(obj_id, (int, np.integer)) or obj_id < 1:
+            raise PromptError(f"object ids are positive integers, got {obj_id!r}")
+        obj_id = int(obj_id)
+        if obj_id not in self._objects:
+            self._objects[obj_id] = _Object(obj_id, visited=np.full(self.n_frames, -1, np.int8))
+        self.results.add_object(obj_id, name=name, parent=parent, color=color)
+
+    def remove_object(self, obj_id: int) -> None:
+        self._obj(obj_id)
+        del self._objects[obj_id]
+        self.bank.drop_object(obj_id)
+        self.results.remove_object(obj_id)
+
+    def _obj(self, obj_id: int) -> _Object:
+        try:
+            return self._objects[obj_id]
+        except KeyError:
+            raise UnknownObjectError(f"unknown object {obj_id}; objects are {self.obj_ids or 'none yet'}") from None
+
+    def keyframes(self, obj_id: int) -> list[int]:
+        return self._obj(obj_id).keyframes
+
+    def status(self, obj_id: int) -> np.ndarray:
+        """(N,) uint8 per frame: 0 not run, 1 propagated, 2 prompted, 3 stale (see :class:`Status`)."""
+        self._obj(obj_id)
+        return self.results.status(obj_id)
+
+    # -- prompts -----------------------------------------------------------------
+    def add_points(self, frame: int, obj_id: int, points, labels, *, clear: bool = True) -> FrameResult:
+        """Clicks on ``frame`` for ``obj_id``: points (N, 2) as (x, y) video pixels, labels 1/0.
+
+        ``clear=False`` adds to the clicks already on this frame. Returns the
+        masks of every object on this frame at once.
+        """
+        self._check_frame(frame)
+        old = self._objects.get(obj_id).prompts.get(frame) if obj_id in self._objects else None
+        p = make_points(points, labels, self.width, self.height)
+        if not clear and isinstance(old, Points):
+            p = Points(old.points + p.points, old.labels + p.labels, old.box)
+        return self._prompt(frame, obj_id, p)
+
+    def add_box(self, frame: int, obj_id: int, box, *, points=None, labels=None) -> FrameResult:
+        """A box (x0, y0, x1, y1) in video pixels, optionally with refining points."""
+        self._check_frame(frame)
+        p = make_points(points, labels, self.width, self.height, box=box)
+        return self._prompt(frame, obj_id, p)
+
+    def add_mask(self, frame: int, obj_id: int, mask) -> FrameResult:
+        """A (H, W) bool mask at video resolution: the object's exact outline on this frame."""
+        self._check_frame(frame)
+        return self._prompt(frame, obj_id, make_mask(mask, self.width, self.height))
+
+    def clear_prompts(self, frame: int, obj_id: int | None = None) -> None:
+        """Remove the prompts on ``frame`` (of one object, or all): it stops being a keyframe,
+        and the frames its passes produced become stale."""
+        self._check_frame(frame)
+        for o in ([self._obj(obj_id)] if obj_id is not None else list(self._objects.values())):
+            if frame not in o.prompts:
+                continue
+            del o.prompts[frame]
+            o.pending.discard(frame)
+            self._mark_stale(o.obj_id, frame)
+            e = self.bank.get(o.obj_id, frame)
+            if e is not None and o.visited[frame] >= 0:  # keep the output as a plain tracked frame (upstream does)
+                self.bank.put(o.obj_id, frame, replace(e, keyframe=False, pending=False))
+                self.results.set_status(o.obj_id, [frame], Status.STALE)
+            else:
+                self.bank.discard(o.obj_id, [frame])
+                self.results.set_status(o.obj_id, [frame], Status.NOT_RUN)
+
+    def reset(self) -> None:
+        """Forget every object, prompt and result (the frame cache stays)."""
+        for oid in list(self._objects):
+            self.remove_object(oid)
+        self._features.clear()
+
+    def _prompt(self, frame: int, obj_id: int, prompt) -> FrameResult:
+        if obj_id not in self._objects:
+            self.add_object(obj_id)
+        o = self._objects[obj_id]
+        feats = self._frame_features(frame)
+        tracked = o.visited[frame] >= 0
+        reverse = bool(o.visited[frame] == 1)
+        view = self._view(o, frame, reverse) if tracked else None
+        kw: dict = {}
+        if isinstance(prompt, Points):
+            kw["points"], kw["labels"] = to_model_points(prompt, self.width, self.height, self.backend.image_size)
+            prev = self.bank.get(obj_id, frame)
+            if prev is not None:
+                kw["prev_logits"] = prev.mask_logits
+        else:
+            kw["mask"] = torch.from_numpy(prompt.mask)
+        with self._oom_guard():
+            out = self.backend.prompt(feats, frame, view, reverse=reverse, n_frames=self.n_frames, **kw)
+        entry = MemoryEntry(obj_ptr=out.obj_ptr[0], object_score=out.object_score[0], mask_logits=out.mask_logits[0],
+                            iou=float(out.iou[0]), from_prompt=True, reverse=reverse, keyframe=True, pending=True)
+        self.bank.put(obj_id, frame, entry)
+        o.prompts[frame] = prompt
+        o.pending.add(frame)
+        self._mark_stale(obj_id, frame)
+        self._store(frame, obj_id, out.mask_logits[0:1], entry, Status.PROMPTED, source=frame)
+        return self.frame_result(frame)
+
+    def _mark_stale(self, obj_id: int, frame: int) -> None:
+        st = self.results.status(obj_id)
+        stale = stale_frames(frame, st, self.results.sources(obj_id))
+        self.results.set_status(obj_id, stale, Status.STALE)
+
+    # -- propagation -------------------------------------------------------------------
+    def propagate(self, direction: str = "forward", start: int | None = None, stop: int | None = None, *,
+                  obj_ids=None, progress: Callable[[int, int], None] | None = None) -> Iterator[FrameResult]:
+        """Track prompted objects through ``start..stop`` (inclusive; default the whole video).
+
+        ``direction``: "forward", "backward" or "both" (forward, then backward).
+        Only frames that need it are computed: never-run and stale frames, and
+        frames a nearer keyframe now owns. Yields a :class:`FrameResult` per
+        computed frame (keyframes where a pass starts included), already written
+        to the result store. :meth:`cancel` from another thread stops it at the
+        next frame; everything yielded so far is kept.
+        """
+        if direction not in ("forward", "backward", "both"):
+            raise InvalidOptionError(f"direction={direction!r}: use forward, backward or both")
+        lo = 0 if start is None else self._check_frame(start)
+        hi = self.n_frames - 1 if stop is None else self._check_frame(stop)
+        if lo > hi:
+            lo, hi = hi, lo
+        objs = [self._obj(i) for i in (obj_ids if obj_ids is not None else self.obj_ids)]
+        objs = [o for o in objs if o.prompts]
+        if not objs:
+            raise NoPromptsError("no prompts yet: add points, a box or a mask on at least one frame")
+        self._cancel.clear()
+        self._finalize_prompts(objs)
+        dirs = {"forward", "backward"} if direction == "both" else {direction}
+        order = [d for d in ("forward", "backward") if d in dirs]
+        total = (hi - lo + 1) * len(order)
+        done = 0
+        for d in order:
+            for res in self._sweep(d, lo, hi, objs, dirs):
+                done += 1
+                if res is not None:
+                    yield res
+                if progress:
+                    progress(done, total)
+                if self._cancel.is_set():
+                    log.info("propagation cancelled after frame %s", res.frame_idx if res else "?")
+                    return
+            done = (hi - lo + 1) * (order.index(d) + 1)
+
+    def cancel(self) -> None:
+        """Stop a running :meth:`propagate` at the next frame (callable from any thread)."""
+        self._cancel.set()
+
+    def _finalize_prompts(self, objs) -> None:
+        """Encode the memory of new prompts (upstream does this at propagation start)."""
+        for o in objs:
+            for f in sorted(o.pending):
+                e = self.bank.get(o.obj_id, f)
+                mm = self.backend.encode_memory(self._frame_features(f), e.mask_logits, e.object_score, True)
+                self.bank.put(o.obj_id, f, replace(e, maskmem=mm, pending=False))
+            o.pending.clear()
+
+    def _sweep(self, direction: str, lo: int, hi: int, objs, dirs) -> Iterator[FrameResult | None]:
+        rev = direction == "backward"
+        frames = range(hi, lo - 1, -1) if rev else range(lo, hi + 1)
+        active: dict[int, int | None] = {o.obj_id: self._resume_point(o, frames[0], rev) for o in objs}
+        plans = {o.obj_id: (o.finalized_keyframes(), self.results.status(o.obj_id), self.results.sources(o.obj_id))
+                 for o in objs}
+        for f in frames:
+            started, todo = [], []
+            for o in objs:
+                keys, st, src = plans[o.obj_id]
+                if f in o.prompts:
+                    active[o.obj_id] = f
+                    o.visited[f] = int(rev)
+                    started.append(o.obj_id)
+                    continue
+                k = active[o.obj_id]
+                if k is None:
+                    continue
+                act = decide(f, k, keyframes=keys, status=st, sources=src, rule=self.config.overlap_rule, directions=dirs)
+                if act is Action.STOP:
+                    active[o.obj_id] = None
+                elif act is Action.COMPUTE:
+                    todo.append(o)
+            computed = self._track_frame(f, rev, todo, active) if todo else []
+            for oid in computed:
+                plans[oid][1][f] = Status.PROPAGATED
+                plans[oid][2][f] = active[oid]
+            ids = sorted(started + computed)
+            yield self.frame_result(f, ids) if ids else None
+
+    def _resume_point(self, o: _Object, f0: int, rev: bool) -> int | None:
+        """Keyframe whose pass reached the frame just before ``f0`` (so it can go on), else None."""
+        prev = f0 + 1 if rev else f0 - 1
+        if not 0 <= prev < self.n_frames or f0 in o.prompts:
+            return None
+        if prev in o.prompts:
+            return prev
+        st, src = self.results.status(o.obj_id), self.results.sources(o.obj_id)
+        return int(src[prev]) if st[prev] == Status.PROPAGATED and src[prev] >= 0 else None
+
+    def _track_frame(self, f: int, rev: bool, todo, active) -> list[int]:
+        feats = self._frame_features(f)
+        groups: dict[tuple, list] = collections.defaultdict(list)
+        for o in todo:
+            view = self._view(o, f, rev)
+            groups[(tuple(sorted(view.cond)), tuple(sorted(view.other)))].append((o, view))
+        done = []
+        for members in groups.values():
+            with self._oom_guard():
+                out = self.backend.track(feats, TrackRequest(f, rev, [v for _, v in members]), self.n_frames)
+            same = out.mem_logits is out.mask_logits
+            for i, (o, _) in enumerate(members):
+                e = MemoryEntry(obj_ptr=out.obj_ptr[i], object_score=out.object_score[i],
+                                mask_logits=out.mask_logits[i], iou=float(out.iou[i]), from_prompt=False, reverse=rev,
+                                maskmem=out.maskmem[i] if out.maskmem is not None else None,
+                                mem_logits=None if same else out.mem_logits[i])
+                self.bank.put(o.obj_id, f, e)
+                o.visited[f] = int(rev)
+                self._store(f, o.obj_id, out.mask_logits[i:i + 1], e, Status.PROPAGATED, source=active[o.obj_id])
+                done.append(o.obj_id)
+        return done
+
+    def _view(self, o: _Object, f: int, rev: bool) -> MemoryView:
+        """The keyframes (nearest N) and other frames the step at ``f`` reads, with memory encoded."""
+        keys = o.finalized_keyframes()
+        cap = self.config.max_keyframes_in_attention
+        selected = _closest(f, keys, cap)
+        cond = {t: self._full_entry(o.obj_id, t) for t in selected}
+        other = {}
+        for t in self.backend.frames_read(f, rev, selected, self.n_frames):
+            if t in cond or t in o.pending or t == f:
+                continue
+            if self.bank.has(o.obj_id, t):
+                other[t] = self._full_entry(o.obj_id, t)
+        return MemoryView(cond, other)
+
+    def _full_entry(self, obj_id: int, t: int) -> MemoryEntry:
+        e = self.bank.get(obj_id, t)
+        if e.maskmem is None:  # paged out to disk: re-encode from the frame and its logits (exact)
+            logits = e.mem_logits if e.mem_logits is not None else e.mask_logits
+            mm = self.backend.encode_memory(self._frame_features(t), logits, e.object_score, e.from_prompt)
+            e = self.bank.set_maskmem(obj_id, t, mm)
+        return e
+
+    # -- results -----------------------------------------------------------------
+    def _store(self, f: int, obj_id: int, low_res: torch.Tensor, e: MemoryEntry, status: Status, source: int) -> None:
+        video = self.backend.to_video_res(low_res[None] if low_res.dim() == 3 else low_res, self.height, self.width)[0]
+        self.results.write(f, obj_id, (video > 0).cpu().numpy(), status=status,
+                           object_score=float(e.object_score.reshape(-1)[0]), iou=e.iou, source=source)
+
+    def frame_result(self, frame: int, obj_ids=None) -> FrameResult:
+        """Masks, logits and scores of ``frame`` for the given objects (default all)."""
+        self._check_frame(frame)
+        ids = list(self.obj_ids if obj_ids is None else obj_ids)
+        lows, scores, ious = [], [], []
+        s = self.backend.image_size // 4
+        for oid in ids:
+            e = self.bank.get(oid, frame)
+            if e is None:
+                lows.append(torch.full((1, s, s), NO_OBJ_LOGIT))
+                scores.append(np.nan)
+                ious.append(np.nan)
+            else:
+                lows.append(e.mask_logits.to("cpu"))
+                scores.append(float(e.object_score.reshape(-1)[0]))
+                ious.append(e.iou)
+        if ids:
+            logits = self.backend.to_video_res(torch.stack(lows), self.height, self.width).cpu().numpy()
+        else:
+            logits = np.zeros((0, self.height, self.width), np.float32)
+        return FrameResult(frame, ids, logits > 0, logits.astype(np.float32), np.array(scores, np.float32),
+                           np.array(ious, np.float32))
+
+    # -- plumbing ------------------------------------------------------------------
+    def _frame_features(self, f: int):
+        feats = self._features.get(f)
+        if feats is None:
+            img = self.frames.model_input(f, self.backend.image_size, self.backend.device)
+            feats = self.backend.encode_image(img, f)
+            self._features[f] = feats
+            while len(self._features) > self.config.feature_cache_frames:
+                self._features.popitem(last=False)
+        else:
+            self._features.move_to_end(f)
+        return feats
+
+    def _check_frame(self, frame) -> int:
+        if not isinstance(frame, (int, np.integer)) or not 0 <= int(frame) < self.n_frames:
+            raise FrameIndexError(f"frame {frame!r} is out of range: the video has {self.n_frames} frames (0..{self.n_frames - 1})")
+        return int(frame)
+
+    def _oom_guard(self):
+        session = self
+
+        class _Guard:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, et, ev, tb):
+                if et is not None and issubclass(et, torch.OutOfMemoryError):
+                    raise OutOfMemoryError(
+                        f"the device ran out of memory ({ev}); lower image_size, track fewer objects at once, or "
+                        f"lower feature_cache_frames (now {session.config.feature_cache_frames}); every frame "
+                        "finished before this one is stored") from ev
+                return False
+
+        return _Guard()
+
+    def close(self) -> None:
+        self._features.clear()
+        self.frames.close()
+
+    def __enter__(self) -> "TrackingSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _closest(f: int, keys: list[int], cap: int | None) -> list[int]:
+    """Upstream's choice of conditioning frames (closest before, closest after, then nearest)."""
+    if cap is None or len(keys) <= cap:
+        return list(keys)
+    sel = []
+    before = [t for t in keys if t < f]
+    after = [t for t in keys if t >= f]
+    if before:
+        sel.append(before[-1])
+    if after:
+        sel.append(after[0])
+    rest = sorted((t for t in keys if t not in sel), key=lambda t: abs(t - f))[: cap - len(sel)]
+    return sorted(sel + rest)
