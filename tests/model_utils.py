@@ -20,6 +20,8 @@ def make_checkpoint(path: Path, *, model: str = "sam2.1_hiera_tiny", image_size:
         head = m.sam_mask_decoder.pred_obj_score_head
         last = head.layers[-1] if hasattr(head, "layers") else head
         last.bias.fill_(8.0)
+        for mlp in m.sam_mask_decoder.output_hypernetworks_mlps:  # wider logits: a stronger test signal
+            mlp.layers[-1].weight.mul_(30.0)
     torch.save({"model": m.state_dict()}, path)
     return path
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import warnings
 from typing import Sequence
 
 import torch
@@ -90,6 +91,7 @@ class Sam2Backend:
         self.stride = int(model.memory_temporal_stride_for_eval)
         self.autocast = self.device.type == "cuda"  # bf16 on CUDA, as upstream's notebooks run it
         self._pos_enc: list[torch.Tensor] | None = None
+        self._holes_ok = True
         self.calls: dict = {"encode_image": collections.Counter(), "track": collections.Counter(),
                             "prompt": collections.Counter(), "encode_memory": collections.Counter()}
 
@@ -217,8 +219,13 @@ class Sam2Backend:
             self._remember_pos(pos)
             maskmem = maskmem.to(torch.bfloat16)  # upstream stores memory in bf16
         out_logits = low_res.float()
-        if getattr(m, "fill_hole_area", 0) > 0:
-            out_logits = fill_holes_in_mask_scores(out_logits, m.fill_hole_area)
+        if getattr(m, "fill_hole_area", 0) > 0 and self._holes_ok:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                out_logits = fill_holes_in_mask_scores(out_logits, m.fill_hole_area)
+            if caught:  # no CUDA extension: upstream skips hole filling too; say so once
+                self._holes_ok = False
+                log.info("sam2's CUDA extension is not available: small holes in masks are not filled (as upstream)")
         # memory of a prompt is encoded later from the output; of a tracked frame, from the raw logits
         mem_logits = out_logits if from_prompt else low_res.float()
         return StepOutput(out_logits, mem_logits, obj_ptr.float(), score.float(), ious.float().max(-1).values,
