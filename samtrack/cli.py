@@ -74,6 +74,114 @@ def cache(source: Path = typer.Argument(..., help="video file, image folder, TIF
         console.print(f"cached {len(fs)} frames of {fs.info.width}x{fs.info.height} in {fs.path}")
 
 
+@app.command()
+def track(source: Path = typer.Argument(..., help="video file, image folder, TIFF stack or zarr"),
+          prompts: Path = typer.Option(..., "--prompts", "-p", help="prompt file (JSON/YAML)"),
+          out_dir: Path = typer.Option(..., "--out", "-o", help="job directory (results, resumable)"),
+          model: str = typer.Option("sam2.1_hiera_tiny", "--model"),
+          checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="path, or 'untrained'"),
+          image_size: Optional[int] = typer.Option(None, "--image-size"),
+          device: str = typer.Option("auto", "--device"),
+          direction: str = typer.Option("both", "--direction", help="forward, backward or both"),
+          export_formats: Optional[List[str]] = typer.Option(None, "--export", help="format to export after tracking (repeat)"),
+          force: bool = typer.Option(False, "--force", help="replace another job's directory / existing exports"),
+          z: Optional[int] = Z, channel: Optional[List[int]] = CH, time_axis: Optional[str] = TA) -> None:
+    """Track the prompted objects through the video; run it again to resume after an interruption."""
+    from samtrack.job import run_track
+    from samtrack.progress import progress_bar
+
+    opts = _reader_options(z, channel, time_axis, None)
+    with progress_bar("tracking", unit="frames", show_memory=True) as update:
+        session = run_track(source, prompts, out_dir, model=model, checkpoint=checkpoint, image_size=image_size,
+                            device=device, direction=direction, force=force, progress=update, video_options=opts)
+    try:
+        console.print(f"results in {out_dir} ({len(session.obj_ids)} objects, {session.n_frames} frames)")
+        for fmt in export_formats or []:
+            _export(session.results, fmt, out_dir / _default_name(fmt), force=force, frames=session.frames)
+    finally:
+        session.close()
+
+
+def _default_name(fmt: str) -> str:
+    return {"zarr": "labels.zarr", "tiff": "labels.tif", "png": "png", "npy": "labels.npy", "mp4": "overlay.mp4",
+            "coco": "coco.json", "ytvis": "ytvis.json", "ctc": "ctc"}.get(fmt, fmt)
+
+
+def _export(store, fmt, output, *, force, frames=None, allow_incomplete=False):
+    from samtrack.io.export import export as do_export
+    from samtrack.progress import progress_bar
+
+    with progress_bar(f"export {fmt}", unit="frames") as update:
+        path = do_export(store, fmt, output, force=force, allow_incomplete=allow_incomplete, frames=frames, progress=update)
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def export(job_dir: Path = typer.Argument(..., help="a `samtrack track` output directory"),
+           fmt: str = typer.Option(..., "--format", "-f", help="zarr, tiff, png, npy, mp4"),
+           output: Optional[Path] = typer.Option(None, "--output", "-o"),
+           force: bool = typer.Option(False, "--force"),
+           allow_incomplete: bool = typer.Option(False, "--allow-incomplete", help="export frames not computed or stale as empty")) -> None:
+    """Export a job's results to a format other tools open."""
+    import samtrack
+    from samtrack.job import open_results
+
+    store, job = open_results(job_dir)
+    frames = None
+    if fmt == "mp4":
+        frames = samtrack.open_video(job["source"], workdir=job_dir, **job.get("video_options", {}))
+    try:
+        _export(store, fmt, output or (job_dir / _default_name(fmt)), force=force, frames=frames,
+                allow_incomplete=allow_incomplete)
+    finally:
+        if frames is not None:
+            frames.close()
+
+
+models_app = typer.Typer(help="Supported models and their checkpoints.", invoke_without_command=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback()
+def models(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
+    """List models: family, size, parameters, checkpoint, where samtrack looks, present or not."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from samtrack.session.checkpoints import checkpoint_dirs, find_checkpoint
+    from samtrack.session.models import MODELS
+
+    rows = []
+    for m in MODELS.values():
+        found = find_checkpoint(m)
+        rows.append({"name": m.name, "family": m.family, "size": m.size, "params_m": m.params_m,
+                     "checkpoint": m.checkpoint, "url": m.url, "hf_id": m.hf_id, "present": found is not None,
+                     "path": str(found) if found else None, "approx_memory_gb": m.approx_memory_gb,
+                     "search": [str(d) for d in checkpoint_dirs()]})
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    from rich.table import Table
+
+    t = Table("model", "family", "size", "params (M)", "checkpoint", "present", "~memory (GB)")
+    for r in rows:
+        t.add_row(r["name"], r["family"], r["size"], f"{r['params_m']:.1f}", r["checkpoint"],
+                  "[green]yes[/green]" if r["present"] else "no", f"{r['approx_memory_gb']:.1f}")
+    out.print(t)
+    out.print(f"searched: {', '.join(rows[0]['search'])}")
+
+
+@models_app.command("download")
+def models_download(name: str) -> None:
+    """Download a model's official checkpoint (resumable, verified when a sha256 is known)."""
+    from samtrack.progress import progress_bar
+    from samtrack.session.checkpoints import download_checkpoint
+    from samtrack.session.models import get_model
+
+    with progress_bar(f"download {name}", unit="bytes") as update:
+        path = download_checkpoint(get_model(name), progress=update)
+    console.print(f"saved {path}")
+
+
 def main(argv: Optional[list] = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -8,7 +8,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 @contextlib.contextmanager
-def progress_bar(label: str, *, total: int | None = None, unit: str = "frames") -> Iterator[Callable[[int, int], None]]:
+def progress_bar(label: str, *, total: int | None = None, unit: str = "frames",
+                 show_memory: bool = False) -> Iterator[Callable[[int, int], None]]:
     """Yield an ``update(done, total)`` callback drawing a bar with rate and ETA on stderr."""
     from rich.console import Console
 
@@ -22,6 +23,10 @@ def progress_bar(label: str, *, total: int | None = None, unit: str = "frames") 
             t = bar.tasks[task]
             speed = t.speed
             rate = f"{speed:6.1f} {unit}/s" if speed else ""
+            if show_memory:
+                import psutil
+
+                rate += f"  RSS {psutil.Process().memory_info().rss / 2**30:.2f} GiB"
             bar.update(task, completed=done, total=total_now if total_now is not None else t.total, rate=rate, **fields)
 
         yield update

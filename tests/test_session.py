@@ -179,3 +179,27 @@ def test_results_of_another_job_are_refused(assets, tmp_path):
     s.close()
     with pytest.raises(CacheError, match="another job"):
         samtrack.open_session(vid, checkpoint=ck, image_size=256, device="cpu", workdir=tmp_path / "w")
+
+
+def test_reopen_restores_objects_prompts_and_results(assets, tmp_path):
+    _, ck, vid = assets
+    mask = np.zeros((96, 128), bool)
+    mask[10:40, 20:60] = True
+    s = samtrack.open_session(vid, checkpoint=ck, image_size=128, device="cpu", workdir=tmp_path / "w")
+    s.add_points(0, 1, [[30, 40]], [1])
+    s.add_mask(10, 2, mask)
+    list(s.propagate("forward", stop=20))
+    s.add_box(25, 3, [10, 10, 50, 50])  # pending: never propagated before the "crash"
+    want = {f: s.frame_result(f).logits.copy() for f in (5, 15, 25)}
+    status = {o: s.status(o).copy() for o in (1, 2, 3)}
+    s.close()
+    s2 = samtrack.open_session(vid, checkpoint=ck, image_size=128, device="cpu", workdir=tmp_path / "w")
+    assert s2.obj_ids == [1, 2, 3] and s2.keyframes(2) == [10] and s2.keyframes(3) == [25]
+    for o in (1, 2, 3):
+        np.testing.assert_array_equal(s2.status(o), status[o])
+    for f, v in want.items():
+        np.testing.assert_allclose(s2.frame_result(f).logits, v, atol=1e-5)
+    s2.backend.calls["track"].clear()
+    list(s2.propagate("forward"))  # continues: only frames never computed
+    assert min(s2.backend.calls["track"]) == 21
+    s2.close()

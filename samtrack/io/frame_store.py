@@ -196,11 +196,21 @@ class FrameStore:
         self._root = root
         self._frames = root["frames"]
         self._state_arr = root["chunk_state"]
-        self._state = np.asarray(self._state_arr[:]).copy()
+        self._state = self._load_states()
         self._state[self._state == PARTIAL] = MISSING  # retry damaged chunks once per open
         done = int((self._state == DONE).sum())
         if done:
             log.info("frame cache %s: resuming, %d of %d chunks already built", self.path, done, self.n_chunks)
+
+    def _load_states(self) -> np.ndarray:
+        """Chunk states from the files that exist (a fresh cache of 10,000 frames has none to read)."""
+        state = np.zeros(self.n_chunks, np.uint8)
+        d = self.path / "chunk_state" / "c"
+        if d.is_dir():
+            for name in os.listdir(d):
+                if name.isdigit() and int(name) < self.n_chunks:
+                    state[int(name)] = int(self._state_arr[int(name)])
+        return state
 
     # -- public API ------------------------------------------------------------
     @property

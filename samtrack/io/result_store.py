@@ -67,6 +67,9 @@ class ResultStore:
         with self._lock:
             self._objects.pop(str(obj_id), None)
             self.root.attrs["objects"] = self._objects
+            prompts = dict(self.root.attrs.get("prompts", {}))
+            if prompts.pop(str(obj_id), None) is not None:
+                self.root.attrs["prompts"] = prompts
             self._cache.pop(obj_id, None)
             if f"obj_{obj_id}" in self.root:
                 del self.root[f"obj_{obj_id}"]
@@ -115,6 +118,37 @@ class ResultStore:
             a["_status"][frames] = int(status)
             lo, hi = int(frames.min()), int(frames.max()) + 1
             a["status"][lo:hi] = a["_status"][lo:hi]
+
+    # -- prompts (so that a session reopens where it was) ------------------------
+    def save_prompt(self, obj_id: int, frame: int, record: dict | None, mask: np.ndarray | None = None) -> None:
+        """Record (or with ``record=None`` forget) the prompt of one object on one frame."""
+        with self._lock:
+            prompts = dict(self.root.attrs.get("prompts", {}))
+            per = dict(prompts.get(str(obj_id), {}))
+            key = f"{obj_id}_{frame}"
+            if record is None:
+                per.pop(str(frame), None)
+                if "prompt_masks" in self.root and key in self.root["prompt_masks"]:
+                    del self.root["prompt_masks"][key]
+            else:
+                if mask is not None:
+                    g = self.root.require_group("prompt_masks")
+                    if key in g:
+                        del g[key]
+                    g.create_array(key, data=np.asarray(mask, bool), chunks=mask.shape)
+                per[str(frame)] = record
+            prompts[str(obj_id)] = per
+            self.root.attrs["prompts"] = prompts
+
+    def load_prompts(self) -> dict[int, dict[int, tuple[dict, np.ndarray | None]]]:
+        out: dict = {}
+        for oid, per in self.root.attrs.get("prompts", {}).items():
+            for f, rec in per.items():
+                m = None
+                if rec.get("kind") == "mask":
+                    m = np.asarray(self.root["prompt_masks"][f"{oid}_{f}"][:])
+                out.setdefault(int(oid), {})[int(f)] = (rec, m)
+        return out
 
     # -- reads -----------------------------------------------------------------
     def status(self, obj_id: int) -> np.ndarray:

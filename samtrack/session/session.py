@@ -99,6 +99,34 @@ class TrackingSession:
         self._objects: dict[int, _Object] = {}
         self._features: collections.OrderedDict[int, object] = collections.OrderedDict()
         self._cancel = threading.Event()
+        self._restore()
+
+    def _restore(self) -> None:
+        """Reopen a workdir: objects, keyframes and results as they were (after a crash too).
+
+        Prompts whose memory never reached the disk (added, not yet propagated)
+        are run again: a prompt is deterministic, so nothing changes."""
+        saved = self.results.load_prompts()
+        for oid in self.results.object_ids:
+            o = _Object(oid, visited=np.full(self.n_frames, -1, np.int8))
+            self._objects[oid] = o
+            st = self.results.status(oid)
+            for f in np.flatnonzero((st == Status.PROPAGATED) | (st == Status.STALE)):
+                e = self.bank.get(oid, int(f))
+                o.visited[f] = int(e.reverse) if e is not None else 0
+            for f, (rec, mask) in sorted(saved.get(oid, {}).items()):
+                prompt = Mask(mask) if rec["kind"] == "mask" else Points(
+                    tuple(map(tuple, rec["points"])), tuple(rec["labels"]), tuple(rec["box"]) if rec.get("box") else None)
+                e = self.bank.get(oid, f)
+                if e is not None and e.keyframe:
+                    o.prompts[f] = prompt
+                    if rec.get("visited", -1) >= 0:
+                        o.visited[f] = rec["visited"]
+                else:  # never finalized: run it again
+                    o.visited[f] = rec.get("visited", -1)
+                    self._prompt(f, oid, prompt)
+        if self._objects:
+            log.info("reopened %s: objects %s", self.workdir, self.obj_ids)
 
     # -- objects ---------------------------------------------------------------
     @property
@@ -167,6 +195,7 @@ class TrackingSession:
                 continue
             del o.prompts[frame]
             o.pending.discard(frame)
+            self.results.save_prompt(o.obj_id, frame, None)
             self._mark_stale(o.obj_id, frame)
             e = self.bank.get(o.obj_id, frame)
             if e is not None and o.visited[frame] >= 0:  # keep the output as a plain tracked frame (upstream does)
@@ -205,9 +234,20 @@ class TrackingSession:
         self.bank.put(obj_id, frame, entry)
         o.prompts[frame] = prompt
         o.pending.add(frame)
+        self._save_prompt(obj_id, frame, prompt)
         self._mark_stale(obj_id, frame)
         self._store(frame, obj_id, out.mask_logits[0:1], entry, Status.PROMPTED, source=frame)
         return self.frame_result(frame)
+
+    def _save_prompt(self, obj_id: int, frame: int, prompt) -> None:
+        visited = int(self._objects[obj_id].visited[frame])
+        if isinstance(prompt, Mask):
+            self.results.save_prompt(obj_id, frame, {"kind": "mask", "visited": visited}, prompt.mask)
+        else:
+            self.results.save_prompt(obj_id, frame, {"kind": "points", "points": [list(p) for p in prompt.points],
+                                                     "labels": list(prompt.labels),
+                                                     "box": list(prompt.box) if prompt.box else None,
+                                                     "visited": visited})
 
     def _mark_stale(self, obj_id: int, frame: int) -> None:
         st = self.results.status(obj_id)
@@ -279,7 +319,9 @@ class TrackingSession:
                 keys, st, src = plans[o.obj_id]
                 if f in o.prompts:
                     active[o.obj_id] = f
-                    o.visited[f] = int(rev)
+                    if o.visited[f] != int(rev):
+                        o.visited[f] = int(rev)
+                        self._save_prompt(o.obj_id, f, o.prompts[f])
                     started.append(o.obj_id)
                     continue
                 k = active[o.obj_id]

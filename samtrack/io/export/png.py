@@ -1,0 +1,39 @@
+"""One indexed (palette) PNG per frame, DAVIS style: index k = object id k, 0 = background."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from samtrack.io.export import ExportError
+
+
+def davis_palette() -> list[int]:
+    pal = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal += [r, g, b]
+    return pal
+
+
+def write(store, path, *, progress=None, **_):
+    from PIL import Image
+
+    if max(store.object_ids) > 255:
+        raise ExportError(f"palette PNG holds object ids up to 255, this result has id {max(store.object_ids)}; "
+                          "export as tiff, zarr or npy instead")
+    Path(path).mkdir(parents=True)
+    pal = davis_palette()
+    n = store.n_frames
+    for t in range(n):
+        im = Image.fromarray(store.label_frame(t).astype(np.uint8), mode="P")
+        im.putpalette(pal)
+        im.save(Path(path) / f"{t:05d}.png")
+        if progress:
+            progress(t + 1, n)

@@ -1,0 +1,127 @@
+"""Prompt files (JSON or YAML), validated with errors that name the field and object.
+
+    {"objects": [{"id": 1, "name": "cell-1", "parent": null,
+                  "prompts": [{"frame": 0, "points": [[x, y], ...], "labels": [1, ...]},
+                              {"frame": 40, "box": [x0, y0, x1, y1]},
+                              {"frame": 90, "mask": "relative/path.png"}]}]}
+
+Points are (x, y) in video pixels; labels 1 positive / 0 negative (default all 1);
+a box may carry refining points; a mask is an image (nonzero = object) at video
+size, its path relative to the prompt file.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from samtrack.errors import PromptError, SamtrackError
+from samtrack.session.prompts import check_box, make_mask, make_points
+
+
+class PromptFileError(PromptError):
+    """A prompt file that cannot be used; the message names the field and the object."""
+
+
+@dataclass(frozen=True)
+class ObjectPrompts:
+    obj_id: int
+    name: str | None
+    parent: int | None
+    prompts: tuple[dict, ...]  # validated: {"frame", "kind", ...}
+
+
+def load_prompt_file(path, *, n_frames: int, width: int, height: int) -> list[ObjectPrompts]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise PromptFileError(f"{path}: cannot read the prompt file ({e})") from e
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:  # json/yaml parser errors
+        raise PromptFileError(f"{path}: not valid {'YAML' if path.suffix.lower() in ('.yaml', '.yml') else 'JSON'} ({e})") from e
+    if not isinstance(data, dict) or not isinstance(data.get("objects"), list) or not data["objects"]:
+        raise PromptFileError(f"{path}: needs a non-empty list under \"objects\"")
+    seen: set[int] = set()
+    out = []
+    for i, obj in enumerate(data["objects"]):
+        where = f"{path}: objects[{i}]"
+        if not isinstance(obj, dict) or "id" not in obj:
+            raise PromptFileError(f"{where}: missing \"id\" (a positive integer)")
+        oid = obj["id"]
+        if not isinstance(oid, int) or isinstance(oid, bool) or oid < 1:
+            raise PromptFileError(f"{where}: \"id\" must be a positive integer, got {oid!r}")
+        if oid in seen:
+            raise PromptFileError(f"{where}: duplicate id {oid}")
+        seen.add(oid)
+        where = f"{path}: object {oid}"
+        parent = obj.get("parent")
+        if parent is not None and (not isinstance(parent, int) or parent == oid):
+            raise PromptFileError(f"{where}: \"parent\" must be another object's id or null")
+        prompts = obj.get("prompts")
+        if not isinstance(prompts, list) or not prompts:
+            raise PromptFileError(f"{where}: needs a non-empty \"prompts\" list")
+        checked = tuple(_check_prompt(p, j, where, path.parent, n_frames, width, height) for j, p in enumerate(prompts))
+        out.append(ObjectPrompts(oid, obj.get("name"), parent, checked))
+    ids = {o.obj_id for o in out}
+    for o in out:
+        if o.parent is not None and o.parent not in ids:
+            raise PromptFileError(f"{path}: object {o.obj_id}: parent {o.parent} is not an object of this file")
+    return out
+
+
+def _check_prompt(p, j, where, base: Path, n_frames, width, height) -> dict:
+    w = f"{where}, prompts[{j}]"
+    if not isinstance(p, dict) or "frame" not in p:
+        raise PromptFileError(f"{w}: missing \"frame\"")
+    f = p["frame"]
+    if not isinstance(f, int) or isinstance(f, bool) or not 0 <= f < n_frames:
+        raise PromptFileError(f"{w}: frame {f!r} is out of range 0..{n_frames - 1}")
+    kinds = [k for k in ("points", "box", "mask") if k in p]
+    if not kinds or ("mask" in kinds and len(kinds) > 1):
+        raise PromptFileError(f"{w}: give \"points\" (with \"labels\"), a \"box\" (optionally with points), or a \"mask\"")
+    try:
+        if "mask" in p:
+            mpath = base / str(p["mask"])
+            if not mpath.is_file():
+                raise PromptFileError(f"{w}: mask file {mpath} not found")
+            from samtrack.io.readers.image_folder import read_image
+
+            m = read_image(mpath)
+            m = m[..., 0] if m.ndim == 3 and m.shape[2] == 1 else (m.max(axis=2) if m.ndim == 3 else m)
+            return {"frame": f, "kind": "mask", "mask": make_mask(m > 0, width, height).mask}
+        pts = p.get("points")
+        labels = p.get("labels", [1] * len(pts) if pts else None)
+        box = check_box(p["box"], width, height) if "box" in p else None
+        make_points(pts, labels, width, height, box=box)
+        return {"frame": f, "kind": "box" if box else "points", "points": pts, "labels": labels, "box": box}
+    except PromptFileError:
+        raise
+    except SamtrackError as e:
+        raise PromptFileError(f"{w}: {e}") from e
+    except (TypeError, ValueError) as e:
+        raise PromptFileError(f"{w}: malformed ({e})") from e
+
+
+def apply_prompts(session, objects: list[ObjectPrompts]) -> int:
+    """Add every prompt of a file to a session; returns how many were added."""
+    n = 0
+    for o in objects:
+        session.add_object(o.obj_id, name=o.name, parent=o.parent)
+        for p in o.prompts:
+            if p["kind"] == "mask":
+                session.add_mask(p["frame"], o.obj_id, p["mask"])
+            elif p["kind"] == "box":
+                session.add_box(p["frame"], o.obj_id, p["box"], points=p["points"], labels=p["labels"])
+            else:
+                session.add_points(p["frame"], o.obj_id, np.asarray(p["points"], float), p["labels"])
+            n += 1
+    return n
