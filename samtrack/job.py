@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -46,6 +45,15 @@ def run_track(source, prompts, out_dir, *, model: str = "sam2.1_hiera_tiny", che
         raise InvalidOptionError(f"direction {direction!r}: use forward, backward or both")
     video_options = dict(video_options or {})
     out_dir = Path(out_dir)
+    if not Path(prompts).is_file():
+        from samtrack.session.prompt_file import PromptFileError
+
+        raise PromptFileError(f"prompt file {prompts} not found")
+    from samtrack.io.registry import open_reader
+
+    with open_reader(source, **video_options) as rd:  # validate the prompts before any work
+        info = rd.info
+    objects = load_prompt_file(prompts, n_frames=info.n_frames, width=info.width, height=info.height)
     spec = job_spec(source, prompts, model=model, image_size=image_size, direction=direction, video_options=video_options)
     old = read_job(out_dir)
     if old is not None and old != spec:
@@ -53,13 +61,16 @@ def run_track(source, prompts, out_dir, *, model: str = "sam2.1_hiera_tiny", che
             raise CacheError(f"{out_dir} holds another job (source {old.get('source')}, model {old.get('model')}); "
                              "choose another --out, or pass --force to replace it")
         shutil.rmtree(out_dir)
-    elif old is None and out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise CacheError(f"{out_dir} exists and is not a samtrack job: choose another --out, or pass --force")
+    elif old is None and out_dir.exists() and any(out_dir.iterdir()):
+        ours = {p.name for p in out_dir.iterdir()} <= {"frames.zarr", "results.zarr", "memory.zarr"}
+        if not (ours or force):
+            raise CacheError(f"{out_dir} exists and is not a samtrack job: choose another --out, or pass --force")
+        for name in ("results.zarr", "memory.zarr"):  # an interrupted start: begin again (the frame cache stays)
+            shutil.rmtree(out_dir / name, ignore_errors=True)
     session = open_session(source, model=model, checkpoint=checkpoint, image_size=image_size, device=device,
                            workdir=out_dir, config=config, **video_options)
     try:
         if read_job(out_dir) is None:
-            objects = load_prompt_file(prompts, n_frames=session.n_frames, width=session.width, height=session.height)
             apply_prompts(session, objects)
             session.results.root.attrs["job"] = spec
             shutil.copy(prompts, out_dir / ("prompts" + Path(prompts).suffix))

@@ -125,3 +125,18 @@ def uint16_stack(n: int = 6, h: int = 64, w: int = 80, *, low: int = 900, high: 
             img += (high - low) * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / 40.0)
         out[t] = np.clip(img, 0, 65535).astype(np.uint16)
     return out
+
+
+def kill_when(proc, ready, *, timeout: float = 300.0, poll: float = 0.005) -> None:
+    """SIGKILL ``proc`` as soon as ``ready()`` is true; fail if it ended first."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if ready():
+            break
+        time.sleep(poll)
+    assert proc.poll() is None, "the process finished before it could be killed; give it more work"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from samtrack.session.backends.sam2_backend import build_model, hydra_overrides

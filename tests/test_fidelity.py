@@ -6,7 +6,6 @@ abs logit difference <= 1e-4 on every frame (42 frames).
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,14 +134,7 @@ def test_killed_cache_build_resumes(tmp_path):
     cmd = [sys.executable, "-m", "samtrack.cli", "cache", str(src), "--workdir", str(work)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state_dir = work / "frames.zarr" / "chunk_state" / "c"
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None:
-        if state_dir.exists() and sum(1 for _ in state_dir.iterdir()) >= 2:
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, "the build finished before it could be killed; make the video longer"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    media.kill_when(proc, lambda: state_dir.exists() and sum(1 for _ in state_dir.iterdir()) >= 2, timeout=60)
     with open_video(src, workdir=work) as fs:
         done_before = int((fs._state == DONE).sum())
         assert 0 < done_before < fs.n_chunks

@@ -87,7 +87,7 @@ def test_header_frame_count_is_not_trusted(videos):
 
 def test_image_folder_natural_sort(tmp_path):
     names = ["frame10", "frame2", "frame1", "Frame3"]
-    frames = media.write_image_folder(tmp_path / "f", names)
+    media.write_image_folder(tmp_path / "f", names)
     with open_reader(tmp_path / "f") as r:
         got = [media.read_index(r.read_raw(i)) for i in range(4)]
     # natural order: frame1, frame2, Frame3, frame10 -> written as k = 2, 1, 3, 0

@@ -15,7 +15,7 @@ import pytest
 
 from samtrack.io.registry import open_reader
 from tests import media
-from tests.conftest import SHARED, shared
+from tests.conftest import shared
 
 
 @dataclass
@@ -109,7 +109,7 @@ def _zarr(ome):
         arr = media.uint16_stack(4)
         if ome:
             g = zarr.open_group(tmp / "img.ome.zarr", mode="w", zarr_format=2)
-            a = g.create_array("0", data=arr[:, None, None], chunks=(1, 1, 1, 64, 80))  # t c z y x
+            g.create_array("0", data=arr[:, None, None], chunks=(1, 1, 1, 64, 80))  # t c z y x
             g.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": n} for n in "tczyx"], "datasets": [{"path": "0"}]}]
             src = tmp / "img.ome.zarr"
         else:

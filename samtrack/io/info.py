@@ -13,7 +13,9 @@ class VideoInfo:
     applied). ``dtype`` and ``channels`` describe the *original* samples a reader
     returns from ``read_raw`` (uint8 x 3 for video; uint16 x 1 for a 16-bit TIFF
     channel); display frames are always uint8 RGB. ``rotation`` is the display
-    rotation in degrees counter-clockwise that was applied (0, 90, 180, 270).
+    rotation in degrees *clockwise* that was applied to the coded frames to show
+    them upright (0, 90, 180, 270; a portrait iPhone clip is 90), as the classic
+    ``rotate`` tag says.
     ``fps`` is the average rate (frames / duration); on variable-frame-rate video
     frame i is the i-th frame in presentation order, never ``t * fps``.
     """

@@ -8,8 +8,7 @@ channel: one channel is gray, two are magenta + green, three are R, G, B.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 

@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from samtrack.errors import (CancelledError, FrameIndexError, InvalidOptionError, NoPromptsError, OutOfMemoryError,
+from samtrack.errors import (FrameIndexError, InvalidOptionError, NoPromptsError, OutOfMemoryError,
                              PromptError, UnknownObjectError)
 from samtrack.io.frame_store import FrameStore
 from samtrack.io.result_store import ResultStore, Status

@@ -18,7 +18,8 @@ import numpy as np
 from samtrack.errors import SamtrackError
 from samtrack.io.result_store import ResultStore, Status
 
-FORMATS = {"zarr": "zarr_labels", "tiff": "tiff", "png": "png", "npy": "npy", "mp4": "mp4"}
+FORMATS = {"zarr": "zarr_labels", "tiff": "tiff", "png": "png", "npy": "npy", "mp4": "mp4", "coco": "coco",
+           "ytvis": "ytvis", "ctc": "ctc"}
 
 
 class ExportError(SamtrackError, ValueError):

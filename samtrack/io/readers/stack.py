@@ -6,7 +6,6 @@ sliced.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Sequence
 

@@ -120,7 +120,6 @@ class PyAVReader(Reader):
         return ScanResult(pts_sorted, tuple(sorted(set(keys))) or (pts_sorted[0],), header, err)
 
     def _probe_info(self) -> VideoInfo:
-        s = self._stream
         notes: list[str] = []
         scan = self._scan
         n = len(scan.pts)

@@ -1,0 +1,136 @@
+"""Checkpoint lookup, resumable verified download (loopback server), fine-tuned weights, OOM mid-run."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import http.server
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import samtrack
+from samtrack.errors import CheckpointError, OutOfMemoryError
+from samtrack.io.result_store import Status
+from samtrack.session.checkpoints import download_checkpoint, find_checkpoint, guess_model, load_state_dict
+from samtrack.session.models import MODELS, get_model
+from tests import media
+from tests import model_utils as mu
+
+
+class _RangeHandler(http.server.BaseHTTPRequestHandler):
+    payload = b""
+    cut_after: int | None = None  # simulate a dropped connection once
+
+    def do_GET(self):  # noqa: N802
+        start = 0
+        rng = self.headers.get("Range")
+        if rng:
+            start = int(rng.split("=")[1].split("-")[0])
+            self.send_response(206)
+        else:
+            self.send_response(200)
+        body = self.payload[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if type(self).cut_after is not None:
+            self.wfile.write(body[: type(self).cut_after])
+            type(self).cut_after = None
+            self.wfile.flush()
+            self.connection.close()
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def server():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv
+    srv.shutdown()
+
+
+def test_registry_has_official_names():
+    assert len(MODELS) == 8
+    tiny = get_model("sam2.1_hiera_t")
+    assert tiny.checkpoint == "sam2.1_hiera_tiny.pt" and tiny.url.endswith("/092824/sam2.1_hiera_tiny.pt")
+    assert tiny.hf_id == "facebook/sam2.1-hiera-tiny"
+
+
+def test_download_resumes_and_verifies(server, tmp_path):
+    payload = bytes(range(256)) * 4000
+    _RangeHandler.payload = payload
+    _RangeHandler.cut_after = 100_000
+    spec = dataclasses.replace(get_model("sam2.1_hiera_tiny"), url=f"http://127.0.0.1:{server.server_port}/ck.pt",
+                               sha256=hashlib.sha256(payload).hexdigest())
+    with pytest.raises(CheckpointError, match="partial download is kept"):
+        download_checkpoint(spec, dest_dir=tmp_path, timeout=5)
+    part = tmp_path / (spec.checkpoint + ".part")
+    assert part.stat().st_size == 100_000
+    p = download_checkpoint(spec, dest_dir=tmp_path, timeout=5)  # resumes from byte 100,000
+    assert p.read_bytes() == payload and not part.exists()
+    bad = dataclasses.replace(spec, sha256="0" * 64)
+    p.unlink()
+    with pytest.raises(CheckpointError, match="sha256"):
+        download_checkpoint(bad, dest_dir=tmp_path, timeout=5)
+    assert not p.exists()
+
+
+def test_checkpoint_found_in_cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAMTRACK_CHECKPOINTS", str(tmp_path))
+    spec = get_model("sam2.1_hiera_tiny")
+    assert find_checkpoint(spec) is None
+    (tmp_path / spec.checkpoint).write_bytes(b"x")
+    assert find_checkpoint(spec) == tmp_path / spec.checkpoint
+
+
+def test_damaged_checkpoint_is_a_clear_error(tmp_path):
+    p = tmp_path / "bad.pt"
+    p.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="re-download"):
+        load_state_dict(p)
+
+
+def test_fine_tuned_checkpoint_loads_and_changes_results(tmp_path):
+    base = mu.make_checkpoint(tmp_path / "base.pt", image_size=128)
+    sd = torch.load(base, weights_only=True)["model"]
+    assert guess_model(sd) == "sam2.1_hiera_tiny"
+    g = torch.Generator().manual_seed(1)
+    tuned = {k: (v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() and "sam_mask_decoder" in k else v)
+             for k, v in sd.items()}
+    torch.save({"model": tuned}, tmp_path / "tuned.pt")
+    vid = media.write_video(tmp_path / "v.mp4", 4, w=64, h=48)
+    out = []
+    for name in ("base", "tuned"):
+        with samtrack.open_session(vid, checkpoint=tmp_path / f"{name}.pt", image_size=128, device="cpu",
+                                   workdir=tmp_path / f"w_{name}") as s:
+            out.append(s.add_points(0, 1, [[30, 20]], [1]).logits[0])
+    assert np.abs(out[0] - out[1]).max() > 1e-3
+
+
+def test_out_of_memory_mid_propagation_keeps_frames_and_session(tmp_path):
+    ck = mu.make_checkpoint(tmp_path / "ck.pt", image_size=128)
+    vid = media.write_video(tmp_path / "v.mp4", 12, w=64, h=48)
+    with samtrack.open_session(vid, checkpoint=ck, image_size=128, device="cpu", workdir=tmp_path / "w") as s:
+        s.add_points(0, 1, [[30, 20]], [1])
+        real = s.backend.track
+        calls = {"n": 0}
+
+        def flaky(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == 6:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return real(*a, **k)
+
+        s.backend.track = flaky
+        with pytest.raises(OutOfMemoryError, match="image_size"):
+            list(s.propagate("forward"))
+        st = s.status(1)
+        assert (st[1:6] == Status.PROPAGATED).all() and (st[6:] == Status.NOT_RUN).all()
+        list(s.propagate("forward"))  # the session is still usable and resumes
+        assert (s.status(1)[1:] == Status.PROPAGATED).all()

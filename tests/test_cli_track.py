@@ -1,0 +1,97 @@
+"""`samtrack track`: prompt-file errors, SIGKILL mid-run then resume == an uninterrupted run."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests import media
+from tests import model_utils as mu
+
+N = 40
+
+
+@pytest.fixture(scope="module")
+def job_assets(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("track")
+    ck = mu.make_checkpoint(tmp / "ck.pt", image_size=128)
+    vid = media.write_video(tmp / "v.mp4", N, w=128, h=96)
+    prompts = tmp / "prompts.json"
+    prompts.write_text(json.dumps({"objects": [
+        {"id": 1, "name": "a", "prompts": [{"frame": 0, "points": [[30, 40]], "labels": [1]}]},
+        {"id": 2, "name": "b", "prompts": [{"frame": 20, "box": [60, 30, 110, 80]}]}]}))
+    return tmp, ck, vid, prompts
+
+
+def track_cmd(vid, prompts, out, ck, *extra):
+    return [sys.executable, "-m", "samtrack.cli", "track", str(vid), "--prompts", str(prompts), "--out", str(out),
+            "--checkpoint", str(ck), "--image-size", "128", "--device", "cpu", *extra]
+
+
+def masks(out: Path) -> dict:
+    from samtrack.job import open_results
+
+    rs, _ = open_results(out)
+    return {(o, t): rs.mask(t, o) for o in rs.object_ids for t in range(N)}, {o: rs.status(o) for o in rs.object_ids}
+
+
+def test_killed_track_resumes_to_the_same_result(job_assets):
+    tmp, ck, vid, prompts = job_assets
+    ref, kill = tmp / "ref", tmp / "killed"
+    r = subprocess.run(track_cmd(vid, prompts, ref, ck), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    proc = subprocess.Popen(track_cmd(vid, prompts, kill, ck), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    chunks = kill / "results.zarr" / "obj_1" / "mask" / "c"
+    media.kill_when(proc, lambda: chunks.exists() and sum(1 for _ in chunks.iterdir()) >= 12, poll=0.05)
+    _, st_killed = masks(kill)
+    assert (st_killed[1] == 0).any()  # it really stopped midway
+    r = subprocess.run(track_cmd(vid, prompts, kill, ck), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    (m_ref, st_ref), (m_kill, st_kill) = masks(ref), masks(kill)
+    for o in st_ref:
+        np.testing.assert_array_equal(st_kill[o], st_ref[o])
+    for k in m_ref:
+        np.testing.assert_array_equal(m_kill[k], m_ref[k], err_msg=str(k))
+
+
+def test_other_job_in_out_dir_needs_force(job_assets, tmp_path):
+    tmp, ck, vid, prompts = job_assets
+    out = tmp_path / "job"
+    assert subprocess.run(track_cmd(vid, prompts, out, ck, "--direction", "forward"), capture_output=True).returncode == 0
+    r = subprocess.run(track_cmd(vid, prompts, out, ck, "--direction", "both"), capture_output=True, text=True)
+    assert r.returncode == 2 and "--force" in r.stderr and "Traceback" not in r.stderr
+
+
+BAD = {
+    "missing id": {"objects": [{"prompts": [{"frame": 0, "points": [[1, 1]]}]}]},
+    "frame out of range": {"objects": [{"id": 1, "prompts": [{"frame": 99, "points": [[1, 1]]}]}]},
+    "point outside": {"objects": [{"id": 1, "prompts": [{"frame": 0, "points": [[500, 1]], "labels": [1]}]}]},
+    "box inverted": {"objects": [{"id": 1, "prompts": [{"frame": 0, "box": [50, 50, 10, 10]}]}]},
+    "mask missing": {"objects": [{"id": 1, "prompts": [{"frame": 0, "mask": "nope.png"}]}]},
+    "mask wrong size": {"objects": [{"id": 1, "prompts": [{"frame": 0, "mask": "small.png"}]}]},
+    "duplicate ids": {"objects": [{"id": 1, "prompts": [{"frame": 0, "points": [[1, 1]]}]},
+                                  {"id": 1, "prompts": [{"frame": 1, "points": [[1, 1]]}]}]},
+}
+EXPECT = {"missing id": "missing \"id\"", "frame out of range": "out of range", "point outside": "outside",
+          "box inverted": "inverted", "mask missing": "not found", "mask wrong size": "video is 128x96",
+          "duplicate ids": "duplicate id 1"}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_invalid_prompt_files_give_one_readable_line(job_assets, tmp_path, case):
+    from PIL import Image
+
+    tmp, ck, vid, _ = job_assets
+    Image.new("L", (10, 10), 255).save(tmp_path / "small.png")
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps(BAD[case]))
+    r = subprocess.run(track_cmd(vid, p, tmp_path / "out", ck), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
+    text = " ".join(lines)
+    assert text.startswith("error:") and EXPECT[case] in text, text
