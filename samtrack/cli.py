@@ -138,6 +138,31 @@ def export(job_dir: Path = typer.Argument(..., help="a `samtrack track` output d
             frames.close()
 
 
+@app.command("eval")
+def evaluate(pred: Path = typer.Argument(..., help="prediction: job dir, label zarr, PNG folder or CTC RES folder"),
+             gt: Path = typer.Argument(..., help="ground truth: PNG folder (DAVIS) or CTC GT folder"),
+             as_json: bool = typer.Option(False, "--json"),
+             skip_first_last: bool = typer.Option(False, "--skip-first-last", help="DAVIS challenge protocol")) -> None:
+    """J&F (DAVIS) per object and mean; SEG/TRA for Cell Tracking Challenge folders."""
+    from samtrack import evaluate as ev
+    from samtrack.progress import progress_bar
+
+    if ev.is_ctc(pred, gt):
+        res = ev.ctc_metrics(pred, gt)
+    else:
+        with progress_bar("evaluating", unit="frames") as update:
+            res = ev.davis_jf(pred, gt, skip_first_last=skip_first_last, progress=update)
+    if as_json:
+        out.print_json(json.dumps(res))
+        return
+    if "JF" in res:
+        for oid, v in res["objects"].items():
+            out.print(f"object {oid:>4}: J {v['J']:.4f}  F {v['F']:.4f}  J&F {v['JF']:.4f}")
+        out.print(f"mean       : J {res['J']:.4f}  F {res['F']:.4f}  J&F {res['JF']:.4f}  ({res['frames']} frames)")
+    else:
+        out.print("  ".join(f"{k} {v}" for k, v in res.items()))
+
+
 models_app = typer.Typer(help="Supported models and their checkpoints.", invoke_without_command=True)
 app.add_typer(models_app, name="models")
 

@@ -91,7 +91,7 @@ def test_a_one_object_points_forward(setup, case_a_upstream):
 
 
 def test_d_disk_tier_gives_the_same_logits(setup, case_a_upstream):
-    s = _session(setup, "d", host_budget_bytes=1, feature_cache_frames=2)
+    s = _session(setup, "d", host_budget_bytes=1)
     ours = {}
     ours[(1, 0)] = s.add_points(0, 1, [[40, 60]], [1]).logits[0]
     _collect(s.propagate("forward"), ours)

@@ -1,0 +1,125 @@
+"""Evaluation: DAVIS J&F per object, and Cell Tracking Challenge SEG/TRA (py-ctcmetrics).
+
+J is region similarity (IoU); F the boundary F-measure: boundaries are one
+pixel thick, matched within ``ceil(0.008 * image diagonal)`` pixels (DAVIS
+definitions). Both empty counts 1, one empty 0. Means are over all frames
+(``skip_first_last`` for the DAVIS challenge protocol).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from samtrack.errors import SamtrackError, UnsupportedSourceError
+
+
+class EvaluationError(SamtrackError, ValueError):
+    """Prediction and ground truth cannot be compared; the message says why."""
+
+
+def region_j(pred: np.ndarray, gt: np.ndarray) -> float:
+    union = np.logical_or(pred, gt).sum()
+    return 1.0 if union == 0 else float(np.logical_and(pred, gt).sum() / union)
+
+
+def boundary(mask: np.ndarray) -> np.ndarray:
+    """One-pixel boundary map as DAVIS's seg2bmap: pixels whose right, bottom or bottom-right neighbour differs."""
+    m = mask.astype(bool)
+    e = np.zeros_like(m)
+    s = np.zeros_like(m)
+    se = np.zeros_like(m)
+    e[:, :-1] = m[:, 1:]
+    s[:-1, :] = m[1:, :]
+    se[:-1, :-1] = m[1:, 1:]
+    b = m ^ e | m ^ s | m ^ se
+    b[-1, :] = m[-1, :] ^ e[-1, :]
+    b[:, -1] = m[:, -1] ^ s[:, -1]
+    b[-1, -1] = False
+    return b
+
+
+def boundary_f(pred: np.ndarray, gt: np.ndarray, bound_th: float = 0.008) -> float:
+    import cv2
+
+    h, w = gt.shape
+    r = bound_th if bound_th >= 1 else math.ceil(bound_th * math.hypot(h, w))
+    fb, gb = boundary(pred), boundary(gt)
+    nf, ng = fb.sum(), gb.sum()
+    if nf == 0 and ng == 0:
+        return 1.0
+    if nf == 0 or ng == 0:
+        return 0.0
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    gd = cv2.dilate(gb.astype(np.uint8), disk).astype(bool)
+    fd = cv2.dilate(fb.astype(np.uint8), disk).astype(bool)
+    precision = (fb & gd).sum() / nf
+    recall = (gb & fd).sum() / ng
+    return 0.0 if precision + recall == 0 else float(2 * precision * recall / (precision + recall))
+
+
+def read_label_source(path) -> tuple[int, Callable[[int], np.ndarray]]:
+    """(n_frames, frame -> (H, W) labels) for a palette-PNG folder, a job dir / results.zarr, or a label zarr."""
+    p = Path(path)
+    if (p / "results.zarr").exists() or p.name == "results.zarr":
+        from samtrack.job import open_results
+
+        store, _ = open_results(p if p.name != "results.zarr" else p.parent)
+        return store.n_frames, store.label_frame
+    if (p / "labels").exists() and ((p / "zarr.json").exists() or (p / ".zgroup").exists()):
+        import zarr
+
+        arr = zarr.open_group(p, mode="r")["labels"]
+        return arr.shape[0], lambda t: np.asarray(arr[t])
+    if p.is_dir():
+        from PIL import Image
+
+        from samtrack.io.readers.image_folder import list_images
+
+        files = [f for f in list_images(p) if f.suffix.lower() == ".png"]
+        if not files:
+            raise UnsupportedSourceError(f"{p}: no PNG label images (DAVIS style), results.zarr or label zarr here")
+        return len(files), lambda t: np.asarray(Image.open(files[t]))
+    raise UnsupportedSourceError(f"{p}: give a folder of palette PNGs, a samtrack job directory or a label zarr")
+
+
+def davis_jf(pred, gt, *, skip_first_last: bool = False, progress=None) -> dict:
+    n_p, read_p = read_label_source(pred)
+    n_g, read_g = read_label_source(gt)
+    if n_p != n_g:
+        raise EvaluationError(f"{pred} has {n_p} frames, {gt} has {n_g}: they must be the same video")
+    frames = range(1, n_g - 1) if skip_first_last and n_g > 2 else range(n_g)
+    per: dict[int, dict[str, list]] = {}
+    for k, t in enumerate(frames):
+        g, p = read_g(t), read_p(t)
+        if g.shape != p.shape:
+            raise EvaluationError(f"frame {t}: prediction {p.shape} vs ground truth {g.shape}")
+        for oid in sorted(set(np.unique(g).tolist()) - {0, 255}):
+            d = per.setdefault(int(oid), {"J": [], "F": []})
+            d["J"].append(region_j(p == oid, g == oid))
+            d["F"].append(boundary_f(p == oid, g == oid))
+        if progress:
+            progress(k + 1, len(frames))
+    if not per:
+        raise EvaluationError(f"{gt}: no object in the ground truth")
+    objects = {str(o): {"J": float(np.mean(v["J"])), "F": float(np.mean(v["F"]))} for o, v in per.items()}
+    for v in objects.values():
+        v["JF"] = (v["J"] + v["F"]) / 2
+    j = float(np.mean([v["J"] for v in objects.values()]))
+    f = float(np.mean([v["F"] for v in objects.values()]))
+    return {"J": j, "F": f, "JF": (j + f) / 2, "objects": objects, "frames": len(frames)}
+
+
+def is_ctc(res, gt) -> bool:
+    return (Path(res) / "res_track.txt").exists() and (Path(gt) / "TRA").is_dir()
+
+
+def ctc_metrics(res, gt) -> dict:
+    from ctc_metrics import evaluate_sequence, validate_sequence
+
+    valid = validate_sequence(str(res))
+    scores = evaluate_sequence(str(res), str(gt), metrics=["SEG", "TRA"])
+    return {"valid": bool(valid.get("Valid", valid) if isinstance(valid, dict) else valid),
+            **{k: float(v) for k, v in scores.items() if isinstance(v, (int, float)) and v is not None}}
