@@ -36,23 +36,25 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 VPY=.venv/bin/python
-$VPY -m pip install -q --upgrade pip setuptools wheel
+# pip on some machines warns about every missing local index location: keep errors, drop that noise
+pipi() { "$VPY" -m pip install -q "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+pipi --upgrade pip setuptools wheel
 
 if ! $VPY -c "import torch" >/dev/null 2>&1; then
-  $VPY -m pip install -q "torch==${TORCH_VERSION}"
+  pipi "torch==${TORCH_VERSION}"
 fi
 if ! $VPY -c "import torchvision" >/dev/null 2>&1; then
-  $VPY -m pip install -q --no-deps "torchvision==${TORCHVISION_VERSION}" || \
+  pipi --no-deps "torchvision==${TORCHVISION_VERSION}" || \
     echo "setup: WARNING torchvision ${TORCHVISION_VERSION} not installed"
 fi
 # Runtime deps of sam2 first, so that --no-build-isolation finds them.
-$VPY -m pip install -q "hydra-core>=1.3.2" "iopath>=0.1.10" "tqdm>=4.66" "pillow>=9.4"
+pipi "hydra-core>=1.3.2" "iopath>=0.1.10" "tqdm>=4.66" "pillow>=9.4" "numpy>=1.24"
 if ! $VPY -c "import sam2" >/dev/null 2>&1; then
-  SAM2_BUILD_CUDA=0 $VPY -m pip install -q --no-build-isolation --no-deps "sam2==1.1.0"
+  SAM2_BUILD_CUDA=0 pipi --no-build-isolation --no-deps "sam2==1.1.0"
 fi
-$VPY -m pip install -q -e ".[dev,viewer,export]"
+pipi -e ".[dev,viewer,export]"
 # decord is optional (faster mp4 decode); it has no wheel on some platforms.
-$VPY -m pip install -q "decord>=0.6.0" || echo "setup: decord not available; PyAV is used"
+pipi "decord>=0.6.0" || echo "setup: decord not available; PyAV is used"
 $VPY - <<'PYEOF'
 import torch, sam2, av, zarr, tifffile
 print(f"setup: ok  torch {torch.__version__}  sam2  av {av.__version__}  zarr {zarr.__version__}  tifffile {tifffile.__version__}")

@@ -203,3 +203,17 @@ def test_reopen_restores_objects_prompts_and_results(assets, tmp_path):
     list(s2.propagate("forward"))  # continues: only frames never computed
     assert min(s2.backend.calls["track"]) == 21
     s2.close()
+
+
+def test_host_tier_stays_bounded_as_frames_are_tracked(assets, tmp_path):
+    _, ck, vid = assets
+    s = samtrack.open_session(vid, checkpoint=ck, image_size=128, device="cpu", workdir=tmp_path / "w")
+    s.bank.host_entries_per_object = 8
+    s.add_points(0, 1, [[30, 40]], [1])
+    sizes = []
+    for r in s.propagate("forward"):
+        sizes.append(s.bank.host_bytes)
+    assert max(sizes[12:]) <= max(sizes[8:12]) * 1.01  # flat once the window is full
+    assert len(s.bank._host) <= 9  # 8 recent entries + the keyframe
+    assert s.bank.frames(1) == set(range(N))  # everything is still there (on disk)
+    s.close()

@@ -3,8 +3,11 @@
 - device tier: the entries the last steps read (a small LRU on the compute
   device, ``device_entries`` per object), so a step copies nothing it read
   just before;
-- host tier: every other entry, full (with encoded memory), bounded by
-  ``host_budget_bytes`` with least-recently-used eviction;
+- host tier: recently used entries, full (with encoded memory): at most
+  ``host_entries_per_object`` non-keyframe entries per object (a sliding
+  window wider than what attention reads: 6 memories and 16 pointers) plus
+  keyframes, and never more than ``host_budget_bytes``; least recently used
+  go first, so RAM does not grow with the number of tracked frames;
 - disk tier (zarr, ``<workdir>/memory.zarr``): every entry is written through
   as it is made, without its encoded memory (low-res logits, object pointer,
   scores, flags): enough to re-encode the memory exactly and to restart
@@ -116,11 +119,13 @@ class MemoryBank:
     """Entries by (object, frame). Thread-safe for one writer and concurrent readers."""
 
     def __init__(self, workdir: Path, n_frames: int, *, device: torch.device | str = "cpu",
-                 host_budget_bytes: int = 2 * 2**30, device_entries: int = 32):
+                 host_budget_bytes: int = 2 * 2**30, device_entries: int = 32, host_entries_per_object: int = 64):
         self.n_frames = n_frames
         self.device = torch.device(device)
         self.host_budget_bytes = int(host_budget_bytes)
         self.device_entries = device_entries
+        self.host_entries_per_object = host_entries_per_object
+        self._host_count: collections.Counter[int] = collections.Counter()  # non-keyframe entries per object
         self._host: collections.OrderedDict[tuple[int, int], MemoryEntry] = collections.OrderedDict()
         self._host_bytes = 0
         self._dev: collections.OrderedDict[tuple[int, int], MemoryEntry] = collections.OrderedDict()
@@ -245,12 +250,23 @@ class MemoryBank:
     def _add_host(self, key, e: MemoryEntry) -> None:
         self._host[key] = e
         self._host_bytes += e.nbytes()
+        obj = key[0]
+        if not e.keyframe:
+            self._host_count[obj] += 1
+            if self._host_count[obj] > self.host_entries_per_object:
+                old = next(k for k, v in self._host.items() if k[0] == obj and not v.keyframe)
+                self._evict(old)
         while self._host_bytes > self.host_budget_bytes and len(self._host) > 1:
-            old_key, old = self._host.popitem(last=False)  # on disk already: just forget it
-            self._host_bytes -= old.nbytes()
-            self.stats["host_evictions"] += 1
+            self._evict(next(iter(self._host)))
+
+    def _evict(self, key) -> None:
+        """Forget a host entry: it is on disk already."""
+        self._drop_host(key)
+        self.stats["host_evictions"] += 1
 
     def _drop_host(self, key) -> None:
         e = self._host.pop(key, None)
         if e is not None:
             self._host_bytes -= e.nbytes()
+            if not e.keyframe:
+                self._host_count[key[0]] -= 1

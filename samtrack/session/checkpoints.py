@@ -59,6 +59,8 @@ def download_checkpoint(spec: ModelSpec, *, dest_dir: Path | None = None,
                     have += len(chunk)
                     if progress:
                         progress(have, total)
+            if have < total:  # the connection dropped: urllib returns a short read without raising
+                raise OSError(f"connection closed after {have} of {total} bytes")
     except OSError as e:
         raise CheckpointError(
             f"cannot download {spec.checkpoint} from {spec.url} ({e}). Download it elsewhere and put it in "
