@@ -83,3 +83,16 @@ def test_truncated_faststart_info_reports_usable_frames(tmp_path):
     assert r.returncode == 0
     d = json.loads(r.stdout)
     assert 0 < d["n_frames"] < 60 and "truncated" in " ".join(d["notes"])
+
+
+def test_models_json_lists_every_model_and_where_it_looks(tmp_path, monkeypatch):
+    import os
+
+    env = dict(os.environ, SAMTRACK_CHECKPOINTS=str(tmp_path))
+    (tmp_path / "sam2.1_hiera_small.pt").write_bytes(b"x")
+    r = subprocess.run([sys.executable, "-m", "samtrack.cli", "models", "--json"], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = {m["name"]: m for m in json.loads(r.stdout)}
+    assert len(rows) == 8 and rows["sam2.1_hiera_small"]["present"] and not rows["sam2.1_hiera_tiny"]["present"]
+    assert rows["sam2.1_hiera_large"]["url"].endswith("sam2.1_hiera_large.pt") and str(tmp_path) in rows["sam2.1_hiera_tiny"]["search"]

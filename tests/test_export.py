@@ -152,3 +152,22 @@ def test_ctc_splits_tracks_at_gaps_and_keeps_lineage(tmp_path):
     for t, m in enumerate(masks):
         for lab in set(np.unique(m)) - {0}:
             assert spans[lab][0] <= t <= spans[lab][1]
+
+
+def test_ctc_export_passes_the_ctc_validator(tmp_path):
+    from ctc_metrics import validate_sequence
+
+    rs = ResultStore(tmp_path / "r.zarr", n_frames=T, height=H, width=W)
+    rs.add_object(1)
+    rs.add_object(2, parent=1)
+    for t in range(T):
+        m1, m2 = np.zeros((H, W), bool), np.zeros((H, W), bool)
+        if t != 2:
+            m1[2:8, 2:8] = True
+        if t >= 3:
+            m2[12:20, 12:20] = True
+        rs.write(t, 1, m1, status=Status.PROPAGATED, object_score=1, iou=1, source=0)
+        rs.write(t, 2, m2, status=Status.PROPAGATED, object_score=1, iou=1, source=0)
+    d = export(rs, "ctc", tmp_path / "ctc")
+    v = validate_sequence(str(d))
+    assert v["Valid"] == 1, v

@@ -217,3 +217,15 @@ def test_host_tier_stays_bounded_as_frames_are_tracked(assets, tmp_path):
     assert len(s.bank._host) <= 9  # 8 recent entries + the keyframe
     assert s.bank.frames(1) == set(range(N))  # everything is still there (on disk)
     s.close()
+
+
+def test_keyframes_read_per_step_are_capped(assets, tmp_path):
+    _, ck, vid = assets
+    s = samtrack.open_session(vid, checkpoint=ck, image_size=128, device="cpu", workdir=tmp_path / "w",
+                              config=SessionConfig(max_keyframes_in_attention=3))
+    for f in range(0, 30, 3):
+        s.add_points(f, 1, [[30, 40]], [1])
+    s._finalize_prompts([s._objects[1]])
+    view = s._view(s._objects[1], 16, False)
+    assert sorted(view.cond) == [12, 15, 18]  # closest before, closest after, then the nearest other
+    s.close()
