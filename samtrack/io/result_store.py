@@ -43,6 +43,7 @@ class ResultStore:
             self.root.attrs["video"] = {"n_frames": n_frames, "height": height, "width": width}
         self._lock = threading.RLock()
         self._cache: dict[int, dict] = {}
+        self._dirty: dict[int, set[int]] = {}  # frames whose small vectors are not on disk yet
         self._objects: dict[str, dict] = dict(self.root.attrs.get("objects", {}))
 
     # -- objects ---------------------------------------------------------------
@@ -65,6 +66,7 @@ class ResultStore:
 
     def remove_object(self, obj_id: int) -> None:
         with self._lock:
+            self._dirty.pop(obj_id, None)
             self._objects.pop(str(obj_id), None)
             self.root.attrs["objects"] = self._objects
             prompts = dict(self.root.attrs.get("prompts", {}))
@@ -100,14 +102,32 @@ class ResultStore:
     # -- writes ----------------------------------------------------------------
     def write(self, frame: int, obj_id: int, mask: np.ndarray, *, status: Status, object_score: float,
               iou: float, source: int) -> None:
-        """Store one object's mask (H, W) bool on one frame; status is written after the mask."""
+        """Store one object's mask (H, W) bool on one frame. The mask is on disk at once; status and
+        scores reach the disk at :meth:`flush` (status last), so after a crash a frame reads as
+        computed only if its mask is there."""
         self._check(frame)
         with self._lock:
             a = self._arrays(obj_id)
             a["mask"][frame] = mask
             for k, v in (("object_score", object_score), ("iou", iou), ("source", source), ("status", int(status))):
-                a[k][frame] = v
                 a["_" + k][frame] = v
+            self._dirty.setdefault(obj_id, set()).add(frame)
+
+    @property
+    def dirty_frames(self) -> int:
+        return sum(len(v) for v in self._dirty.values())
+
+    def flush(self) -> None:
+        """Write pending per-frame vectors (one contiguous range per object; status last)."""
+        with self._lock:
+            for obj_id, frames in self._dirty.items():
+                if not frames or obj_id not in self._cache:
+                    continue
+                a = self._cache[obj_id]
+                lo, hi = min(frames), max(frames) + 1
+                for k in ("object_score", "iou", "source", "status"):
+                    a[k][lo:hi] = a["_" + k][lo:hi]
+            self._dirty.clear()
 
     def set_status(self, obj_id: int, frames, status: Status) -> None:
         frames = np.asarray(list(frames), dtype=int)
@@ -116,8 +136,7 @@ class ResultStore:
         with self._lock:
             a = self._arrays(obj_id)
             a["_status"][frames] = int(status)
-            lo, hi = int(frames.min()), int(frames.max()) + 1
-            a["status"][lo:hi] = a["_status"][lo:hi]
+            self._dirty.setdefault(obj_id, set()).update(frames.tolist())  # on disk at flush()
 
     # -- prompts (so that a session reopens where it was) ------------------------
     def save_prompt(self, obj_id: int, frame: int, record: dict | None, mask: np.ndarray | None = None) -> None:

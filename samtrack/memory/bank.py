@@ -46,6 +46,7 @@ class _DiskTier:
         self.n = n_frames
         self.root = zarr.open_group(path, mode="a")
         self._arrays: dict[int, dict] = {}
+        self._pending: dict[int, dict[int, tuple]] = {}  # obj -> frame -> (ptr, score, iou, flags) not on disk yet
 
     def _obj(self, obj_id: int, like: MemoryEntry | None = None) -> dict | None:
         if obj_id in self._arrays:
@@ -77,11 +78,28 @@ class _DiskTier:
         if e.mem_logits is not None and e.mem_logits is not e.mask_logits:
             a["mem_logits"][frame] = e.mem_logits[0].cpu().numpy()
             flags |= _F_MEMLOGITS
-        a["ptr"][frame] = e.obj_ptr.cpu().numpy()
-        a["score"][frame] = float(e.object_score.reshape(-1)[0])
-        a["iou"][frame] = float(e.iou)
-        a["flags"][frame] = flags  # written last: a frame exists once its flags say so
+        self._pending.setdefault(obj_id, {})[frame] = (e.obj_ptr.detach().cpu().numpy(),
+                                                       float(e.object_score.reshape(-1)[0]), float(e.iou), flags)
         a["_flags"][frame] = flags
+
+    @property
+    def dirty_frames(self) -> int:
+        return sum(len(v) for v in self._pending.values())
+
+    def flush(self) -> None:
+        """Write pending pointers/scores, then flags (a frame exists on disk once its flags say so)."""
+        for obj_id, rows in self._pending.items():
+            if not rows or obj_id not in self._arrays:
+                continue
+            a = self._arrays[obj_id]
+            lo, hi = min(rows), max(rows) + 1
+            block = {k: np.asarray(a[k][lo:hi]) for k in ("ptr", "score", "iou")}
+            for f, (ptr, score, iou, _) in rows.items():
+                block["ptr"][f - lo], block["score"][f - lo], block["iou"][f - lo] = ptr, score, iou
+            for k, v in block.items():
+                a[k][lo:hi] = v
+            a["flags"][lo:hi] = a["_flags"][lo:hi]
+        self._pending.clear()
 
     def read(self, obj_id: int, frame: int) -> MemoryEntry | None:
         a = self._obj(obj_id)
@@ -90,9 +108,13 @@ class _DiskTier:
         fl = int(a["_flags"][frame])
         logits = torch.from_numpy(np.asarray(a["logits"][frame]))[None]
         mem = torch.from_numpy(np.asarray(a["mem_logits"][frame]))[None] if fl & _F_MEMLOGITS else None
-        return MemoryEntry(obj_ptr=torch.from_numpy(np.asarray(a["ptr"][frame])),
-                           object_score=torch.tensor([float(a["score"][frame])]), mask_logits=logits,
-                           iou=float(a["iou"][frame]), from_prompt=bool(fl & _F_PROMPT), reverse=bool(fl & _F_REVERSE),
+        pend = self._pending.get(obj_id, {}).get(frame)
+        if pend is not None:
+            ptr, score, iou = torch.from_numpy(pend[0].copy()), pend[1], pend[2]
+        else:
+            ptr, score, iou = torch.from_numpy(np.asarray(a["ptr"][frame])), float(a["score"][frame]), float(a["iou"][frame])
+        return MemoryEntry(obj_ptr=ptr, object_score=torch.tensor([score]), mask_logits=logits, iou=iou,
+                           from_prompt=bool(fl & _F_PROMPT), reverse=bool(fl & _F_REVERSE),
                            keyframe=bool(fl & _F_KEY), mem_logits=mem)
 
     def clear(self, obj_id: int, frames) -> None:
@@ -100,6 +122,7 @@ class _DiskTier:
         if a is None:
             return
         for f in frames:
+            self._pending.get(obj_id, {}).pop(f, None)
             if a["_flags"][f]:
                 a["flags"][f] = 0
                 a["_flags"][f] = 0
@@ -110,6 +133,7 @@ class _DiskTier:
 
     def drop_object(self, obj_id: int) -> None:
         self._arrays.pop(obj_id, None)
+        self._pending.pop(obj_id, None)
         name = f"obj_{obj_id}"
         if name in self.root:
             del self.root[name]
@@ -214,6 +238,15 @@ class MemoryBank:
             for key in [k for k in list(self._host) if k[0] == obj_id]:
                 self._drop_host(key)
             self._disk.drop_object(obj_id)
+
+    def flush(self) -> None:
+        """Make every entry written so far durable on disk."""
+        with self._lock:
+            self._disk.flush()
+
+    @property
+    def dirty_frames(self) -> int:
+        return self._disk.dirty_frames
 
     @property
     def host_bytes(self) -> int:

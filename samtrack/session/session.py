@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -99,6 +100,7 @@ class TrackingSession:
         self._objects: dict[int, _Object] = {}
         self._features: collections.OrderedDict[int, object] = collections.OrderedDict()
         self._cancel = threading.Event()
+        self._last_flush = time.monotonic()
         self._restore()
 
     def _restore(self) -> None:
@@ -204,6 +206,7 @@ class TrackingSession:
             else:
                 self.bank.discard(o.obj_id, [frame])
                 self.results.set_status(o.obj_id, [frame], Status.NOT_RUN)
+        self.flush()
 
     def reset(self) -> None:
         """Forget every object, prompt and result (the frame cache stays)."""
@@ -237,6 +240,7 @@ class TrackingSession:
         self._save_prompt(obj_id, frame, prompt)
         self._mark_stale(obj_id, frame)
         self._store(frame, obj_id, out.mask_logits[0:1], entry, Status.PROMPTED, source=frame)
+        self.flush()
         return self.frame_result(frame)
 
     def _save_prompt(self, obj_id: int, frame: int, prompt) -> None:
@@ -248,6 +252,17 @@ class TrackingSession:
                                                      "labels": list(prompt.labels),
                                                      "box": list(prompt.box) if prompt.box else None,
                                                      "visited": visited})
+
+    def flush(self, *, every_frames: int = 0, every_s: float = 0.0) -> None:
+        """Make results durable: memory first, then results (a frame that reads as computed
+        always has its memory on disk). With limits, only when that many frames or seconds
+        have passed since the last flush."""
+        due = self.results.dirty_frames >= every_frames or time.monotonic() - self._last_flush >= every_s
+        if every_frames and not due:
+            return
+        self.bank.flush()
+        self.results.flush()
+        self._last_flush = time.monotonic()
 
     def _mark_stale(self, obj_id: int, frame: int) -> None:
         st = self.results.status(obj_id)
@@ -282,17 +297,21 @@ class TrackingSession:
         order = [d for d in ("forward", "backward") if d in dirs]
         total = (hi - lo + 1) * len(order)
         done = 0
-        for d in order:
-            for res in self._sweep(d, lo, hi, objs, dirs):
-                done += 1
-                if res is not None:
-                    yield res
-                if progress:
-                    progress(done, total)
-                if self._cancel.is_set():
-                    log.info("propagation cancelled after frame %s", res.frame_idx if res else "?")
-                    return
-            done = (hi - lo + 1) * (order.index(d) + 1)
+        try:
+            for d in order:
+                for res in self._sweep(d, lo, hi, objs, dirs):
+                    done += 1
+                    self.flush(every_frames=32, every_s=2.0)
+                    if res is not None:
+                        yield res
+                    if progress:
+                        progress(done, total)
+                    if self._cancel.is_set():
+                        log.info("propagation cancelled after frame %s", res.frame_idx if res else "?")
+                        return
+                done = (hi - lo + 1) * (order.index(d) + 1)
+        finally:
+            self.flush()
 
     def cancel(self) -> None:
         """Stop a running :meth:`propagate` at the next frame (callable from any thread)."""
@@ -306,6 +325,7 @@ class TrackingSession:
                 mm = self.backend.encode_memory(self._frame_features(f), e.mask_logits, e.object_score, True)
                 self.bank.put(o.obj_id, f, replace(e, maskmem=mm, pending=False))
             o.pending.clear()
+        self.flush()
 
     def _sweep(self, direction: str, lo: int, hi: int, objs, dirs) -> Iterator[FrameResult | None]:
         rev = direction == "backward"
@@ -458,6 +478,7 @@ class TrackingSession:
         return _Guard()
 
     def close(self) -> None:
+        self.flush()
         self._features.clear()
         self.frames.close()
 
