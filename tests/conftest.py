@@ -43,3 +43,20 @@ def videos(tmp_path_factory) -> dict[str, Path]:
         "moov_end": media.write_video(d / "moov_end.mp4", 60, faststart=False),
         "faststart": media.write_video(d / "faststart.mp4", 60, faststart=True),
     }
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu / weights / network are skipped unless their resource exists."""
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (run with -m gpu on a GPU machine)"))
+        if "weights" in item.keywords and not os.environ.get("SAMTRACK_CHECKPOINTS"):
+            item.add_marker(pytest.mark.skip(reason="needs real checkpoints in $SAMTRACK_CHECKPOINTS"))
+        if "network" in item.keywords and not os.environ.get("SAMTRACK_NETWORK_TESTS"):
+            item.add_marker(pytest.mark.skip(reason="needs the internet (set SAMTRACK_NETWORK_TESTS=1)"))
