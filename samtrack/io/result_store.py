@@ -44,6 +44,9 @@ class ResultStore:
         self._lock = threading.RLock()
         self._cache: dict[int, dict] = {}
         self._dirty: dict[int, set[int]] = {}  # frames whose small vectors are not on disk yet
+        from samtrack.io.writer import BackgroundWriter
+
+        self._writer = BackgroundWriter("samtrack-results-writer")
         self._objects: dict[str, dict] = dict(self.root.attrs.get("objects", {}))
 
     # -- objects ---------------------------------------------------------------
@@ -64,7 +67,12 @@ class ResultStore:
             self.root.attrs["objects"] = self._objects
             self._arrays(obj_id)
 
+    def close(self) -> None:
+        self.flush()
+        self._writer.close()
+
     def remove_object(self, obj_id: int) -> None:
+        self._writer.drain()
         with self._lock:
             self._dirty.pop(obj_id, None)
             self._objects.pop(str(obj_id), None)
@@ -108,7 +116,7 @@ class ResultStore:
         self._check(frame)
         with self._lock:
             a = self._arrays(obj_id)
-            a["mask"][frame] = mask
+            self._writer.submit(a["mask"].__setitem__, frame, np.ascontiguousarray(mask), key=(obj_id, frame))
             for k, v in (("object_score", object_score), ("iou", iou), ("source", source), ("status", int(status))):
                 a["_" + k][frame] = v
             self._dirty.setdefault(obj_id, set()).add(frame)
@@ -118,7 +126,9 @@ class ResultStore:
         return sum(len(v) for v in self._dirty.values())
 
     def flush(self) -> None:
-        """Write pending per-frame vectors (one contiguous range per object; status last)."""
+        """Write pending per-frame vectors (one contiguous range per object; status last),
+        after every queued mask is on disk."""
+        self._writer.drain()
         with self._lock:
             for obj_id, frames in self._dirty.items():
                 if not frames or obj_id not in self._cache:
@@ -186,6 +196,8 @@ class ResultStore:
         a = self._arrays(obj_id)
         if a["_status"][frame] == Status.NOT_RUN:
             return None
+        if self._writer.pending((obj_id, frame)):
+            self._writer.drain()
         return np.asarray(a["mask"][frame])
 
     def label_frame(self, frame: int) -> np.ndarray:

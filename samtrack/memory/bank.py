@@ -47,6 +47,9 @@ class _DiskTier:
         self.root = zarr.open_group(path, mode="a")
         self._arrays: dict[int, dict] = {}
         self._pending: dict[int, dict[int, tuple]] = {}  # obj -> frame -> (ptr, score, iou, flags) not on disk yet
+        from samtrack.io.writer import BackgroundWriter
+
+        self.writer = BackgroundWriter("samtrack-memory-writer")
 
     def _obj(self, obj_id: int, like: MemoryEntry | None = None) -> dict | None:
         if obj_id in self._arrays:
@@ -73,10 +76,11 @@ class _DiskTier:
 
     def write(self, obj_id: int, frame: int, e: MemoryEntry) -> None:
         a = self._obj(obj_id, e)
-        a["logits"][frame] = e.mask_logits[0].cpu().numpy()
+        self.writer.submit(a["logits"].__setitem__, frame, e.mask_logits[0].detach().cpu().numpy(), key=(obj_id, frame))
         flags = _F_PRESENT | (_F_PROMPT * e.from_prompt) | (_F_REVERSE * e.reverse) | (_F_KEY * e.keyframe)
         if e.mem_logits is not None and e.mem_logits is not e.mask_logits:
-            a["mem_logits"][frame] = e.mem_logits[0].cpu().numpy()
+            self.writer.submit(a["mem_logits"].__setitem__, frame, e.mem_logits[0].detach().cpu().numpy(),
+                               key=(obj_id, frame))
             flags |= _F_MEMLOGITS
         self._pending.setdefault(obj_id, {})[frame] = (e.obj_ptr.detach().cpu().numpy(),
                                                        float(e.object_score.reshape(-1)[0]), float(e.iou), flags)
@@ -88,6 +92,7 @@ class _DiskTier:
 
     def flush(self) -> None:
         """Write pending pointers/scores, then flags (a frame exists on disk once its flags say so)."""
+        self.writer.drain()  # logits first
         for obj_id, rows in self._pending.items():
             if not rows or obj_id not in self._arrays:
                 continue
@@ -106,6 +111,8 @@ class _DiskTier:
         if a is None or not a["_flags"][frame] & _F_PRESENT:
             return None
         fl = int(a["_flags"][frame])
+        if self.writer.pending((obj_id, frame)):
+            self.writer.drain()
         logits = torch.from_numpy(np.asarray(a["logits"][frame]))[None]
         mem = torch.from_numpy(np.asarray(a["mem_logits"][frame]))[None] if fl & _F_MEMLOGITS else None
         pend = self._pending.get(obj_id, {}).get(frame)
@@ -132,6 +139,7 @@ class _DiskTier:
         return np.zeros(0, int) if a is None else np.flatnonzero(a["_flags"] & _F_PRESENT)
 
     def drop_object(self, obj_id: int) -> None:
+        self.writer.drain()
         self._arrays.pop(obj_id, None)
         self._pending.pop(obj_id, None)
         name = f"obj_{obj_id}"
@@ -247,6 +255,10 @@ class MemoryBank:
     @property
     def dirty_frames(self) -> int:
         return self._disk.dirty_frames
+
+    def close(self) -> None:
+        self.flush()
+        self._disk.writer.close()
 
     @property
     def host_bytes(self) -> int:

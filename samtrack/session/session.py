@@ -101,6 +101,7 @@ class TrackingSession:
         self._features: collections.OrderedDict[int, object] = collections.OrderedDict()
         self._cancel = threading.Event()
         self._last_flush = time.monotonic()
+        self._fresh: dict[tuple[int, int], tuple] = {}  # this frame's results at video resolution
         self._restore()
 
     def _restore(self) -> None:
@@ -240,6 +241,7 @@ class TrackingSession:
         self._save_prompt(obj_id, frame, prompt)
         self._mark_stale(obj_id, frame)
         self._store(frame, obj_id, out.mask_logits[0:1], entry, Status.PROMPTED, source=frame)
+        self._fresh.clear()
         self.flush()
         return self.frame_result(frame)
 
@@ -358,6 +360,7 @@ class TrackingSession:
                 plans[oid][2][f] = active[oid]
             ids = sorted(started + computed)
             yield self.frame_result(f, ids) if ids else None
+            self._fresh.clear()
 
     def _resume_point(self, o: _Object, f0: int, rev: bool) -> int | None:
         """Keyframe whose pass reached the frame just before ``f0`` (so it can go on), else None."""
@@ -414,15 +417,25 @@ class TrackingSession:
         return e
 
     # -- results -----------------------------------------------------------------
-    def _store(self, f: int, obj_id: int, low_res: torch.Tensor, e: MemoryEntry, status: Status, source: int) -> None:
+    def _store(self, f: int, obj_id: int, low_res: torch.Tensor, e: MemoryEntry, status: Status,
+               source: int) -> np.ndarray:
+        """Write one object's result; returns its (H, W) float32 logits at video resolution."""
         video = self.backend.to_video_res(low_res[None] if low_res.dim() == 3 else low_res, self.height, self.width)[0]
-        self.results.write(f, obj_id, (video > 0).cpu().numpy(), status=status,
+        video = video.cpu().numpy()
+        self.results.write(f, obj_id, video > 0, status=status,
                            object_score=float(e.object_score.reshape(-1)[0]), iou=e.iou, source=source)
+        self._fresh[(obj_id, f)] = (video, float(e.object_score.reshape(-1)[0]), e.iou)
+        return video
 
     def frame_result(self, frame: int, obj_ids=None) -> FrameResult:
         """Masks, logits and scores of ``frame`` for the given objects (default all)."""
         self._check_frame(frame)
         ids = list(self.obj_ids if obj_ids is None else obj_ids)
+        if ids and all((oid, frame) in self._fresh for oid in ids):  # just computed: no second upsampling
+            vals = [self._fresh[(oid, frame)] for oid in ids]
+            logits = np.stack([v[0] for v in vals]).astype(np.float32)
+            return FrameResult(frame, ids, logits > 0, logits, np.array([v[1] for v in vals], np.float32),
+                               np.array([v[2] for v in vals], np.float32))
         lows, scores, ious = [], [], []
         s = self.backend.image_size // 4
         for oid in ids:
@@ -479,6 +492,8 @@ class TrackingSession:
 
     def close(self) -> None:
         self.flush()
+        self.bank.close()
+        self.results.close()
         self._features.clear()
         self.frames.close()
 
