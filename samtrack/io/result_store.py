@@ -44,9 +44,7 @@ class ResultStore:
         self._lock = threading.RLock()
         self._cache: dict[int, dict] = {}
         self._dirty: dict[int, set[int]] = {}  # frames whose small vectors are not on disk yet
-        from samtrack.io.writer import BackgroundWriter
-
-        self._writer = BackgroundWriter("samtrack-results-writer")
+        self._masks: dict[int, dict[int, np.ndarray]] = {}  # masks not written yet (bulk-written at flush)
         self._objects: dict[str, dict] = dict(self.root.attrs.get("objects", {}))
 
     # -- objects ---------------------------------------------------------------
@@ -69,12 +67,11 @@ class ResultStore:
 
     def close(self) -> None:
         self.flush()
-        self._writer.close()
 
     def remove_object(self, obj_id: int) -> None:
-        self._writer.drain()
         with self._lock:
             self._dirty.pop(obj_id, None)
+            self._masks.pop(obj_id, None)
             self._objects.pop(str(obj_id), None)
             self.root.attrs["objects"] = self._objects
             prompts = dict(self.root.attrs.get("prompts", {}))
@@ -116,7 +113,7 @@ class ResultStore:
         self._check(frame)
         with self._lock:
             a = self._arrays(obj_id)
-            self._writer.submit(a["mask"].__setitem__, frame, np.ascontiguousarray(mask), key=(obj_id, frame))
+            self._masks.setdefault(obj_id, {})[frame] = np.ascontiguousarray(mask, dtype=bool)
             for k, v in (("object_score", object_score), ("iou", iou), ("source", source), ("status", int(status))):
                 a["_" + k][frame] = v
             self._dirty.setdefault(obj_id, set()).add(frame)
@@ -128,8 +125,11 @@ class ResultStore:
     def flush(self) -> None:
         """Write pending per-frame vectors (one contiguous range per object; status last),
         after every queued mask is on disk."""
-        self._writer.drain()
         with self._lock:
+            for obj_id, masks in self._masks.items():  # masks first, one zarr call per contiguous run
+                if obj_id in self._cache:
+                    _bulk_write(self._cache[obj_id]["mask"], masks)
+            self._masks.clear()
             for obj_id, frames in self._dirty.items():
                 if not frames or obj_id not in self._cache:
                     continue
@@ -196,8 +196,9 @@ class ResultStore:
         a = self._arrays(obj_id)
         if a["_status"][frame] == Status.NOT_RUN:
             return None
-        if self._writer.pending((obj_id, frame)):
-            self._writer.drain()
+        queued = self._masks.get(obj_id, {}).get(frame)
+        if queued is not None:
+            return queued.copy()
         return np.asarray(a["mask"][frame])
 
     def label_frame(self, frame: int) -> np.ndarray:
@@ -212,3 +213,14 @@ class ResultStore:
     def _check(self, frame: int) -> None:
         if not 0 <= frame < self.n_frames:
             raise FrameIndexError(f"frame {frame} is out of range 0..{self.n_frames - 1}")
+
+
+def _bulk_write(arr, rows: dict[int, np.ndarray]) -> None:
+    """Write {index: row} into ``arr`` with one call per run of consecutive indices."""
+    idx = sorted(rows)
+    start = 0
+    for i in range(1, len(idx) + 1):
+        if i == len(idx) or idx[i] != idx[i - 1] + 1:
+            lo, hi = idx[start], idx[i - 1] + 1
+            arr[lo:hi] = np.stack([rows[k] for k in range(lo, hi)])
+            start = i

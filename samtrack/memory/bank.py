@@ -47,9 +47,7 @@ class _DiskTier:
         self.root = zarr.open_group(path, mode="a")
         self._arrays: dict[int, dict] = {}
         self._pending: dict[int, dict[int, tuple]] = {}  # obj -> frame -> (ptr, score, iou, flags) not on disk yet
-        from samtrack.io.writer import BackgroundWriter
-
-        self.writer = BackgroundWriter("samtrack-memory-writer")
+        self._logits: dict[int, dict[int, tuple]] = {}  # obj -> frame -> (logits, mem_logits | None), bulk-written at flush
 
     def _obj(self, obj_id: int, like: MemoryEntry | None = None) -> dict | None:
         if obj_id in self._arrays:
@@ -76,12 +74,12 @@ class _DiskTier:
 
     def write(self, obj_id: int, frame: int, e: MemoryEntry) -> None:
         a = self._obj(obj_id, e)
-        self.writer.submit(a["logits"].__setitem__, frame, e.mask_logits[0].detach().cpu().numpy(), key=(obj_id, frame))
         flags = _F_PRESENT | (_F_PROMPT * e.from_prompt) | (_F_REVERSE * e.reverse) | (_F_KEY * e.keyframe)
+        mem = None
         if e.mem_logits is not None and e.mem_logits is not e.mask_logits:
-            self.writer.submit(a["mem_logits"].__setitem__, frame, e.mem_logits[0].detach().cpu().numpy(),
-                               key=(obj_id, frame))
+            mem = e.mem_logits[0].detach().cpu().numpy()
             flags |= _F_MEMLOGITS
+        self._logits.setdefault(obj_id, {})[frame] = (e.mask_logits[0].detach().cpu().numpy(), mem)
         self._pending.setdefault(obj_id, {})[frame] = (e.obj_ptr.detach().cpu().numpy(),
                                                        float(e.object_score.reshape(-1)[0]), float(e.iou), flags)
         a["_flags"][frame] = flags
@@ -92,7 +90,17 @@ class _DiskTier:
 
     def flush(self) -> None:
         """Write pending pointers/scores, then flags (a frame exists on disk once its flags say so)."""
-        self.writer.drain()  # logits first
+        from samtrack.io.result_store import _bulk_write
+
+        for obj_id, rows in self._logits.items():  # logits first, one call per run of frames
+            a = self._arrays.get(obj_id)
+            if a is None:
+                continue
+            _bulk_write(a["logits"], {f: v[0] for f, v in rows.items()})
+            mem = {f: v[1] for f, v in rows.items() if v[1] is not None}
+            if mem:
+                _bulk_write(a["mem_logits"], mem)
+        self._logits.clear()
         for obj_id, rows in self._pending.items():
             if not rows or obj_id not in self._arrays:
                 continue
@@ -111,10 +119,13 @@ class _DiskTier:
         if a is None or not a["_flags"][frame] & _F_PRESENT:
             return None
         fl = int(a["_flags"][frame])
-        if self.writer.pending((obj_id, frame)):
-            self.writer.drain()
-        logits = torch.from_numpy(np.asarray(a["logits"][frame]))[None]
-        mem = torch.from_numpy(np.asarray(a["mem_logits"][frame]))[None] if fl & _F_MEMLOGITS else None
+        queued = self._logits.get(obj_id, {}).get(frame)
+        if queued is not None:
+            logits = torch.from_numpy(queued[0].copy())[None]
+            mem = torch.from_numpy(queued[1].copy())[None] if queued[1] is not None else None
+        else:
+            logits = torch.from_numpy(np.asarray(a["logits"][frame]))[None]
+            mem = torch.from_numpy(np.asarray(a["mem_logits"][frame]))[None] if fl & _F_MEMLOGITS else None
         pend = self._pending.get(obj_id, {}).get(frame)
         if pend is not None:
             ptr, score, iou = torch.from_numpy(pend[0].copy()), pend[1], pend[2]
@@ -130,6 +141,7 @@ class _DiskTier:
             return
         for f in frames:
             self._pending.get(obj_id, {}).pop(f, None)
+            self._logits.get(obj_id, {}).pop(f, None)
             if a["_flags"][f]:
                 a["flags"][f] = 0
                 a["_flags"][f] = 0
@@ -139,9 +151,9 @@ class _DiskTier:
         return np.zeros(0, int) if a is None else np.flatnonzero(a["_flags"] & _F_PRESENT)
 
     def drop_object(self, obj_id: int) -> None:
-        self.writer.drain()
         self._arrays.pop(obj_id, None)
         self._pending.pop(obj_id, None)
+        self._logits.pop(obj_id, None)
         name = f"obj_{obj_id}"
         if name in self.root:
             del self.root[name]
@@ -258,7 +270,6 @@ class MemoryBank:
 
     def close(self) -> None:
         self.flush()
-        self._disk.writer.close()
 
     @property
     def host_bytes(self) -> int:
