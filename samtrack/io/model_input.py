@@ -25,4 +25,4 @@ def to_model_input(frame: np.ndarray, image_size: int, device="cpu"):
     t = t[0] / 255.0
     mean = torch.tensor(SAM_MEAN, device=t.device).view(3, 1, 1)
     std = torch.tensor(SAM_STD, device=t.device).view(3, 1, 1)
-    return (t - mean) / std
+    return ((t - mean) / std).contiguous()  # a frame already at size S stays channels-last strided otherwise
