@@ -28,42 +28,12 @@ from samtrack.io.frame_store import FrameStore
 from samtrack.io.result_store import ResultStore, Status
 from samtrack.memory.bank import MemoryBank
 from samtrack.session.backends.base import MemoryEntry, MemoryView, TrackRequest
-from samtrack.session.planner import RULES, Action, decide, stale_frames
+from samtrack.session.planner import Action, decide, stale_frames
 from samtrack.session.prompts import Mask, Points, make_mask, make_points, to_model_points
+from samtrack.session.types import FrameResult, SessionConfig, _closest  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 NO_OBJ_LOGIT = -1024.0  # upstream's NO_OBJ_SCORE: "no mask here"
-
-
-@dataclass(frozen=True)
-class SessionConfig:
-    """Tracking options. ``max_keyframes_in_attention``: nearest keyframes each
-    step reads (upstream reads all; capping keeps the cost bounded however many
-    corrections are made). ``overlap_rule``: who owns frames between two
-    keyframes (nearer / forward / backward). ``host_budget_bytes``: RAM for the
-    memory bank's host tier. ``feature_cache_frames``: image embeddings kept
-    (prompting the same frame again does not re-encode it)."""
-
-    max_keyframes_in_attention: int | None = 8
-    overlap_rule: str = "nearer"
-    host_budget_bytes: int = 2 * 2**30
-    feature_cache_frames: int = 8
-
-    def __post_init__(self):
-        if self.overlap_rule not in RULES:
-            raise InvalidOptionError(f"overlap_rule={self.overlap_rule!r}: use one of {RULES}")
-        if self.max_keyframes_in_attention is not None and self.max_keyframes_in_attention < 2:
-            raise InvalidOptionError("max_keyframes_in_attention must be at least 2 (or None for all)")
-
-
-@dataclass
-class FrameResult:
-    frame_idx: int
-    obj_ids: list[int]
-    masks: np.ndarray  # (n, H, W) bool
-    logits: np.ndarray  # (n, H, W) float32
-    object_scores: np.ndarray  # (n,) object-presence logit (> 0: present)
-    ious: np.ndarray  # (n,) predicted IoU
 
 
 @dataclass
@@ -502,18 +472,3 @@ class TrackingSession:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _closest(f: int, keys: list[int], cap: int | None) -> list[int]:
-    """Upstream's choice of conditioning frames (closest before, closest after, then nearest)."""
-    if cap is None or len(keys) <= cap:
-        return list(keys)
-    sel = []
-    before = [t for t in keys if t < f]
-    after = [t for t in keys if t >= f]
-    if before:
-        sel.append(before[-1])
-    if after:
-        sel.append(after[0])
-    rest = sorted((t for t in keys if t not in sel), key=lambda t: abs(t - f))[: cap - len(sel)]
-    return sorted(sel + rest)
