@@ -85,15 +85,23 @@ def track(source: Path = typer.Argument(..., help="video file, image folder, TIF
           direction: str = typer.Option("both", "--direction", help="forward, backward or both"),
           export_formats: Optional[List[str]] = typer.Option(None, "--export", help="format to export after tracking (repeat)"),
           force: bool = typer.Option(False, "--force", help="replace another job's directory / existing exports"),
+          config: Optional[Path] = typer.Option(None, "--config", help="YAML preset (see configs/)"),
           z: Optional[int] = Z, channel: Optional[List[int]] = CH, time_axis: Optional[str] = TA) -> None:
     """Track the prompted objects through the video; run it again to resume after an interruption."""
     from samtrack.job import run_track
     from samtrack.progress import progress_bar
 
-    opts = _reader_options(z, channel, time_axis, None)
+    session_config = None
+    opts: dict = {}
+    if config is not None:
+        from samtrack.config import load_config
+
+        session_config, opts = load_config(config)
+    opts.update(_reader_options(z, channel, time_axis, None))
     with progress_bar("tracking", unit="frames", show_memory=True) as update:
         session = run_track(source, prompts, out_dir, model=model, checkpoint=checkpoint, image_size=image_size,
-                            device=device, direction=direction, force=force, progress=update, video_options=opts)
+                            device=device, direction=direction, force=force, progress=update, video_options=opts,
+                            config=session_config)
     try:
         console.print(f"results in {out_dir} ({len(session.obj_ids)} objects, {session.n_frames} frames)")
         for fmt in export_formats or []:

@@ -51,7 +51,8 @@ def run_track(source, prompts, out_dir, *, model: str = "sam2.1_hiera_tiny", che
         raise PromptFileError(f"prompt file {prompts} not found")
     from samtrack.io.registry import open_reader
 
-    with open_reader(source, **video_options) as rd:  # validate the prompts before any work
+    reader_opts = {k: v for k, v in video_options.items() if k not in ("intensity",)}  # store options
+    with open_reader(source, **reader_opts) as rd:  # validate the prompts before any work
         info = rd.info
     objects = load_prompt_file(prompts, n_frames=info.n_frames, width=info.width, height=info.height)
     spec = job_spec(source, prompts, model=model, image_size=image_size, direction=direction, video_options=video_options)
