@@ -29,6 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from samtrack.errors import CacheError, CancelledError, DecodeError, FrameIndexError, InvalidOptionError, SamtrackError
+from samtrack.io.frame_builder import Builder as _Builder, lower_thread_priority as _lower_thread_priority
 from samtrack.io.info import VideoInfo
 from samtrack.io.cache_meta import default_cache_root, default_chunk_frames, source_signature  # noqa: F401
 from samtrack.io.model_input import to_model_input
@@ -39,38 +40,6 @@ log = logging.getLogger(__name__)
 
 MISSING, DONE, PARTIAL = 0, 1, 2
 Progress = Callable[[int, int], None]
-
-
-def _lower_thread_priority() -> None:
-    """Background cache work yields the CPU to the consumer (Linux: per-thread nice)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):
-        pass
-
-
-class _Builder(threading.Thread):
-    """The one thread that decodes and writes shards, in the order the store asks."""
-
-    def __init__(self, store: "FrameStore"):
-        super().__init__(name="samtrack-frame-builder", daemon=True)
-        self.store = store
-
-    def run(self) -> None:
-        store = self.store
-        _lower_thread_priority()
-        reader = store._reader.reopen()
-        try:
-            while True:
-                k = store._next_chunk()
-                if k is None:
-                    return
-                store._build_chunk(reader, k)
-        except BaseException as e:  # never die silently: waiting readers get the error
-            log.exception("frame builder stopped")
-            store._fatal(e)
-        finally:
-            reader.close()
 
 
 class FrameStore:

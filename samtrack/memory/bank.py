@@ -146,6 +146,11 @@ class _DiskTier:
                 a["flags"][f] = 0
                 a["_flags"][f] = 0
 
+    def reverse_flags(self, obj_id: int) -> np.ndarray:
+        """(N,) bool: the entry on each frame was made by a backward pass (False where absent)."""
+        a = self._obj(obj_id)
+        return np.zeros(self.n, bool) if a is None else (a["_flags"] & _F_REVERSE).astype(bool)
+
     def frames(self, obj_id: int) -> np.ndarray:
         a = self._obj(obj_id)
         return np.zeros(0, int) if a is None else np.flatnonzero(a["_flags"] & _F_PRESENT)
@@ -239,6 +244,11 @@ class MemoryBank:
         with self._lock:
             s = {f for (o, f) in list(self._dev) + list(self._host) + list(self._pinned) if o == obj_id}
             return s | set(self._disk.frames(obj_id).tolist())
+
+    def reverse_flags(self, obj_id: int) -> np.ndarray:
+        """(N,) bool per frame: made by a backward pass (entries written so far, from RAM)."""
+        with self._lock:
+            return self._disk.reverse_flags(obj_id)
 
     def discard(self, obj_id: int, frames) -> None:
         frames = list(frames)

@@ -30,7 +30,7 @@ from samtrack.memory.bank import MemoryBank
 from samtrack.session.backends.base import MemoryEntry, MemoryView, TrackRequest
 from samtrack.session.planner import Action, decide, stale_frames
 from samtrack.session.prompts import Mask, Points, make_mask, make_points, to_model_points
-from samtrack.session.types import FrameResult, SessionConfig, _closest  # noqa: F401  (re-exported)
+from samtrack.session.types import FrameResult, SessionConfig, _closest  # FrameResult/SessionConfig re-exported
 
 log = logging.getLogger(__name__)
 NO_OBJ_LOGIT = -1024.0  # upstream's NO_OBJ_SCORE: "no mask here"
@@ -84,9 +84,8 @@ class TrackingSession:
             o = _Object(oid, visited=np.full(self.n_frames, -1, np.int8))
             self._objects[oid] = o
             st = self.results.status(oid)
-            for f in np.flatnonzero((st == Status.PROPAGATED) | (st == Status.STALE)):
-                e = self.bank.get(oid, int(f))
-                o.visited[f] = int(e.reverse) if e is not None else 0
+            tracked = (st == Status.PROPAGATED) | (st == Status.STALE)
+            o.visited[tracked] = self.bank.reverse_flags(oid)[tracked]
             for f, (rec, mask) in sorted(saved.get(oid, {}).items()):
                 prompt = Mask(mask) if rec["kind"] == "mask" else Points(
                     tuple(map(tuple, rec["points"])), tuple(rec["labels"]), tuple(rec["box"]) if rec.get("box") else None)
@@ -210,7 +209,7 @@ class TrackingSession:
         o.pending.add(frame)
         self._save_prompt(obj_id, frame, prompt)
         self._mark_stale(obj_id, frame)
-        self._store(frame, obj_id, out.mask_logits[0:1], entry, Status.PROMPTED, source=frame)
+        self._store(frame, obj_id, self._video_logits(out.mask_logits)[0], entry, Status.PROMPTED, source=frame)
         self._fresh.clear()
         self.flush()
         return self.frame_result(frame)
@@ -353,6 +352,7 @@ class TrackingSession:
             with self._oom_guard():
                 out = self.backend.track(feats, TrackRequest(f, rev, [v for _, v in members]), self.n_frames)
             same = out.mem_logits is out.mask_logits
+            video = self._video_logits(out.mask_logits)
             for i, (o, _) in enumerate(members):
                 e = MemoryEntry(obj_ptr=out.obj_ptr[i], object_score=out.object_score[i],
                                 mask_logits=out.mask_logits[i], iou=float(out.iou[i]), from_prompt=False, reverse=rev,
@@ -360,7 +360,7 @@ class TrackingSession:
                                 mem_logits=None if same else out.mem_logits[i])
                 self.bank.put(o.obj_id, f, e)
                 o.visited[f] = int(rev)
-                self._store(f, o.obj_id, out.mask_logits[i:i + 1], e, Status.PROPAGATED, source=active[o.obj_id])
+                self._store(f, o.obj_id, video[i], e, Status.PROPAGATED, source=active[o.obj_id])
                 done.append(o.obj_id)
         return done
 
@@ -374,12 +374,13 @@ class TrackingSession:
         for t in self.backend.frames_read(f, rev, selected, self.n_frames):
             if t in cond or t in o.pending or t == f:
                 continue
-            if self.bank.has(o.obj_id, t):
-                other[t] = self._full_entry(o.obj_id, t)
+            e = self.bank.get(o.obj_id, t)
+            if e is not None:
+                other[t] = self._full_entry(o.obj_id, t, e)
         return MemoryView(cond, other)
 
-    def _full_entry(self, obj_id: int, t: int) -> MemoryEntry:
-        e = self.bank.get(obj_id, t)
+    def _full_entry(self, obj_id: int, t: int, e: MemoryEntry | None = None) -> MemoryEntry:
+        e = self.bank.get(obj_id, t) if e is None else e
         if e.maskmem is None:  # paged out to disk: re-encode from the frame and its logits (exact)
             logits = e.mem_logits if e.mem_logits is not None else e.mask_logits
             mm = self.backend.encode_memory(self._frame_features(t), logits, e.object_score, e.from_prompt)
@@ -387,15 +388,15 @@ class TrackingSession:
         return e
 
     # -- results -----------------------------------------------------------------
-    def _store(self, f: int, obj_id: int, low_res: torch.Tensor, e: MemoryEntry, status: Status,
-               source: int) -> np.ndarray:
-        """Write one object's result; returns its (H, W) float32 logits at video resolution."""
-        video = self.backend.to_video_res(low_res[None] if low_res.dim() == 3 else low_res, self.height, self.width)[0]
-        video = video.cpu().numpy()
+    def _video_logits(self, low_res: torch.Tensor) -> np.ndarray:
+        """(B, 1, s, s) low-res logits -> (B, H, W) float32 at video resolution, one upsampling per batch."""
+        return self.backend.to_video_res(low_res, self.height, self.width).cpu().numpy()
+
+    def _store(self, f: int, obj_id: int, video: np.ndarray, e: MemoryEntry, status: Status, source: int) -> None:
+        """Write one object's result, given its (H, W) float32 logits at video resolution."""
         self.results.write(f, obj_id, video > 0, status=status,
                            object_score=float(e.object_score.reshape(-1)[0]), iou=e.iou, source=source)
         self._fresh[(obj_id, f)] = (video, float(e.object_score.reshape(-1)[0]), e.iou)
-        return video
 
     def frame_result(self, frame: int, obj_ids=None) -> FrameResult:
         """Masks, logits and scores of ``frame`` for the given objects (default all)."""

@@ -16,9 +16,6 @@ from samtrack.io.axes import AxesPlan, plan_axes
 from samtrack.io.info import VideoInfo
 from samtrack.io.readers.base import Reader
 
-TIFF_EXTENSIONS = (".tif", ".tiff", ".btf", ".tf8", ".ome.tif", ".ome.tiff")
-
-
 class _AxesReader(Reader):
     """Common part: an array-like + an :class:`AxesPlan`."""
 

@@ -21,7 +21,6 @@ from samtrack.io.readers.base import Reader
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts", ".mts", ".ogv")
 _FULL_RANGE = 2  # AVCOL_RANGE_JPEG
 
 
@@ -136,8 +135,9 @@ class PyAVReader(Reader):
             self._index_of = {p: i for i, p in enumerate(self._scan.pts)}
         elif scan.header_frames and scan.header_frames != n:
             notes.append(f"header says {scan.header_frames} frames, the scan found {n}: using {n}")
-        first = self.read_raw_unrotated(0, n_frames=n)
-        rot = int(round(-float(getattr(self._first_frame_meta, "rotation", 0) or 0))) % 360
+        first_frame = self._decode(0)
+        first = frame_to_rgb(first_frame)
+        rot = int(round(-float(first_frame.rotation or 0))) % 360
         self._rot_k = rotation_to_k(rot)
         h, w = first.shape[:2]
         if rot in (90, 270):
@@ -162,9 +162,9 @@ class PyAVReader(Reader):
         count = 0
         for key in reversed(scan.key_pts):
             start = scan.pts.index(key)
+            last = -1
             try:
                 self._seek(key)
-                last = -1
                 for frame in self._container.decode(self._stream):
                     if frame.pts is not None and frame.pts in self._index_of:
                         last = max(last, self._index_of[frame.pts])
@@ -240,11 +240,11 @@ class PyAVReader(Reader):
             i = min(max(bisect.bisect_left(self._scan.pts, frame.pts or 0), 0), len(self._scan.pts) - 1)
         return i
 
-    def read_raw_unrotated(self, index: int, *, n_frames: int | None = None) -> np.ndarray:
+    def _decode(self, index: int):
+        """The decoded av frame at ``index`` (coded orientation)."""
         for i, frame in self._frames_from(index):
             if i == index:
-                self._first_frame_meta = frame
-                return frame_to_rgb(frame)
+                return frame
             break
         raise DecodeError(f"{self.path}: frame {index} could not be decoded (the file may be damaged there)", frame=index)
 
@@ -253,7 +253,7 @@ class PyAVReader(Reader):
 
     def read_raw(self, index: int) -> np.ndarray:
         index = self.check_index(index)
-        return self._rotate(self.read_raw_unrotated(index))
+        return self._rotate(frame_to_rgb(self._decode(index)))
 
     def iter_raw(self, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
         n = self._info.n_frames

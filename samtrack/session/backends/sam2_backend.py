@@ -138,7 +138,7 @@ class Sam2Backend:
             out.append(t)
         return sorted(set(out))
 
-    def _output_dict(self, views: Sequence[MemoryView], frames: Sequence[int], feats_dtype) -> dict:
+    def _output_dict(self, views: Sequence[MemoryView], frames: Sequence[int]) -> dict:
         """Upstream's per-object output_dict, for a batch of objects that read the same frames."""
         cond = {t: self._stack([v.cond[t] for v in views]) for t in views[0].cond}
         other = {}
@@ -168,7 +168,7 @@ class Sam2Backend:
         frames = self.frames_read(req.frame_idx, req.reverse, list(req.views[0].cond), n_frames)
         with self._ctx():
             vf, vp, sizes = self._features(feats, b)
-            od = self._output_dict(req.views, frames, vf[-1].dtype)
+            od = self._output_dict(req.views, frames)
             return self._step(req.frame_idx, False, vf, vp, sizes, None, None, od, n_frames, req.reverse,
                               None, run_mem_encoder=True, from_prompt=False)
 
@@ -201,7 +201,7 @@ class Sam2Backend:
             if view is None:
                 od = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
             else:
-                od = self._output_dict([view], self.frames_read(frame_idx, reverse, list(view.cond), n_frames), vf[-1].dtype)
+                od = self._output_dict([view], self.frames_read(frame_idx, reverse, list(view.cond), n_frames))
             return self._step(frame_idx, view is None, vf, vp, sizes, point_inputs, mask_inputs, od, n_frames,
                               reverse, prev, run_mem_encoder=False, from_prompt=True)
 
