@@ -19,14 +19,38 @@ def rss_mib() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def assets(out: Path, n_frames: int, image_size: int, w: int = 160, h: int = 120):
-    from tests import media, model_utils
+def random_checkpoint(out: Path, image_size: int) -> Path:
+    from tests import model_utils
 
     out.mkdir(parents=True, exist_ok=True)
     ck = out / f"random_sam2.1_tiny_{image_size}.pt"
     if not ck.exists():
         model_utils.make_checkpoint(ck, image_size=image_size)
+    return ck
+
+
+def assets(out: Path, n_frames: int, image_size: int, w: int = 160, h: int = 120):
+    from tests import media
+
+    ck = random_checkpoint(out, image_size)
     vid = out / f"bench_{n_frames}_{w}x{h}.mp4"
     if not vid.exists():
         media.write_video(vid, n_frames, w=w, h=h, gop=30)
     return ck, vid
+
+
+def jpeg_folder(out: Path, n_frames: int, w: int = 1280, h: int = 720) -> Path:
+    """A folder of n_frames JPEGs (a disc moving over a noisy background), as the upstream GPU bench makes."""
+    import cv2
+    import numpy as np
+
+    d = out / f"jpeg_{n_frames}_{w}x{h}"
+    if d.is_dir() and len(list(d.glob("*.jpg"))) == n_frames:
+        return d
+    d.mkdir(parents=True, exist_ok=True)
+    bg = (np.random.default_rng(0).random((h, w, 3)) * 60).astype(np.uint8)
+    for i in range(n_frames):
+        img = bg.copy()
+        cv2.circle(img, (w // 6 + (3 * i) % max(1, w - w // 3), h // 2), max(4, h // 9), (230, 200, 40), -1)
+        cv2.imwrite(str(d / f"{i:05d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return d

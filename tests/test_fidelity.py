@@ -165,3 +165,25 @@ def test_c_correction_sticks_like_upstream_with_correct_as_cond(setup):
     list(s.propagate("both"))
     np.testing.assert_array_equal(s.frame_result(25).logits[0], ours[(1, 25)])
     s.close()
+
+
+def test_e_clip_shorter_than_the_memory_window(setup, tmp_path):
+    """A 4-frame clip, every memory on disk: steps near either end look up frames outside the
+    video, which upstream simply does not find (a negative index must not wrap to the end)."""
+    _, ck, _ = setup
+    vid = media.write_video(tmp_path / "short.mp4", 4, w=160, h=120)
+    s = samtrack.open_session(vid, checkpoint=ck, image_size=mu.IMAGE_SIZE, device="cpu", workdir=tmp_path / "w",
+                              config=SessionConfig(host_budget_bytes=1))
+    assert all(0 <= t < 4 for f in range(4) for rev in (False, True) for t in s.backend.frames_read(f, rev, [0], 4))
+    ours = {(1, 3): s.add_points(3, 1, [[40, 60]], [1]).logits[0]}
+    _collect(s.propagate("backward"), ours)
+    pred, st = mu.upstream_predictor(ck), None
+    d = tmp_path / "up"
+    d.mkdir()
+    st = mu.upstream_state(pred, s.frames, d)
+    _, ids, m = pred.add_new_points_or_box(st, 3, 1, points=np.array([[40, 60]], np.float32), labels=np.array([1], np.int32))
+    theirs = {(1, 3): m[0, 0].numpy()}
+    _up_collect(pred.propagate_in_video(st, start_frame_idx=3, reverse=True), ids, theirs)
+    assert len(theirs) == 4
+    assert _compare(ours, theirs) <= TOL
+    s.close()

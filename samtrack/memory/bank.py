@@ -116,7 +116,8 @@ class _DiskTier:
 
     def read(self, obj_id: int, frame: int) -> MemoryEntry | None:
         a = self._obj(obj_id)
-        if a is None or not a["_flags"][frame] & _F_PRESENT:
+        # frames outside the video are never present (a negative index must not wrap to the end)
+        if a is None or not 0 <= frame < len(a["_flags"]) or not a["_flags"][frame] & _F_PRESENT:
             return None
         fl = int(a["_flags"][frame])
         queued = self._logits.get(obj_id, {}).get(frame)
@@ -238,7 +239,7 @@ class MemoryBank:
             if key in self._dev or key in self._host or key in self._pinned:
                 return True
             a = self._disk._obj(obj_id)
-            return a is not None and bool(a["_flags"][frame])
+            return a is not None and 0 <= frame < len(a["_flags"]) and bool(a["_flags"][frame])
 
     def frames(self, obj_id: int) -> set[int]:
         with self._lock:

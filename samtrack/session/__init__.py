@@ -39,21 +39,36 @@ def resolve_checkpoint(spec: ModelSpec, checkpoint, *, download: bool = True):
                           f"download it from {spec.url} or run `samtrack models download {spec.name}`")
 
 
+def load_model(model: str = "sam2.1_hiera_tiny", *, checkpoint=None, image_size: int | None = None,
+               device: str = "auto", download: bool = True):
+    """Build ``model`` once, to pass as ``open_session(..., backend=...)`` for several videos."""
+    from samtrack.session.backends.sam2_backend import load_backend
+
+    spec = get_model(model)
+    return load_backend(spec, resolve_checkpoint(spec, checkpoint, download=download), image_size=image_size,
+                        device=device)
+
+
 def open_session(source: Any, *, model: str = "sam2.1_hiera_tiny", checkpoint=None, image_size: int | None = None,
                  device: str = "auto", workdir: str | os.PathLike | None = None, config: SessionConfig | None = None,
-                 download: bool = True, **video_options) -> TrackingSession:
+                 download: bool = True, backend=None, **video_options) -> TrackingSession:
     """Open ``source`` (anything :func:`samtrack.open_video` takes) for tracking with ``model``.
 
     ``checkpoint``: a path, None (look in the checkpoint folders, then download),
     or ``"untrained"`` (random weights). ``image_size``: the model's input size
     (default the model's 1024; lower is faster, e.g. 512). ``workdir``: where the
     frame cache, memory and results live (default under ~/.cache/samtrack).
+    ``backend``: a model already built by :func:`load_model` (then ``model``,
+    ``checkpoint``, ``image_size`` and ``device`` are taken from it).
     """
     from samtrack.io import open_video
     from samtrack.session.backends.sam2_backend import load_backend
 
-    spec = get_model(model)
-    ckpt = resolve_checkpoint(spec, checkpoint, download=download)
+    if backend is not None:
+        spec, ckpt, image_size = backend.spec, backend.checkpoint, backend.image_size
+    else:
+        spec = get_model(model)
+        ckpt = resolve_checkpoint(spec, checkpoint, download=download)
     if workdir is None:
         from samtrack.io.frame_store import default_cache_root
 
@@ -61,7 +76,8 @@ def open_session(source: Any, *, model: str = "sam2.1_hiera_tiny", checkpoint=No
         workdir = default_cache_root() / "sessions" / key
     frames = open_video(source, workdir=workdir, **video_options)
     try:
-        backend = load_backend(spec, ckpt, image_size=image_size, device=device)
+        if backend is None:
+            backend = load_backend(spec, ckpt, image_size=image_size, device=device)
         sig = {"source": str(source) if isinstance(source, (str, os.PathLike)) else "<array>",
                "frames": frames.info.n_frames, "model": spec.name, "image_size": backend.image_size,
                "checkpoint": Path(ckpt).name if ckpt else UNTRAINED}
@@ -71,4 +87,4 @@ def open_session(source: Any, *, model: str = "sam2.1_hiera_tiny", checkpoint=No
         raise
 
 
-__all__ = ["FrameResult", "MODELS", "SessionConfig", "TrackingSession", "get_model", "open_session"]
+__all__ = ["FrameResult", "MODELS", "SessionConfig", "TrackingSession", "get_model", "load_model", "open_session"]

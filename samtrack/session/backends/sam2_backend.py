@@ -78,6 +78,7 @@ class Sam2Backend:
     def __init__(self, spec: ModelSpec, checkpoint, *, image_size: int | None = None, device="auto",
                  extra_overrides: Sequence[str] = ()):
         self.spec = spec
+        self.checkpoint = checkpoint
         self.device = pick_device(device)
         model = build_model(spec, image_size=image_size, extra_overrides=extra_overrides)
         if checkpoint is not None:
@@ -130,7 +131,8 @@ class Sam2Backend:
                 t = ((frame_idx - 2) // s) * s - (t_rel - 2) * s
             else:
                 t = -(-(frame_idx + 2) // s) * s + (t_rel - 2) * s
-            out.append(t)
+            if 0 <= t < n_frames:  # upstream looks these up in a dict, where they are simply absent
+                out.append(t)
         for t_diff in range(1, min(n_frames, self.max_obj_ptrs)):
             t = frame_idx + t_diff if reverse else frame_idx - t_diff
             if t < 0 or t >= n_frames:
