@@ -12,14 +12,23 @@ from tests import model_utils as mu
 pytestmark = pytest.mark.gpu
 
 
-def test_cuda_offload_matches_upstream_under_bf16(tmp_path):
+POINTS = [[40, 60], [100, 40], [120, 90]]
+
+
+@pytest.mark.parametrize("n_obj", [1, 3])
+def test_cuda_offload_matches_upstream_under_bf16(tmp_path, n_obj):
+    """With 3 objects, one batch mixes memories still on the device with ones already offloaded."""
     ck = mu.make_checkpoint(tmp_path / "ck.pt", image_size=256)
     vid = media.write_video(tmp_path / "v.mp4", 40, w=160, h=120)
     s = samtrack.open_session(vid, checkpoint=ck, image_size=256, device="cuda", workdir=tmp_path / "w")
     s.bank.device_entries = 4  # nearly everything goes through the asynchronous device-to-host copies
-    ours = {0: s.add_points(0, 1, [[40, 60]], [1]).logits[0]}
+    ours = {}
+    for k in range(n_obj):
+        r = s.add_points(0, k + 1, [POINTS[k]], [1])
+        ours[(k + 1, 0)] = r.logits[list(r.obj_ids).index(k + 1)]
     for r in s.propagate("forward"):
-        ours[r.frame_idx] = r.logits[0]
+        for k, oid in enumerate(r.obj_ids):
+            ours[(oid, r.frame_idx)] = r.logits[k]
     assert s.bank.stats["offloads"] > 20
     from sam2.build_sam import build_sam2_video_predictor
 
@@ -31,10 +40,13 @@ def test_cuda_offload_matches_upstream_under_bf16(tmp_path):
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
         st = mu.upstream_state(pred, s.frames, tmp_path)
         st["images"] = st["images"].cuda()
-        _, _, m = pred.add_new_points_or_box(st, 0, 1, points=np.array([[40, 60]], np.float32), labels=np.array([1], np.int32))
-        theirs = {0: m[0, 0].float().cpu().numpy()}
-        for f, _, m in pred.propagate_in_video(st):
-            theirs[f] = m[0, 0].float().cpu().numpy()
+        for k in range(n_obj):
+            pred.add_new_points_or_box(st, 0, k + 1, points=np.array([POINTS[k]], np.float32),
+                                       labels=np.array([1], np.int32))
+        theirs = {}
+        for f, ids, m in pred.propagate_in_video(st):
+            for k, oid in enumerate(ids):
+                theirs[(oid, f)] = m[k, 0].float().cpu().numpy()
     worst = max(np.abs(ours[f] - theirs[f]).max() for f in theirs)
     agree = np.mean([((ours[f] > 0) == (theirs[f] > 0)).mean() for f in theirs])
     assert agree > 0.999, (worst, agree)

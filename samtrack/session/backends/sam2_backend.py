@@ -152,8 +152,9 @@ class Sam2Backend:
 
     def _stack(self, entries: Sequence[MemoryEntry]) -> dict:
         dev = self.device
-        feats = torch.stack([e.maskmem for e in entries]).to(dev, non_blocking=True)
-        ptr = torch.stack([e.obj_ptr for e in entries]).to(dev, non_blocking=True)
+        # entries of one batch may sit in different tiers (device, pinned host): move each, then stack
+        feats = torch.stack([e.maskmem.to(dev, non_blocking=True) for e in entries])
+        ptr = torch.stack([e.obj_ptr.to(dev, non_blocking=True) for e in entries])
         return {"maskmem_features": feats, "maskmem_pos_enc": self._expand_pos(len(entries)), "obj_ptr": ptr}
 
     def _expand_pos(self, batch: int):
