@@ -59,10 +59,11 @@ def main():
     dt = time.perf_counter() - t
     print(f"{n} frames in {dt:.2f} s: {n / dt:.1f} FPS ({a.objects} object(s), {a.image_size} px, {a.device}, "
           f"prebuild={a.prebuild})")
-    for key in ("tottime", "cumulative"):
+    for key, restrict in (("tottime", ()), ("cumulative", ("samtrack|zarr|asyncio",))):
         buf = io.StringIO()
-        pstats.Stats(prof, stream=buf).sort_stats(key).print_stats(a.top)
-        print("\n".join(line[:160] for line in buf.getvalue().splitlines()[6:]))
+        pstats.Stats(prof, stream=buf).sort_stats(key).print_stats(*restrict, a.top)
+        print(f"-- by {key} --")
+        print("\n".join(line[:170] for line in buf.getvalue().splitlines()[6:] if line.strip()))
     s.close()
 
 

@@ -47,7 +47,13 @@ def test_cuda_offload_matches_upstream_under_bf16(tmp_path, n_obj):
         for f, ids, m in pred.propagate_in_video(st):
             for k, oid in enumerate(ids):
                 theirs[(oid, f)] = m[k, 0].float().cpu().numpy()
+    assert set(theirs) <= set(ours)
     worst = max(np.abs(ours[f] - theirs[f]).max() for f in theirs)
     agree = np.mean([((ours[f] > 0) == (theirs[f] > 0)).mean() for f in theirs])
-    assert agree > 0.999, (worst, agree)
+    # bf16 keeps 8 bits of mantissa, and batch sizes differ (a prompt's memory is encoded alone
+    # here, with the other objects upstream), so logits differ at bf16 rounding level (0.125
+    # measured on an H100 with 3 objects). Random weights put many pixels near 0, where that
+    # flips a mask pixel; anything beyond rounding (a wrong memory frame) moves logits by whole units.
+    assert worst <= 0.25, (worst, agree)
+    assert agree > 0.995, (worst, agree)
     s.close()

@@ -84,6 +84,7 @@ class FrameStore:
         self._access: collections.OrderedDict[int, float] = collections.OrderedDict()
         self._requested: list[int] = []
         self._cursor = 0
+        self._last_read = -2  # the index read last, to recognize sequential reading
         self._build_all = False
         self._closed = False
         self._fatal_error: BaseException | None = None
@@ -184,10 +185,21 @@ class FrameStore:
                     return b[1][index - k * self.chunk_frames].copy()
                 chunk = self._in_memory(k)
                 if chunk is not None:
+                    self._last_read = index
                     if k in self._ram:
                         self._ram.move_to_end(k)
                     return chunk[index - k * self.chunk_frames]
+                if self._state[k] == DONE and abs(index - self._last_read) == 1:
+                    # sequential reading: one zarr call for the whole chunk, then frames from RAM
+                    lo = k * self.chunk_frames
+                    block = np.asarray(self._frames[lo:lo + self._chunk_len(k)])
+                    self._ram[k] = block
+                    while len(self._ram) > self._ram_chunks:
+                        self._ram.popitem(last=False)
+                    self._last_read = index
+                    return block[index - lo]
                 if self._state[k] in (DONE, PARTIAL):
+                    self._last_read = index
                     return np.asarray(self._frames[index])
                 if self._closed:
                     raise CacheError("the frame store is closed")
