@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from samtrack.errors import SamtrackError
+from samtrack.errors import InvalidOptionError, SamtrackError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Track and segment objects through long videos with SAM2.")
@@ -169,6 +169,46 @@ def evaluate(pred: Path = typer.Argument(..., help="prediction: job dir, label z
         out.print(f"mean       : J {res['J']:.4f}  F {res['F']:.4f}  J&F {res['JF']:.4f}  ({res['frames']} frames)")
     else:
         out.print("  ".join(f"{k} {v}" for k, v in res.items()))
+
+
+@app.command()
+def view(source: Optional[Path] = typer.Argument(None, help="video file, image folder, TIFF stack or zarr"),
+         result: Optional[Path] = typer.Option(None, "--result", help="a `samtrack track` output directory to show"),
+         workdir: Optional[Path] = typer.Option(None, "--workdir", help="session folder (reopen it to continue)"),
+         model: str = typer.Option("sam2.1_hiera_tiny", "--model"),
+         checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="path, or 'untrained'"),
+         image_size: Optional[int] = typer.Option(None, "--image-size"),
+         device: str = typer.Option("auto", "--device"),
+         frame: Optional[int] = typer.Option(None, "--frame", help="frame to show first"),
+         screenshot: Optional[Path] = typer.Option(None, "--screenshot", help="save a PNG of the viewer and exit"),
+         z: Optional[int] = Z, channel: Optional[List[int]] = CH, time_axis: Optional[str] = TA) -> None:
+    """Open the napari viewer with the samtrack widget (prompt, propagate, correct, export)."""
+    import os
+
+    opts = _reader_options(z, channel, time_axis, None)
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        raise InvalidOptionError("the viewer needs a display; on a headless machine run it under Xvfb: "
+                                 "xvfb-run -a samtrack view ...")
+    try:
+        import napari  # noqa: F401
+    except ImportError as e:
+        raise InvalidOptionError(f"napari is not installed ({e}): pip install 'samtrack[viewer]'") from e
+    if screenshot is not None:
+        if source is None:
+            raise InvalidOptionError("--screenshot needs a SOURCE")
+        from samtrack.viewer import screenshot as shot
+
+        out = shot(source, screenshot, frame=frame or 0, result=result, workdir=workdir, model=model,
+                   checkpoint=checkpoint, image_size=image_size, device=device, **opts)
+        console.print(f"screenshot saved to {out}")
+        return
+    import napari
+
+    from samtrack.viewer import view as open_view
+
+    open_view(source, result=result, workdir=workdir, model=model, checkpoint=checkpoint, image_size=image_size,
+              device=device, frame=frame, **opts)
+    napari.run()
 
 
 models_app = typer.Typer(help="Supported models and their checkpoints.", invoke_without_command=True)

@@ -128,6 +128,11 @@ class TrackingSession:
     def keyframes(self, obj_id: int) -> list[int]:
         return self._obj(obj_id).keyframes
 
+    def prompt_at(self, frame: int, obj_id: int):
+        """The prompt of ``obj_id`` on ``frame`` (:class:`Points`, with an optional box, or
+        :class:`Mask`), or None."""
+        return self._obj(obj_id).prompts.get(self._check_frame(frame))
+
     def status(self, obj_id: int) -> np.ndarray:
         """(N,) uint8 per frame: 0 not run, 1 propagated, 2 prompted, 3 stale (see :class:`Status`)."""
         self._obj(obj_id)
@@ -209,7 +214,10 @@ class TrackingSession:
         o.pending.add(frame)
         self._save_prompt(obj_id, frame, prompt)
         self._mark_stale(obj_id, frame)
-        self._store(frame, obj_id, self._video_logits(out.mask_logits)[0], entry, Status.PROMPTED, source=frame)
+        # a mask prompt is stored exactly as given (what the user painted is what the frame shows);
+        # the model's memory of it comes from its own low-res reading, as upstream's
+        self._store(frame, obj_id, self._video_logits(out.mask_logits)[0], entry, Status.PROMPTED, source=frame,
+                    mask=prompt.mask if isinstance(prompt, Mask) else None)
         self._fresh.clear()
         self.flush()
         return self.frame_result(frame)
@@ -392,9 +400,10 @@ class TrackingSession:
         """(B, 1, s, s) low-res logits -> (B, H, W) float32 at video resolution, one upsampling per batch."""
         return self.backend.to_video_res(low_res, self.height, self.width).cpu().numpy()
 
-    def _store(self, f: int, obj_id: int, video: np.ndarray, e: MemoryEntry, status: Status, source: int) -> None:
+    def _store(self, f: int, obj_id: int, video: np.ndarray, e: MemoryEntry, status: Status, source: int,
+               mask: np.ndarray | None = None) -> None:
         """Write one object's result, given its (H, W) float32 logits at video resolution."""
-        self.results.write(f, obj_id, video > 0, status=status,
+        self.results.write(f, obj_id, video > 0 if mask is None else mask, status=status,
                            object_score=float(e.object_score.reshape(-1)[0]), iou=e.iou, source=source)
         self._fresh[(obj_id, f)] = (video, float(e.object_score.reshape(-1)[0]), e.iou)
 
@@ -405,8 +414,8 @@ class TrackingSession:
         if ids and all((oid, frame) in self._fresh for oid in ids):  # just computed: no second upsampling
             vals = [self._fresh[(oid, frame)] for oid in ids]
             logits = np.stack([v[0] for v in vals]).astype(np.float32)
-            return FrameResult(frame, ids, logits > 0, logits, np.array([v[1] for v in vals], np.float32),
-                               np.array([v[2] for v in vals], np.float32))
+            return FrameResult(frame, ids, self._exact_masks(frame, ids, logits), logits,
+                               np.array([v[1] for v in vals], np.float32), np.array([v[2] for v in vals], np.float32))
         lows, scores, ious = [], [], []
         s = self.backend.image_size // 4
         for oid in ids:
@@ -423,8 +432,17 @@ class TrackingSession:
             logits = self.backend.to_video_res(torch.stack(lows), self.height, self.width).cpu().numpy()
         else:
             logits = np.zeros((0, self.height, self.width), np.float32)
-        return FrameResult(frame, ids, logits > 0, logits.astype(np.float32), np.array(scores, np.float32),
-                           np.array(ious, np.float32))
+        return FrameResult(frame, ids, self._exact_masks(frame, ids, logits), logits.astype(np.float32),
+                           np.array(scores, np.float32), np.array(ious, np.float32))
+
+    def _exact_masks(self, frame: int, ids, logits: np.ndarray) -> np.ndarray:
+        """Masks from logits, except where a mask prompt gives the frame's mask exactly."""
+        masks = logits > 0
+        for k, oid in enumerate(ids):
+            p = self._objects[oid].prompts.get(frame) if oid in self._objects else None
+            if isinstance(p, Mask):
+                masks[k] = p.mask
+        return masks
 
     # -- plumbing ------------------------------------------------------------------
     def _frame_features(self, f: int):

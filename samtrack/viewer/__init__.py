@@ -1,0 +1,101 @@
+"""napari viewer for samtrack: prompt keyframes, watch propagation, correct, re-propagate, export.
+
+The only samtrack package that imports napari and Qt (lazily, inside the functions below and in
+``_widget``). Entry points: :func:`view`, ``samtrack view`` and the napari plugin
+(``napari.yaml``: Plugins > samtrack tracking).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def open_for_viewing(source, *, result=None, workdir=None, model: str = "sam2.1_hiera_tiny", checkpoint=None,
+                     image_size=None, device: str = "auto", config=None, download: bool = True, **video_options):
+    """(session or None, result store, frame store) for ``source``.
+
+    With ``result`` (a `samtrack track` output folder, which is a session workdir) the session
+    is reopened there; without model weights the results are shown read-only.
+    """
+    import samtrack
+    from samtrack.errors import CheckpointError
+
+    wd = result if result is not None else workdir
+    if result is not None:  # continue the job as it was run: same model, size and video options
+        from samtrack.job import read_job
+
+        job = read_job(result) or {}
+        model = job.get("model", model) if model == "sam2.1_hiera_tiny" else model
+        image_size = image_size if image_size is not None else job.get("image_size")
+        video_options = {**job.get("video_options", {}), **video_options}
+    try:
+        s = samtrack.open_session(source, model=model, checkpoint=checkpoint, image_size=image_size, device=device,
+                                  workdir=wd, config=config, download=download and result is None, **video_options)
+        return s, s.results, s.frames
+    except CheckpointError as e:
+        if result is None:
+            raise
+        log.warning("no model weights (%s): showing the results read-only", e)
+    from samtrack.job import open_results
+
+    store, _ = open_results(result)
+    frames = samtrack.open_video(source, workdir=result, **video_options)
+    return None, store, frames
+
+
+def view(source=None, *, result=None, workdir=None, model: str = "sam2.1_hiera_tiny", checkpoint=None,
+         image_size=None, device: str = "auto", viewer=None, frame: int | None = None, config=None,
+         download: bool = True, **video_options):
+    """Open ``source`` in napari with the samtrack widget docked; returns ``(viewer, widget)``.
+
+    ``viewer``: an existing napari Viewer (default: a new one). ``workdir``: the session folder
+    (default under ~/.cache/samtrack); opening the same one again restores objects, prompts and
+    results. ``result``: a `samtrack track` output folder to show (and continue, when the model
+    weights are there). ``frame``: the frame to show first.
+    """
+    import napari
+
+    from samtrack.viewer._widget import SamtrackWidget
+
+    if viewer is None:
+        viewer = napari.Viewer(title="samtrack")
+    if source is None:
+        widget = SamtrackWidget(viewer)
+    else:
+        session, results, frames = open_for_viewing(
+            source, result=result, workdir=workdir, model=model, checkpoint=checkpoint, image_size=image_size,
+            device=device, config=config, download=download, **video_options)
+        widget = SamtrackWidget(viewer, session, results=results, frames=frames)
+        viewer.title = f"samtrack: {Path(os.fspath(source)).name if isinstance(source, (str, os.PathLike)) else 'array'}"
+    viewer.window.add_dock_widget(widget, name="samtrack", area="right")
+    if frame is not None:
+        widget.goto(frame)
+    return viewer, widget
+
+
+def screenshot(source, path, *, frame: int = 0, result=None, size=(1400, 860), canvas_only: bool = False,
+               **kw) -> Path:
+    """Render ``source`` (with ``result`` overlaid) at ``frame`` and save a PNG; needs a display
+    (on a headless machine run under Xvfb, e.g. ``xvfb-run samtrack view ... --screenshot``)."""
+    import napari
+
+    viewer = napari.Viewer(title="samtrack", show=True)
+    try:
+        viewer.window.resize(*size)
+        _, widget = view(source, result=result, viewer=viewer, frame=frame, **kw)
+        viewer.reset_view()
+        from qtpy.QtWidgets import QApplication
+
+        QApplication.processEvents()
+        path = Path(path)
+        viewer.screenshot(str(path), canvas_only=canvas_only, flash=False)
+        widget.close_session()
+        return path
+    finally:
+        viewer.close()
+
+
+__all__ = ["open_for_viewing", "screenshot", "view"]

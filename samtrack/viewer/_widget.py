@@ -1,0 +1,713 @@
+"""The samtrack dock widget: objects, prompts by click / box / paint, propagation in a worker
+thread, corrections, timeline, confidence plot, save and export.
+
+All model work goes through :class:`samtrack.session.TrackingSession`. The session is not
+thread-safe, so while a propagation runs in its worker thread, prompts and edits are refused
+(with a message) and only the display reads results.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QColor, QIcon, QPixmap
+from qtpy.QtWidgets import (QButtonGroup, QCheckBox, QColorDialog, QComboBox, QDoubleSpinBox, QFileDialog, QGridLayout,
+                            QGroupBox, QHBoxLayout, QInputDialog, QLabel, QListWidget, QListWidgetItem,
+                            QProgressBar, QPushButton, QRadioButton, QSpinBox, QVBoxLayout, QWidget)
+
+from samtrack.errors import SamtrackError
+from samtrack.io.result_store import Status
+from samtrack.viewer._frames import LazyVideo
+from samtrack.viewer._plots import ConfidencePlot, Timeline
+
+log = logging.getLogger(__name__)
+
+PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+           (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255), (170, 110, 40)]
+
+SHORTCUTS = [
+    ("]", "next keyframe"), ("[", "previous keyframe"),
+    ("Shift-F", "propagate forward"), ("Shift-B", "propagate backward"), ("Shift-D", "propagate both ways"),
+    ("Shift-K", "propagate to the next keyframe"), ("Escape", "cancel propagation"),
+    ("T", "toggle positive / negative clicks"), ("Shift-N", "new object"), ("Shift-L", "next low-confidence frame"),
+    ("click", "point (Ctrl/Alt-click: negative)"), ("Shift-drag", "box"), ("paint in 'masks'", "mask correction"),
+]
+
+
+class SamtrackWidget(QWidget):
+    """Dock widget. ``napari_viewer`` is filled in by napari when opened from the plugin menu."""
+
+    def __init__(self, napari_viewer, session=None, *, results=None, frames=None, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session = session
+        self.results = session.results if session is not None else results
+        self.frames = session.frames if session is not None else frames
+        self.active: int | None = None
+        self.positive = True
+        self.worker = None
+        self.low_conf = 0.5
+        self._last_plot = 0.0
+        self._updating_labels = False
+        self.image_layer = self.labels_layer = self.points_layer = self.box_layer = None
+        self._build_ui()
+        if self.frames is not None:
+            self._attach()
+
+    # ------------------------------------------------------------------ UI
+    def _build_ui(self) -> None:
+        lay = QVBoxLayout(self)
+        self.info = QLabel("no video yet: Open..., samtrack.viewer.view() or `samtrack view SOURCE`")
+        self.info.setWordWrap(True)
+        lay.addWidget(self.info)
+        row = QHBoxLayout()
+        from samtrack.session.models import MODELS
+
+        self.model_box = QComboBox()
+        self.model_box.addItems(list(MODELS))
+        self.model_box.setCurrentText("sam2.1_hiera_tiny")
+        row.addWidget(self.model_box)
+        self.btn_open = QPushButton("Open...")
+        self.btn_open.setToolTip("Open a video file (or cancel, then pick an image folder / TIFF stack)")
+        self.btn_open.clicked.connect(self._open_dialog)
+        row.addWidget(self.btn_open)
+        lay.addLayout(row)
+
+        box = QGroupBox("Objects")
+        g = QVBoxLayout(box)
+        self.objects = QListWidget()
+        self.objects.currentItemChanged.connect(self._on_object_selected)
+        self.objects.itemChanged.connect(self._on_object_renamed)
+        g.addWidget(self.objects)
+        row = QHBoxLayout()
+        self.btn_add = QPushButton("Add")
+        self.btn_color = QPushButton("Colour")
+        self.btn_parent = QPushButton("Parent...")
+        self.btn_remove = QPushButton("Remove")
+        for b, fn in ((self.btn_add, lambda: self.add_object()), (self.btn_color, self._pick_color),
+                      (self.btn_parent, self._pick_parent), (self.btn_remove, lambda: self.remove_object())):
+            b.clicked.connect(fn)
+            row.addWidget(b)
+        g.addLayout(row)
+        lay.addWidget(box)
+
+        box = QGroupBox("Prompts on the current frame")
+        g = QHBoxLayout(box)
+        self.rb_pos, self.rb_neg = QRadioButton("positive"), QRadioButton("negative")
+        self.rb_pos.setChecked(True)
+        grp = QButtonGroup(self)
+        for rb in (self.rb_pos, self.rb_neg):
+            grp.addButton(rb)
+            g.addWidget(rb)
+        self.rb_pos.toggled.connect(lambda on: setattr(self, "positive", on))
+        self.btn_clear = QPushButton("Clear frame")
+        self.btn_clear.clicked.connect(lambda: self.clear_frame())
+        g.addWidget(self.btn_clear)
+        lay.addWidget(box)
+
+        box = QGroupBox("Propagate")
+        g = QGridLayout(box)
+        self.btn_fwd, self.btn_bwd = QPushButton("Forward"), QPushButton("Backward")
+        self.btn_both, self.btn_next = QPushButton("Both"), QPushButton("To next keyframe")
+        self.btn_cancel = QPushButton("Cancel")
+        self.btn_cancel.setEnabled(False)
+        for i, (b, d) in enumerate(((self.btn_fwd, "forward"), (self.btn_bwd, "backward"), (self.btn_both, "both"),
+                                    (self.btn_next, "next"))):
+            b.clicked.connect(lambda _=False, d=d: self.propagate(d))
+            g.addWidget(b, 0, i)
+        self.btn_cancel.clicked.connect(self.cancel)
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m frames")
+        g.addWidget(self.progress, 1, 0, 1, 3)
+        g.addWidget(self.btn_cancel, 1, 3)
+        lay.addWidget(box)
+
+        box = QGroupBox("Timeline and confidence")
+        g = QVBoxLayout(box)
+        self.timeline = Timeline()
+        self.timeline.frameClicked.connect(self.goto)
+        self.plot = ConfidencePlot()
+        self.plot.frameClicked.connect(self.goto)
+        g.addWidget(self.timeline)
+        g.addWidget(self.plot)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("low confidence <"))
+        self.spin_thr = QDoubleSpinBox()
+        self.spin_thr.setRange(0.0, 1.0)
+        self.spin_thr.setSingleStep(0.05)
+        self.spin_thr.setValue(self.low_conf)
+        self.spin_thr.valueChanged.connect(self._on_threshold)
+        row.addWidget(self.spin_thr)
+        b = QPushButton("Next low-confidence frame")
+        b.clicked.connect(lambda: self.next_low_confidence())
+        row.addWidget(b)
+        g.addLayout(row)
+        row = QHBoxLayout()
+        for text, fn in (("< keyframe", lambda: self.goto_keyframe(-1)), ("keyframe >", lambda: self.goto_keyframe(1))):
+            b = QPushButton(text)
+            b.clicked.connect(fn)
+            row.addWidget(b)
+        g.addLayout(row)
+        lay.addWidget(box)
+
+        box = QGroupBox("Session")
+        g = QHBoxLayout(box)
+        self.btn_save = QPushButton("Save")
+        self.btn_save.setToolTip("Write everything to the session folder; `samtrack view` with the same "
+                                 "--workdir reopens it")
+        self.btn_save.clicked.connect(lambda: self.save())
+        g.addWidget(self.btn_save)
+        from samtrack.io.export import FORMATS
+
+        self.fmt = QComboBox()
+        self.fmt.addItems(list(FORMATS))
+        g.addWidget(self.fmt)
+        self.cb_incomplete = QCheckBox("include unfinished frames")
+        self.cb_incomplete.setToolTip("frames never tracked or stale are exported empty")
+        g.addWidget(self.cb_incomplete)
+        b = QPushButton("Export...")
+        b.clicked.connect(self._export_dialog)
+        g.addWidget(b)
+        lay.addWidget(box)
+
+        keys = QLabel("<br>".join(f"<b>{k}</b>: {v}" for k, v in SHORTCUTS))
+        keys.setTextFormat(Qt.TextFormat.RichText)
+        box = QGroupBox("Shortcuts")
+        QVBoxLayout(box).addWidget(keys)
+        lay.addWidget(box)
+        lay.addStretch(1)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        lay.addWidget(self.status)
+
+    # ------------------------------------------------------------------ layers
+    def _attach(self) -> None:
+        v, info = self.viewer, self.frames.info
+        self.image_layer = v.add_image(LazyVideo(self.frames), name="video", rgb=True, contrast_limits=(0, 255),
+                                       multiscale=False)
+        self.labels_layer = v.add_labels(np.zeros((info.height, info.width), np.uint32), name="masks", opacity=0.5)
+        self.labels_layer.events.paint.connect(self._on_paint)
+        self.points_layer = v.add_points(np.zeros((0, 2)), ndim=2, name="prompts", size=max(6, info.width // 80),
+                                         face_color="#00ff00", border_color="white")
+        self.box_layer = v.add_shapes(ndim=2, name="boxes", face_color="transparent", edge_color="yellow",
+                                      edge_width=max(1, info.width // 400))
+        v.layers.selection.active = self.image_layer
+        self.goto(0)  # napari starts in the middle of an axis; a video starts at its first frame
+        v.dims.events.current_step.connect(self._on_step)
+        v.mouse_drag_callbacks.append(self._on_mouse)
+        self._bind_keys()
+        mode = "session: " + str(self.session.workdir) if self.session is not None else "results only (no model)"
+        self.info.setText(f"{info.n_frames} frames, {info.width}x{info.height} ({info.dtype}); {mode}")
+        ids = self.results.object_ids
+        for oid in ids:
+            self._list_item(oid)
+        if ids:
+            self.set_active(ids[0])
+        self._update_colormap()
+        self.refresh()
+        self._enable_editing(self.session is not None)
+
+    def _bind_keys(self) -> None:
+        v = self.viewer
+        binds = {"]": lambda: self.goto_keyframe(1), "[": lambda: self.goto_keyframe(-1),
+                 "Shift-F": lambda: self.propagate("forward"), "Shift-B": lambda: self.propagate("backward"),
+                 "Shift-D": lambda: self.propagate("both"), "Shift-K": lambda: self.propagate("next"),
+                 "Escape": self.cancel, "T": self.toggle_polarity, "Shift-N": lambda: self.add_object(),
+                 "Shift-L": lambda: self.next_low_confidence()}
+        for key, fn in binds.items():
+            v.bind_key(key, lambda _viewer, fn=fn: fn(), overwrite=True)
+
+    @property
+    def frame(self) -> int:
+        return int(self.viewer.dims.current_step[0])
+
+    @property
+    def n_frames(self) -> int:
+        return self.frames.info.n_frames
+
+    def goto(self, f: int) -> None:
+        step = list(self.viewer.dims.current_step)
+        step[0] = int(np.clip(f, 0, self.n_frames - 1))
+        self.viewer.dims.current_step = tuple(step)
+
+    def _on_step(self, event=None) -> None:
+        self.refresh_frame()
+        self.timeline.set_current(self.frame)
+        self.plot.set_current(self.frame)
+
+    # ------------------------------------------------------------------ objects
+    def object_color(self, oid: int) -> tuple[int, int, int]:
+        meta = self.results.object_meta(oid) if str(oid) in self.results._objects else {}
+        c = meta.get("color")
+        return tuple(int(x) for x in c[:3]) if c else PALETTE[(oid - 1) % len(PALETTE)]
+
+    def _list_item(self, oid: int) -> QListWidgetItem:
+        meta = self.results.object_meta(oid)
+        item = QListWidgetItem(meta.get("name") or f"object-{oid}")
+        item.setData(Qt.ItemDataRole.UserRole, oid)
+        item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable)
+        pix = QPixmap(12, 12)
+        pix.fill(QColor(*self.object_color(oid)))
+        item.setIcon(QIcon(pix))
+        parent = meta.get("parent")
+        item.setToolTip(f"id {oid}" + (f", parent {parent}" if parent else ""))
+        self.objects.blockSignals(True)
+        self.objects.addItem(item)
+        self.objects.blockSignals(False)
+        return item
+
+    def _item(self, oid: int) -> QListWidgetItem | None:
+        for i in range(self.objects.count()):
+            it = self.objects.item(i)
+            if it.data(Qt.ItemDataRole.UserRole) == oid:
+                return it
+        return None
+
+    def add_object(self, name: str | None = None, color=None, parent: int | None = None) -> int | None:
+        if not self._editable():
+            return None
+        oid = max(self.results.object_ids, default=0) + 1
+        color = tuple(color) if color is not None else PALETTE[(oid - 1) % len(PALETTE)]
+        self.session.add_object(oid, name=name, parent=parent, color=color)
+        self._list_item(oid)
+        self.set_active(oid)
+        self._update_colormap()
+        self.refresh_plots()
+        return oid
+
+    def set_active(self, oid: int) -> None:
+        self.active = oid
+        it = self._item(oid)
+        if it is not None and self.objects.currentItem() is not it:
+            self.objects.setCurrentItem(it)
+        if self.labels_layer is not None:
+            self.labels_layer.selected_label = oid
+        self.refresh_plots()
+
+    def _on_object_selected(self, cur, prev) -> None:
+        if cur is not None:
+            self.set_active(cur.data(Qt.ItemDataRole.UserRole))
+
+    def _on_object_renamed(self, item) -> None:
+        oid = item.data(Qt.ItemDataRole.UserRole)
+        if self.session is not None and oid in self.session.obj_ids and item.text():
+            self.session.add_object(oid, name=item.text())
+
+    def rename_object(self, oid: int, name: str) -> None:
+        self._item(oid).setText(name)  # itemChanged stores it
+
+    def recolor_object(self, oid: int, color) -> None:
+        if not self._editable():
+            return
+        self.session.add_object(oid, color=tuple(int(c) for c in color[:3]))
+        pix = QPixmap(12, 12)
+        pix.fill(QColor(*self.object_color(oid)))
+        self._item(oid).setIcon(QIcon(pix))
+        self._update_colormap()
+        self.refresh_plots()
+
+    def set_parent(self, oid: int, parent: int | None) -> None:
+        """Lineage: ``parent`` is the cell ``oid`` divided from (kept in CTC export)."""
+        if not self._editable():
+            return
+        if parent is not None and parent not in self.results.object_ids:
+            self._say(f"no object {parent} to be the parent")
+            return
+        self.session.add_object(oid, parent=parent)
+        self._item(oid).setToolTip(f"id {oid}" + (f", parent {parent}" if parent else ""))
+
+    def _pick_color(self) -> None:
+        if self.active is None:
+            return
+        c = QColorDialog.getColor(QColor(*self.object_color(self.active)), self, "Object colour")
+        if c.isValid():
+            self.recolor_object(self.active, (c.red(), c.green(), c.blue()))
+
+    def _pick_parent(self) -> None:
+        if self.active is None:
+            return
+        val, ok = QInputDialog.getInt(self, "Lineage parent", "parent object id (0: none)", 0, 0, 10**6)
+        if ok:
+            self.set_parent(self.active, val or None)
+
+    def remove_object(self, oid: int | None = None) -> None:
+        oid = self.active if oid is None else oid
+        if oid is None or not self._editable():
+            return
+        self.session.remove_object(oid)
+        it = self._item(oid)
+        if it is not None:
+            self.objects.takeItem(self.objects.row(it))
+        ids = self.results.object_ids
+        self.active = None
+        if ids:
+            self.set_active(ids[0])
+        self.refresh()
+
+    def _update_colormap(self) -> None:
+        from napari.utils.colormaps import DirectLabelColormap
+
+        if self.labels_layer is None:
+            return
+        colors = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
+        for oid in self.results.object_ids:
+            colors[oid] = tuple(c / 255 for c in self.object_color(oid)) + (1.0,)
+        self.labels_layer.colormap = DirectLabelColormap(color_dict=colors)
+
+    # ------------------------------------------------------------------ prompts
+    def toggle_polarity(self) -> None:
+        (self.rb_neg if self.positive else self.rb_pos).setChecked(True)
+        self._say("clicks are now " + ("positive" if self.positive else "negative"))
+
+    def _editable(self) -> bool:
+        if self.session is None:
+            self._say("viewing results only: open with model weights to prompt and track")
+            return False
+        if self.busy:
+            self._say("a propagation is running: wait for it or cancel it (Escape) first")
+            return False
+        return True
+
+    def _ensure_object(self) -> int | None:
+        if self.active is None or self.active not in self.results.object_ids:
+            return self.add_object()
+        return self.active
+
+    def click(self, x: float, y: float, positive: bool | None = None) -> None:
+        """A point prompt at (x, y) video pixels on the current frame, added to the frame's clicks."""
+        if not self._editable():
+            return
+        oid = self._ensure_object()
+        pos = self.positive if positive is None else positive
+        f = self.frame
+        old = self.session.prompt_at(f, oid) if oid in self.session.obj_ids else None
+        keep_box = getattr(old, "box", None) is not None and getattr(old, "points", None) is not None
+        self._run(lambda: self.session.add_points(f, oid, [[x, y]], [int(pos)], clear=False) if not keep_box else
+                  self.session.add_box(f, oid, old.box, points=[*old.points, (x, y)], labels=[*old.labels, int(pos)]))
+
+    def box(self, x0: float, y0: float, x1: float, y1: float) -> None:
+        """A box prompt (replaces the frame's prompt for the active object)."""
+        if not self._editable():
+            return
+        oid = self._ensure_object()
+        f = self.frame
+        self._run(lambda: self.session.add_box(f, oid, [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]))
+
+    def paint_mask(self, mask: np.ndarray) -> None:
+        """The active object's mask on the current frame becomes a mask prompt (a correction)."""
+        if not self._editable():
+            return
+        oid = self._ensure_object()
+        f = self.frame
+        self._run(lambda: self.session.add_mask(f, oid, np.asarray(mask, bool)))
+
+    def clear_frame(self) -> None:
+        if not self._editable() or self.active is None or self.active not in self.session.obj_ids:
+            return
+        self._run(lambda: self.session.clear_prompts(self.frame, self.active))
+
+    def _run(self, fn) -> None:
+        try:
+            fn()
+        except SamtrackError as e:
+            self._say(f"error: {e}")
+            return
+        self.refresh()
+
+    def _on_mouse(self, viewer, event):
+        if event.button != 1 or self.frames is None:
+            return
+        if self.session is None or self.busy:
+            if "Shift" not in {getattr(m, "name", str(m)) for m in event.modifiers}:
+                self._editable()  # says why a click does nothing now
+            return
+        if viewer.layers.selection.active is self.labels_layer and self.labels_layer.mode != "pan_zoom":
+            return  # painting: handled by the labels layer, then _on_paint
+        start = np.asarray(event.position, float)[-2:]
+        boxing = "Shift" in {getattr(m, "name", str(m)) for m in event.modifiers}
+        pan = viewer.camera.mouse_pan
+        if boxing:
+            viewer.camera.mouse_pan = False
+        dragged = False
+        yield
+        while event.type == "mouse_move":
+            dragged = True
+            if boxing:
+                y1, x1 = np.asarray(event.position, float)[-2:]
+                self.box_layer.data = [np.array([[start[0], start[1]], [start[0], x1], [y1, x1], [y1, start[1]]])]
+            yield
+        viewer.camera.mouse_pan = pan
+        y, x = np.asarray(event.position, float)[-2:]
+        if boxing and dragged:
+            self.box(start[1], start[0], x, y)
+        elif not dragged:
+            mods = {getattr(m, "name", str(m)) for m in event.modifiers}
+            negative = bool(mods & {"Control", "Alt", "Meta"})
+            h, w = self.frames.info.height, self.frames.info.width
+            if 0 <= x < w and 0 <= y < h:
+                self.click(x, y, positive=False if negative else None)
+
+    def _on_paint(self, event=None) -> None:
+        # napari announces a stroke before writing it into the data: read it once the stroke is in
+        from qtpy.QtCore import QTimer
+
+        if not self._updating_labels and self.session is not None:
+            QTimer.singleShot(0, self._apply_paint)
+
+    def _apply_paint(self) -> None:
+        if self.labels_layer is None or self.session is None:
+            return
+        if self.busy:
+            self._say("a propagation is running: the paint stroke is not applied (cancel first)")
+            self.refresh_frame()
+            return
+        oid = self.labels_layer.selected_label
+        if oid not in self.results.object_ids:
+            self._say(f"label {oid} is not an object: pick an object in the list before painting")
+            self.refresh_frame()
+            return
+        self.active = oid
+        self.paint_mask(np.asarray(self.labels_layer.data) == oid)
+
+    # ------------------------------------------------------------------ propagation
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None
+
+    def propagate(self, direction: str = "forward", *, obj_ids=None):
+        """Run a propagation in a worker thread; masks appear as frames complete.
+        ``direction``: forward, backward, both, or next (forward to the next keyframe)."""
+        from napari.qt.threading import create_worker
+
+        if not self._editable():
+            return None
+        start = stop = None
+        d = direction
+        if direction == "next":
+            keys = sorted({k for oid in self.session.obj_ids for k in self.session.keyframes(oid)})
+            later = [k for k in keys if k > self.frame]
+            start, stop, d = self.frame, (later[0] if later else self.n_frames - 1), "forward"
+        session = self.session
+
+        def run():
+            box = {"done": 0, "total": 1}
+
+            def progress(done, total):
+                box["done"], box["total"] = done, total
+
+            for r in session.propagate(d, start, stop, obj_ids=obj_ids, progress=progress):
+                yield r.frame_idx, box["done"], box["total"]
+            yield None, box["total"], box["total"]
+
+        try:  # fail here, in the UI thread, on nothing to do
+            if not any(session.keyframes(oid) for oid in (obj_ids or session.obj_ids)):
+                from samtrack.errors import NoPromptsError
+
+                raise NoPromptsError("no prompts yet: click on the object first")
+        except SamtrackError as e:
+            self._say(f"error: {e}")
+            return None
+        w = create_worker(run, _start_thread=False)
+        w.yielded.connect(self._on_progress)
+        w.errored.connect(self._on_error)
+        w.finished.connect(self._on_finished)
+        self.worker = w
+        self._set_running(True)
+        self.progress.setValue(0)
+        self._say(f"propagating {direction}...")
+        w.start()
+        return w
+
+    def cancel(self) -> None:
+        if self.session is not None and self.busy:
+            self.session.cancel()
+            self._say("cancelling...")
+
+    def _on_progress(self, item) -> None:
+        f, done, total = item
+        self.progress.setMaximum(max(1, total))
+        self.progress.setValue(done)
+        if f is not None and f == self.frame:
+            self.refresh_frame()
+        if time.monotonic() - self._last_plot > 0.25:
+            self.refresh_plots()
+
+    def _on_error(self, exc) -> None:
+        self._say(f"error: {exc}")
+        log.error("propagation failed: %s", exc)
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._set_running(False)
+        self.refresh()
+        if not self.status.text().startswith("error"):
+            self._say("done")
+
+    def _set_running(self, running: bool) -> None:
+        for b in (self.btn_fwd, self.btn_bwd, self.btn_both, self.btn_next, self.btn_add, self.btn_remove,
+                  self.btn_clear, self.btn_color, self.btn_parent, self.btn_save):
+            b.setEnabled(not running and self.session is not None)
+        self.btn_cancel.setEnabled(running)
+
+    def _enable_editing(self, on: bool) -> None:
+        self._set_running(False)
+        if not on:
+            for b in (self.btn_fwd, self.btn_bwd, self.btn_both, self.btn_next, self.btn_add, self.btn_remove,
+                      self.btn_clear, self.btn_color, self.btn_parent, self.btn_save):
+                b.setEnabled(False)
+
+    # ------------------------------------------------------------------ navigation
+    def keyframes(self) -> list[int]:
+        if self.session is None:
+            return sorted({f for oid in self.results.object_ids
+                           for f in np.flatnonzero(self.results.status(oid) == Status.PROMPTED).tolist()})
+        return sorted({k for oid in self.session.obj_ids for k in self.session.keyframes(oid)})
+
+    def goto_keyframe(self, step: int) -> int | None:
+        keys, f = self.keyframes(), self.frame
+        cand = [k for k in keys if k > f] if step > 0 else [k for k in keys if k < f][::-1]
+        if cand:
+            self.goto(cand[0])
+            return cand[0]
+        self._say("no keyframe " + ("after" if step > 0 else "before") + " this frame")
+        return None
+
+    def confidence(self, oid: int) -> tuple[np.ndarray, np.ndarray]:
+        """(presence, iou) per frame, NaN where the frame was never computed or is stale."""
+        score, iou = self.results.scores(oid)
+        st = self.results.status(oid)
+        ok = (st == Status.PROPAGATED) | (st == Status.PROMPTED)
+        with np.errstate(over="ignore"):
+            presence = 1.0 / (1.0 + np.exp(-score.astype(np.float64)))
+        return np.where(ok, presence, np.nan), np.where(ok, iou.astype(np.float64), np.nan)
+
+    def low_confidence_frames(self) -> np.ndarray:
+        """Frames where any object's presence or predicted IoU is under the threshold."""
+        bad = np.zeros(self.n_frames, bool)
+        for oid in self.results.object_ids:
+            p, q = self.confidence(oid)
+            with np.errstate(invalid="ignore"):
+                bad |= (p < self.low_conf) | (q < self.low_conf)
+        return np.flatnonzero(bad)
+
+    def next_low_confidence(self) -> int | None:
+        frames = self.low_confidence_frames()
+        later = frames[frames > self.frame]
+        if len(later):
+            self.goto(int(later[0]))
+            self._say(f"frame {int(later[0])}: low confidence ({len(frames)} such frames)")
+            return int(later[0])
+        self._say("no low-confidence frame after this one")
+        return None
+
+    def _on_threshold(self, v: float) -> None:
+        self.low_conf = float(v)
+        self.refresh_plots()
+
+    # ------------------------------------------------------------------ display
+    def refresh(self) -> None:
+        self.refresh_frame()
+        self.refresh_plots()
+
+    def refresh_frame(self) -> None:
+        if self.labels_layer is None:
+            return
+        f = self.frame
+        self._updating_labels = True
+        try:
+            self.labels_layer.data = self.results.label_frame(f).astype(np.uint32)
+        finally:
+            self._updating_labels = False
+        pts, colors, boxes = [], [], []
+        if self.session is not None:
+            for oid in self.session.obj_ids:
+                p = self.session.prompt_at(f, oid)
+                if p is None or p.kind != "points":
+                    continue
+                for (x, y), lab in zip(p.points, p.labels):
+                    pts.append((y, x))
+                    colors.append("#00ff00" if lab else "#ff3030")
+                if p.box is not None:
+                    x0, y0, x1, y1 = p.box
+                    boxes.append(np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]]))
+        self.points_layer.data = np.array(pts).reshape(-1, 2)
+        if pts:
+            self.points_layer.face_color = colors
+        self.box_layer.data = boxes
+
+    def refresh_plots(self) -> None:
+        self._last_plot = time.monotonic()
+        rows, curves = [], []
+        for oid in self.results.object_ids:
+            color = QColor(*self.object_color(oid))
+            keys = self.session.keyframes(oid) if self.session is not None else []
+            rows.append((color, self.results.status(oid), keys))
+            p, q = self.confidence(oid)
+            curves.append((color, p, q))
+        self.timeline.set_rows(self.n_frames, rows)
+        self.plot.set_curves(self.n_frames, curves, self.low_conf)
+
+    def _say(self, text: str) -> None:
+        self.status.setText(text)
+        log.info("%s", text)
+
+    # ------------------------------------------------------------------ save / export
+    def save(self) -> Path | None:
+        if self.session is None:
+            return None
+        self.session.flush()
+        self._say(f"saved in {self.session.workdir}")
+        return Path(self.session.workdir)
+
+    def export(self, fmt: str, output, *, force: bool = False, allow_incomplete: bool = False) -> Path:
+        from samtrack.io.export import export
+
+        if self.session is not None:
+            self.session.flush()
+        out = export(self.results, fmt, output, force=force, allow_incomplete=allow_incomplete,
+                     **({"frames": self.frames} if fmt == "mp4" else {}))
+        self._say(f"exported {fmt} to {out}")
+        return out
+
+    def _export_dialog(self) -> None:
+        fmt = self.fmt.currentText()
+        path, _ = QFileDialog.getSaveFileName(self, f"Export {fmt}", "")
+        if path:
+            try:
+                self.export(fmt, path, force=True, allow_incomplete=self.cb_incomplete.isChecked())
+            except SamtrackError as e:
+                self._say(f"error: {e}")
+
+    def open(self, source, **kw) -> None:
+        """Open ``source`` in this widget (see :func:`samtrack.viewer.open_for_viewing`)."""
+        from samtrack.viewer import open_for_viewing
+
+        if self.frames is not None:
+            self._say("this widget already shows a video: open another in a new window")
+            return
+        try:
+            self.session, self.results, self.frames = open_for_viewing(source, **kw)
+        except SamtrackError as e:
+            self._say(f"error: {e}")
+            return
+        self._attach()
+
+    def _open_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open a video, TIFF stack or image", "")
+        if not path:
+            path = QFileDialog.getExistingDirectory(self, "Or open an image folder", "")
+        if path:
+            self.open(path, model=self.model_box.currentText())
+
+    def close_session(self) -> None:
+        if self.busy:
+            self.session.cancel()
+            self.worker.quit() if hasattr(self.worker, "quit") else None
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+        elif self.frames is not None:
+            self.frames.close()
