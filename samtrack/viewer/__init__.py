@@ -84,18 +84,28 @@ def screenshot(source, path, *, frame: int = 0, result=None, size=(1400, 860), c
 
     viewer = napari.Viewer(title="samtrack", show=True)
     try:
-        viewer.window.resize(*size)
         _, widget = view(source, result=result, viewer=viewer, frame=frame, **kw)
+        viewer.window.resize(*size)
+        _settle(0.3)  # the dock and the canvas take their final sizes before the frame is fitted
         viewer.reset_view()
-        from qtpy.QtWidgets import QApplication
-
-        QApplication.processEvents()
+        _settle(0.2)
         path = Path(path)
         viewer.screenshot(str(path), canvas_only=canvas_only, flash=False)
         widget.close_session()
         return path
     finally:
         viewer.close()
+
+
+def _settle(seconds: float) -> None:
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        QApplication.processEvents()
+        time.sleep(0.01)
 
 
 __all__ = ["open_for_viewing", "screenshot", "view"]
