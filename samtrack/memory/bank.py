@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from samtrack.session.backends.base import MemoryEntry
+from samtrack.memory.entry import MemoryEntry
 
 log = logging.getLogger(__name__)
 
