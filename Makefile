@@ -7,7 +7,7 @@ VIDEO ?=
 PROMPTS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all bench screenshot clean
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
@@ -22,6 +22,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/frame_store.py
+
+# the README's viewer screenshot, from the demo's result (needs `make demo` first)
+screenshot: $(STAMP)
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(VENV)/bin/samtrack view demo_out/sample.mp4 --result demo_out/job \
+		--frame 40 --screenshot docs/viewer.png
 
 clean:
 	rm -rf .pytest_cache demo_out bench_out

@@ -289,3 +289,14 @@ def test_plugin_manifest_is_registered_and_opens_the_widget(make_napari_viewer):
     dock, widget = viewer.window.add_plugin_dock_widget("samtrack", "samtrack tracking")
     assert type(widget).__name__ == "SamtrackWidget" and widget.frames is None
     assert "Open" in widget.btn_open.text()
+
+
+def test_cli_view_without_a_display_says_how_to_run_it(assets):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    r = subprocess.run([sys.executable, "-m", "samtrack.cli", "view", str(assets[1])], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "xvfb-run" in r.stderr and "Traceback" not in r.stderr, r.stderr
