@@ -240,7 +240,7 @@ class SamtrackWidget(QWidget):
 
     # ------------------------------------------------------------------ objects
     def object_color(self, oid: int) -> tuple[int, int, int]:
-        meta = self.results.object_meta(oid) if str(oid) in self.results._objects else {}
+        meta = self.results.object_meta(oid) if oid in self.results.object_ids else {}
         c = meta.get("color")
         return tuple(int(x) for x in c[:3]) if c else PALETTE[(oid - 1) % len(PALETTE)]
 
