@@ -14,28 +14,14 @@ from pathlib import Path
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor, QIcon, QPixmap
-from qtpy.QtWidgets import (QButtonGroup, QCheckBox, QColorDialog, QComboBox, QDoubleSpinBox, QFileDialog, QGridLayout,
-                            QGroupBox, QHBoxLayout, QInputDialog, QLabel, QListWidget, QListWidgetItem,
-                            QProgressBar, QPushButton, QRadioButton, QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import QColorDialog, QFileDialog, QInputDialog, QListWidgetItem, QWidget
 
 from samtrack.errors import SamtrackError
 from samtrack.io.result_store import Status
 from samtrack.viewer._frames import LazyVideo
-from samtrack.viewer._plots import ConfidencePlot, Timeline
+from samtrack.viewer._panels import PALETTE, build_panels
 
 log = logging.getLogger(__name__)
-
-PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
-           (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255), (170, 110, 40)]
-
-SHORTCUTS = [
-    ("]", "next keyframe"), ("[", "previous keyframe"),
-    ("Shift-F", "propagate forward"), ("Shift-B", "propagate backward"), ("Shift-D", "propagate both ways"),
-    ("Shift-K", "propagate to the next keyframe"), ("Escape", "cancel propagation"),
-    ("T", "toggle positive / negative clicks"), ("Shift-N", "new object"), ("Shift-L", "next low-confidence frame"),
-    ("click", "point (Ctrl/Alt-click: negative)"), ("Shift-drag", "box"), ("paint in 'masks'", "mask correction"),
-]
-
 
 class SamtrackWidget(QWidget):
     """Dock widget. ``napari_viewer`` is filled in by napari when opened from the plugin menu."""
@@ -53,136 +39,11 @@ class SamtrackWidget(QWidget):
         self._last_plot = 0.0
         self._updating_labels = False
         self.image_layer = self.labels_layer = self.points_layer = self.box_layer = None
-        self._build_ui()
+        build_panels(self)
         if self.frames is not None:
             self._attach()
 
     # ------------------------------------------------------------------ UI
-    def _build_ui(self) -> None:
-        lay = QVBoxLayout(self)
-        self.info = QLabel("no video yet: Open..., samtrack.viewer.view() or `samtrack view SOURCE`")
-        self.info.setWordWrap(True)
-        lay.addWidget(self.info)
-        row = QHBoxLayout()
-        from samtrack.session.models import MODELS
-
-        self.model_box = QComboBox()
-        self.model_box.addItems(list(MODELS))
-        self.model_box.setCurrentText("sam2.1_hiera_tiny")
-        row.addWidget(self.model_box)
-        self.btn_open = QPushButton("Open...")
-        self.btn_open.setToolTip("Open a video file (or cancel, then pick an image folder / TIFF stack)")
-        self.btn_open.clicked.connect(self._open_dialog)
-        row.addWidget(self.btn_open)
-        lay.addLayout(row)
-
-        box = QGroupBox("Objects")
-        g = QVBoxLayout(box)
-        self.objects = QListWidget()
-        self.objects.currentItemChanged.connect(self._on_object_selected)
-        self.objects.itemChanged.connect(self._on_object_renamed)
-        g.addWidget(self.objects)
-        row = QHBoxLayout()
-        self.btn_add = QPushButton("Add")
-        self.btn_color = QPushButton("Colour")
-        self.btn_parent = QPushButton("Parent...")
-        self.btn_remove = QPushButton("Remove")
-        for b, fn in ((self.btn_add, lambda: self.add_object()), (self.btn_color, self._pick_color),
-                      (self.btn_parent, self._pick_parent), (self.btn_remove, lambda: self.remove_object())):
-            b.clicked.connect(fn)
-            row.addWidget(b)
-        g.addLayout(row)
-        lay.addWidget(box)
-
-        box = QGroupBox("Prompts on the current frame")
-        g = QHBoxLayout(box)
-        self.rb_pos, self.rb_neg = QRadioButton("positive"), QRadioButton("negative")
-        self.rb_pos.setChecked(True)
-        grp = QButtonGroup(self)
-        for rb in (self.rb_pos, self.rb_neg):
-            grp.addButton(rb)
-            g.addWidget(rb)
-        self.rb_pos.toggled.connect(lambda on: setattr(self, "positive", on))
-        self.btn_clear = QPushButton("Clear frame")
-        self.btn_clear.clicked.connect(lambda: self.clear_frame())
-        g.addWidget(self.btn_clear)
-        lay.addWidget(box)
-
-        box = QGroupBox("Propagate")
-        g = QGridLayout(box)
-        self.btn_fwd, self.btn_bwd = QPushButton("Forward"), QPushButton("Backward")
-        self.btn_both, self.btn_next = QPushButton("Both"), QPushButton("To next keyframe")
-        self.btn_cancel = QPushButton("Cancel")
-        self.btn_cancel.setEnabled(False)
-        for i, (b, d) in enumerate(((self.btn_fwd, "forward"), (self.btn_bwd, "backward"), (self.btn_both, "both"),
-                                    (self.btn_next, "next"))):
-            b.clicked.connect(lambda _=False, d=d: self.propagate(d))
-            g.addWidget(b, 0, i)
-        self.btn_cancel.clicked.connect(self.cancel)
-        self.progress = QProgressBar()
-        self.progress.setFormat("%v / %m frames")
-        g.addWidget(self.progress, 1, 0, 1, 3)
-        g.addWidget(self.btn_cancel, 1, 3)
-        lay.addWidget(box)
-
-        box = QGroupBox("Timeline and confidence")
-        g = QVBoxLayout(box)
-        self.timeline = Timeline()
-        self.timeline.frameClicked.connect(self.goto)
-        self.plot = ConfidencePlot()
-        self.plot.frameClicked.connect(self.goto)
-        g.addWidget(self.timeline)
-        g.addWidget(self.plot)
-        row = QHBoxLayout()
-        row.addWidget(QLabel("low confidence <"))
-        self.spin_thr = QDoubleSpinBox()
-        self.spin_thr.setRange(0.0, 1.0)
-        self.spin_thr.setSingleStep(0.05)
-        self.spin_thr.setValue(self.low_conf)
-        self.spin_thr.valueChanged.connect(self._on_threshold)
-        row.addWidget(self.spin_thr)
-        b = QPushButton("Next low-confidence frame")
-        b.clicked.connect(lambda: self.next_low_confidence())
-        row.addWidget(b)
-        g.addLayout(row)
-        row = QHBoxLayout()
-        for text, fn in (("< keyframe", lambda: self.goto_keyframe(-1)), ("keyframe >", lambda: self.goto_keyframe(1))):
-            b = QPushButton(text)
-            b.clicked.connect(fn)
-            row.addWidget(b)
-        g.addLayout(row)
-        lay.addWidget(box)
-
-        box = QGroupBox("Session")
-        g = QHBoxLayout(box)
-        self.btn_save = QPushButton("Save")
-        self.btn_save.setToolTip("Write everything to the session folder; `samtrack view` with the same "
-                                 "--workdir reopens it")
-        self.btn_save.clicked.connect(lambda: self.save())
-        g.addWidget(self.btn_save)
-        from samtrack.io.export import FORMATS
-
-        self.fmt = QComboBox()
-        self.fmt.addItems(list(FORMATS))
-        g.addWidget(self.fmt)
-        self.cb_incomplete = QCheckBox("include unfinished frames")
-        self.cb_incomplete.setToolTip("frames never tracked or stale are exported empty")
-        g.addWidget(self.cb_incomplete)
-        b = QPushButton("Export...")
-        b.clicked.connect(self._export_dialog)
-        g.addWidget(b)
-        lay.addWidget(box)
-
-        keys = QLabel("<br>".join(f"<b>{k}</b>: {v}" for k, v in SHORTCUTS))
-        keys.setTextFormat(Qt.TextFormat.RichText)
-        box = QGroupBox("Shortcuts")
-        QVBoxLayout(box).addWidget(keys)
-        lay.addWidget(box)
-        lay.addStretch(1)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        lay.addWidget(self.status)
-
     # ------------------------------------------------------------------ layers
     def _attach(self) -> None:
         v, info = self.viewer, self.frames.info
@@ -208,7 +69,7 @@ class SamtrackWidget(QWidget):
             self.set_active(ids[0])
         self._update_colormap()
         self.refresh()
-        self._enable_editing(self.session is not None)
+        self._set_running(False)
 
     def _bind_keys(self) -> None:
         v = self.viewer
@@ -547,17 +408,11 @@ class SamtrackWidget(QWidget):
             self._say("done")
 
     def _set_running(self, running: bool) -> None:
+        """Edit buttons work with a session and no propagation running; Cancel only while one runs."""
         for b in (self.btn_fwd, self.btn_bwd, self.btn_both, self.btn_next, self.btn_add, self.btn_remove,
                   self.btn_clear, self.btn_color, self.btn_parent, self.btn_save):
             b.setEnabled(not running and self.session is not None)
         self.btn_cancel.setEnabled(running)
-
-    def _enable_editing(self, on: bool) -> None:
-        self._set_running(False)
-        if not on:
-            for b in (self.btn_fwd, self.btn_bwd, self.btn_both, self.btn_next, self.btn_add, self.btn_remove,
-                      self.btn_clear, self.btn_color, self.btn_parent, self.btn_save):
-                b.setEnabled(False)
 
     # ------------------------------------------------------------------ navigation
     def keyframes(self) -> list[int]:
