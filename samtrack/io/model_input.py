@@ -17,7 +17,10 @@ def to_model_input(frame: np.ndarray, image_size: int, device="cpu"):
     import torch
     import torch.nn.functional as F
 
-    t = torch.from_numpy(np.ascontiguousarray(frame)).to(device, non_blocking=True)
+    t = torch.from_numpy(np.ascontiguousarray(frame))
+    if torch.device(device).type == "cuda":
+        t = t.pin_memory()  # an upload from pageable memory would wait for the whole GPU queue
+    t = t.to(device, non_blocking=True)
     t = t.permute(2, 0, 1)[None].float()
     if t.shape[-2:] != (image_size, image_size):
         t = F.interpolate(t, size=(image_size, image_size), mode="bicubic", align_corners=False, antialias=True)

@@ -181,15 +181,19 @@ class MemoryBank:
         self._dev: collections.OrderedDict[tuple[int, int], MemoryEntry] = collections.OrderedDict()
         self._pending_copies: list[torch.cuda.Event] = []
         self._pinned: dict[tuple[int, int], MemoryEntry] = {}  # prompts not yet on disk: never evicted
+        self._held: dict[tuple[int, int], MemoryEntry] = {}  # tracked, waiting for persist(): never evicted
         self._disk = _DiskTier(Path(workdir) / "memory.zarr", n_frames)
         self._lock = threading.RLock()
         self.stats = collections.Counter()
 
     # -- writes ----------------------------------------------------------------
-    def put(self, obj_id: int, frame: int, entry: MemoryEntry, *, persist: bool = True) -> None:
-        """Store an entry (on the compute device or the host); written through to disk."""
+    def put(self, obj_id: int, frame: int, entry: MemoryEntry, *, persist: bool = True, hold: bool = False) -> None:
+        """Store an entry (on the compute device or the host); written through to disk.
+        ``hold``: not written yet; kept in RAM whatever the budgets until :meth:`persist`."""
         key = (obj_id, frame)
         with self._lock:
+            if hold or key in self._held:
+                self._held[key] = entry
             if persist and not entry.pending:
                 self._disk.write(obj_id, frame, entry)
             self._drop_host(key)
@@ -203,6 +207,13 @@ class MemoryBank:
             else:
                 self._add_host(key, entry)
 
+    def persist(self, obj_id: int, frame: int, entry: MemoryEntry) -> None:
+        """Write an entry already in the bank (put with ``persist=False``) through to disk; ``entry``
+        may be its host copy."""
+        with self._lock:
+            self._disk.write(obj_id, frame, entry)
+            self._held.pop((obj_id, frame), None)
+
     def set_maskmem(self, obj_id: int, frame: int, maskmem: torch.Tensor) -> MemoryEntry:
         """Attach re-encoded memory to an entry (keeps it in the faster tiers)."""
         e = self.get(obj_id, frame)
@@ -214,7 +225,7 @@ class MemoryBank:
     def get(self, obj_id: int, frame: int) -> MemoryEntry | None:
         key = (obj_id, frame)
         with self._lock:
-            e = self._pinned.get(key)
+            e = self._pinned.get(key) or self._held.get(key)
             if e is not None:
                 return e
             e = self._dev.get(key)
@@ -236,14 +247,15 @@ class MemoryBank:
     def has(self, obj_id: int, frame: int) -> bool:
         key = (obj_id, frame)
         with self._lock:
-            if key in self._dev or key in self._host or key in self._pinned:
+            if key in self._dev or key in self._host or key in self._pinned or key in self._held:
                 return True
             a = self._disk._obj(obj_id)
             return a is not None and 0 <= frame < len(a["_flags"]) and bool(a["_flags"][frame])
 
     def frames(self, obj_id: int) -> set[int]:
         with self._lock:
-            s = {f for (o, f) in list(self._dev) + list(self._host) + list(self._pinned) if o == obj_id}
+            s = {f for (o, f) in list(self._dev) + list(self._host) + list(self._pinned) + list(self._held)
+                 if o == obj_id}
             return s | set(self._disk.frames(obj_id).tolist())
 
     def reverse_flags(self, obj_id: int) -> np.ndarray:
@@ -256,6 +268,7 @@ class MemoryBank:
         with self._lock:
             for f in frames:
                 self._pinned.pop((obj_id, f), None)
+                self._held.pop((obj_id, f), None)
                 self._dev.pop((obj_id, f), None)
                 self._drop_host((obj_id, f))
             self._disk.clear(obj_id, frames)
@@ -264,6 +277,8 @@ class MemoryBank:
         with self._lock:
             for key in [k for k in list(self._pinned) if k[0] == obj_id]:
                 self._pinned.pop(key)
+            for key in [k for k in list(self._held) if k[0] == obj_id]:
+                self._held.pop(key)
             for key in [k for k in list(self._dev) if k[0] == obj_id]:
                 self._dev.pop(key)
             for key in [k for k in list(self._host) if k[0] == obj_id]:

@@ -51,6 +51,45 @@ class _Object:
         return sorted(set(self.prompts) - self.pending)
 
 
+def _to_host(tensors: dict):
+    """Start copies of ``tensors`` to host memory; returns (host tensors, CUDA event or None)."""
+    first = next(v for v in tensors.values() if v is not None)
+    if first.device.type != "cuda":
+        return {k: (v.detach().cpu() if v is not None else None) for k, v in tensors.items()}, None
+    host = {}
+    for k, v in tensors.items():
+        if v is not None:
+            host[k] = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
+            host[k].copy_(v.detach(), non_blocking=True)
+        else:
+            host[k] = None
+    event = torch.cuda.Event()
+    event.record()
+    return host, event
+
+
+@dataclass
+class _Launched:
+    """A tracked frame whose results are still being copied to the host."""
+
+    frame: int
+    obj_ids: list = field(default_factory=list)
+    parts: list = field(default_factory=list)  # per batch: ([(obj_id, entry, source)], host tensors, event)
+
+    def store(self, session: "TrackingSession") -> None:
+        for entries, host, event in self.parts:
+            if event is not None:
+                event.synchronize()  # this frame's copies only; the next frame keeps computing
+            video = host["video"].numpy()
+            for i, (oid, e, source) in enumerate(entries):
+                e.iou = float(host["iou"][i])
+                he = MemoryEntry(obj_ptr=host["ptr"][i], object_score=host["score"][i], mask_logits=host["logits"][i],
+                                 iou=e.iou, from_prompt=False, reverse=e.reverse,
+                                 mem_logits=None if host["mem"] is None else host["mem"][i])
+                session.bank.persist(oid, self.frame, he)
+                session._store(self.frame, oid, video[i], he, Status.PROPAGATED, source=source)
+
+
 class TrackingSession:
     """Prompt keyframes, propagate, correct, re-propagate. Not thread-safe except :meth:`cancel`."""
 
@@ -278,16 +317,20 @@ class TrackingSession:
         done = 0
         try:
             for d in order:
-                for res in self._sweep(d, lo, hi, objs, dirs):
-                    done += 1
-                    self.flush(every_frames=32, every_s=2.0)
-                    if res is not None:
-                        yield res
-                    if progress:
-                        progress(done, total)
-                    if self._cancel.is_set():
-                        log.info("propagation cancelled after frame %s", res.frame_idx if res else "?")
-                        return
+                sweep = self._sweep(d, lo, hi, objs, dirs)
+                try:
+                    for res in sweep:
+                        done += 1
+                        self.flush(every_frames=32, every_s=2.0)
+                        if res is not None:
+                            yield res
+                        if progress:
+                            progress(done, total)
+                        if self._cancel.is_set():
+                            log.info("propagation cancelled after frame %s", res.frame_idx if res else "?")
+                            return
+                finally:
+                    sweep.close()  # stores the frame still in flight before the final flush
                 done = (hi - lo + 1) * (order.index(d) + 1)
         finally:
             self.flush()
@@ -312,32 +355,52 @@ class TrackingSession:
         active: dict[int, int | None] = {o.obj_id: self._resume_point(o, frames[0], rev) for o in objs}
         plans = {o.obj_id: (o.finalized_keyframes(), self.results.status(o.obj_id), self.results.sources(o.obj_id))
                  for o in objs}
-        for f in frames:
-            started, todo = [], []
-            for o in objs:
-                keys, st, src = plans[o.obj_id]
-                if f in o.prompts:
-                    active[o.obj_id] = f
-                    if o.visited[f] != int(rev):
-                        o.visited[f] = int(rev)
-                        self._save_prompt(o.obj_id, f, o.prompts[f])
-                    started.append(o.obj_id)
-                    continue
-                k = active[o.obj_id]
-                if k is None:
-                    continue
-                act = decide(f, k, keyframes=keys, status=st, sources=src, rule=self.config.overlap_rule, directions=dirs)
-                if act is Action.STOP:
-                    active[o.obj_id] = None
-                elif act is Action.COMPUTE:
-                    todo.append(o)
-            computed = self._track_frame(f, rev, todo, active) if todo else []
-            for oid in computed:
-                plans[oid][1][f] = Status.PROPAGATED
-                plans[oid][2][f] = active[oid]
-            ids = sorted(started + computed)
-            yield self.frame_result(f, ids) if ids else None
-            self._fresh.clear()
+        held = None  # the frame in flight: (frame, object ids, launched step)
+        try:
+            for f in frames:
+                started, todo = [], []
+                for o in objs:
+                    keys, st, src = plans[o.obj_id]
+                    if f in o.prompts:
+                        active[o.obj_id] = f
+                        if o.visited[f] != int(rev):
+                            o.visited[f] = int(rev)
+                            self._save_prompt(o.obj_id, f, o.prompts[f])
+                        started.append(o.obj_id)
+                        continue
+                    k = active[o.obj_id]
+                    if k is None:
+                        continue
+                    act = decide(f, k, keyframes=keys, status=st, sources=src, rule=self.config.overlap_rule,
+                                 directions=dirs)
+                    if act is Action.STOP:
+                        active[o.obj_id] = None
+                    elif act is Action.COMPUTE:
+                        todo.append(o)
+                launched = self._track_frame(f, rev, todo, active) if todo else None
+                computed = launched.obj_ids if launched is not None else []
+                for oid in computed:
+                    plans[oid][1][f] = Status.PROPAGATED
+                    plans[oid][2][f] = active[oid]
+                # one frame in flight: frame f's results are stored and yielded once frame f+1 is
+                # launched, so the accelerator computes while the host writes (no per-frame sync)
+                if held is not None:
+                    done, held = held, None
+                    yield self._finish(*done)
+                held = (f, sorted(started + computed), launched)
+            if held is not None:
+                done, held = held, None
+                yield self._finish(*done)
+        finally:
+            if held is not None:  # closed early (cancel): what was computed is still stored
+                self._finish(*held)
+
+    def _finish(self, f: int, ids: list[int], launched) -> FrameResult | None:
+        if launched is not None:
+            launched.store(self)
+        res = self.frame_result(f, ids) if ids else None
+        self._fresh.clear()
+        return res
 
     def _resume_point(self, o: _Object, f0: int, rev: bool) -> int | None:
         """Keyframe whose pass reached the frame just before ``f0`` (so it can go on), else None."""
@@ -349,28 +412,34 @@ class TrackingSession:
         st, src = self.results.status(o.obj_id), self.results.sources(o.obj_id)
         return int(src[prev]) if st[prev] == Status.PROPAGATED and src[prev] >= 0 else None
 
-    def _track_frame(self, f: int, rev: bool, todo, active) -> list[int]:
+    def _track_frame(self, f: int, rev: bool, todo, active) -> _Launched:
+        """Launch frame ``f`` for ``todo``: memory goes to the bank at once (the next frame reads
+        it); host copies of the results are started, and stored by :meth:`_Launched.store`."""
         feats = self._frame_features(f)
         groups: dict[tuple, list] = collections.defaultdict(list)
         for o in todo:
             view = self._view(o, f, rev)
             groups[(tuple(sorted(view.cond)), tuple(sorted(view.other)))].append((o, view))
-        done = []
+        launched = _Launched(f)
         for members in groups.values():
             with self._oom_guard():
                 out = self.backend.track(feats, TrackRequest(f, rev, [v for _, v in members]), self.n_frames)
             same = out.mem_logits is out.mask_logits
-            video = self._video_logits(out.mask_logits)
+            host, event = _to_host({"video": self.backend.to_video_res(out.mask_logits, self.height, self.width),
+                                    "logits": out.mask_logits, "mem": None if same else out.mem_logits,
+                                    "ptr": out.obj_ptr, "score": out.object_score, "iou": out.iou})
+            entries = []
             for i, (o, _) in enumerate(members):
                 e = MemoryEntry(obj_ptr=out.obj_ptr[i], object_score=out.object_score[i],
-                                mask_logits=out.mask_logits[i], iou=float(out.iou[i]), from_prompt=False, reverse=rev,
+                                mask_logits=out.mask_logits[i], iou=float("nan"), from_prompt=False, reverse=rev,
                                 maskmem=out.maskmem[i] if out.maskmem is not None else None,
                                 mem_logits=None if same else out.mem_logits[i])
-                self.bank.put(o.obj_id, f, e)
+                self.bank.put(o.obj_id, f, e, persist=False, hold=True)  # on disk once stored
                 o.visited[f] = int(rev)
-                self._store(f, o.obj_id, video[i], e, Status.PROPAGATED, source=active[o.obj_id])
-                done.append(o.obj_id)
-        return done
+                entries.append((o.obj_id, e, active[o.obj_id]))
+                launched.obj_ids.append(o.obj_id)
+            launched.parts.append((entries, host, event))
+        return launched
 
     def _view(self, o: _Object, f: int, rev: bool) -> MemoryView:
         """The keyframes (nearest N) and other frames the step at ``f`` reads, with memory encoded."""
