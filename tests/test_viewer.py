@@ -211,7 +211,12 @@ def test_ui_stays_responsive_during_propagation(make_napari_viewer, assets, tmp_
     done = int((st == Status.PROPAGATED).sum())
     assert 3 <= done < N - 1, (st, w.progress.value(), w.status.text())  # stopped early; finished frames kept
     assert w.session.prompt_at(0, 1).points == ((40.0, 50.0),)
+    # closing while a propagation runs stops it first; what it finished is on disk
+    w.btn_both.click()
+    assert w.busy
+    s = w.session
     w.close_session()
+    assert w.session is None and not w.busy and s.results.status(1)[0] == Status.PROMPTED
 
 
 def _canvas_xy(viewer, shot, row, col):

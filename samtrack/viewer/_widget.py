@@ -558,9 +558,15 @@ class SamtrackWidget(QWidget):
             self.open(path, model=self.model_box.currentText())
 
     def close_session(self) -> None:
+        """Stop a running propagation (its finished frames are kept), then close the session."""
         if self.busy:
+            from qtpy.QtWidgets import QApplication
+
             self.session.cancel()
-            self.worker.quit() if hasattr(self.worker, "quit") else None
+            end = time.monotonic() + 60
+            while self.busy and time.monotonic() < end:  # the worker stops at its next frame
+                QApplication.processEvents()
+                time.sleep(0.01)
         if self.session is not None:
             self.session.close()
             self.session = None
