@@ -190,7 +190,7 @@ def view(source: Optional[Path] = typer.Argument(None, help="video file, image f
         raise InvalidOptionError("the viewer needs a display; on a headless machine run it under Xvfb: "
                                  "xvfb-run -a samtrack view ...")
     try:
-        import napari  # noqa: F401
+        import napari
     except ImportError as e:
         raise InvalidOptionError(f"napari is not installed ({e}): pip install 'samtrack[viewer]'") from e
     if screenshot is not None:
@@ -198,17 +198,17 @@ def view(source: Optional[Path] = typer.Argument(None, help="video file, image f
             raise InvalidOptionError("--screenshot needs a SOURCE")
         from samtrack.viewer import screenshot as shot
 
-        out = shot(source, screenshot, frame=frame or 0, result=result, workdir=workdir, model=model,
+        png = shot(source, screenshot, frame=frame or 0, result=result, workdir=workdir, model=model,
                    checkpoint=checkpoint, image_size=image_size, device=device, **opts)
-        console.print(f"screenshot saved to {out}")
+        console.print(f"screenshot saved to {png}")
         return
-    import napari
-
     from samtrack.viewer import view as open_view
 
-    open_view(source, result=result, workdir=workdir, model=model, checkpoint=checkpoint, image_size=image_size,
-              device=device, frame=frame, **opts)
+    _, widget = open_view(source, result=result, workdir=workdir, model=model, checkpoint=checkpoint,
+                          image_size=image_size, device=device, frame=frame, **opts)
     napari.run()
+    if widget.session is not None:  # the window is closed: write what is still queued
+        widget.session.close()
 
 
 models_app = typer.Typer(help="Supported models and their checkpoints.", invoke_without_command=True)
