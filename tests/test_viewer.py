@@ -156,6 +156,30 @@ def test_box_drag_navigation_low_confidence_and_export(make_napari_viewer, asset
     w.goto(0)
     assert w.goto_keyframe(1) == 4 and w.goto_keyframe(1) == 14 and w.goto_keyframe(1) is None
     assert w.goto_keyframe(-1) == 4
+    # the shortcuts listed in the widget are bound, and do what the list says
+    from app_model.types import KeyBinding
+
+    from samtrack.viewer._panels import SHORTCUTS
+
+    keys = [k for k, _ in SHORTCUTS if not any(m in k for m in ("click", "drag", "paint"))]
+    assert len(keys) == 10
+    bound = {str(KeyBinding.from_str(k)) for k in keys}
+    assert bound <= {str(k) for k in viewer.keymap}, bound - {str(k) for k in viewer.keymap}
+
+    def press(k):
+        viewer.keymap[KeyBinding.from_str(k)](viewer)
+
+    w.goto(0)
+    press("]")
+    assert w.frame == 4
+    press("]")
+    assert w.frame == 14
+    press("[")
+    assert w.frame == 4
+    press("T")
+    assert not w.positive and w.rb_neg.isChecked()
+    press("T")
+    assert w.positive
     # to the next keyframe: from frame 4 forward, stops at 14
     w.propagate("next")
     _wait(qtbot, w)
