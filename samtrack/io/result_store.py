@@ -107,9 +107,9 @@ class ResultStore:
     # -- writes ----------------------------------------------------------------
     def write(self, frame: int, obj_id: int, mask: np.ndarray, *, status: Status, object_score: float,
               iou: float, source: int) -> None:
-        """Store one object's mask (H, W) bool on one frame. The mask is on disk at once; status and
-        scores reach the disk at :meth:`flush` (status last), so after a crash a frame reads as
-        computed only if its mask is there."""
+        """Store one object's mask (H, W) bool on one frame. Mask, scores and status are queued and
+        reach the disk at :meth:`flush` (masks first, status last), so after a crash a frame reads
+        as computed only if its mask is there."""
         self._check(frame)
         with self._lock:
             a = self._arrays(obj_id)

@@ -28,6 +28,7 @@ from samtrack.io.frame_store import FrameStore
 from samtrack.io.result_store import ResultStore, Status
 from samtrack.memory.bank import MemoryBank
 from samtrack.session.backends.base import MemoryEntry, MemoryView, TrackRequest
+from samtrack.session.inflight import Launched, to_host
 from samtrack.session.planner import Action, decide, stale_frames
 from samtrack.session.prompts import Mask, Points, make_mask, make_points, to_model_points
 from samtrack.session.types import FrameResult, SessionConfig, _closest  # FrameResult/SessionConfig re-exported
@@ -49,45 +50,6 @@ class _Object:
 
     def finalized_keyframes(self) -> list[int]:
         return sorted(set(self.prompts) - self.pending)
-
-
-def _to_host(tensors: dict):
-    """Start copies of ``tensors`` to host memory; returns (host tensors, CUDA event or None)."""
-    first = next(v for v in tensors.values() if v is not None)
-    if first.device.type != "cuda":
-        return {k: (v.detach().cpu() if v is not None else None) for k, v in tensors.items()}, None
-    host = {}
-    for k, v in tensors.items():
-        if v is not None:
-            host[k] = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
-            host[k].copy_(v.detach(), non_blocking=True)
-        else:
-            host[k] = None
-    event = torch.cuda.Event()
-    event.record()
-    return host, event
-
-
-@dataclass
-class _Launched:
-    """A tracked frame whose results are still being copied to the host."""
-
-    frame: int
-    obj_ids: list = field(default_factory=list)
-    parts: list = field(default_factory=list)  # per batch: ([(obj_id, entry, source)], host tensors, event)
-
-    def store(self, session: "TrackingSession") -> None:
-        for entries, host, event in self.parts:
-            if event is not None:
-                event.synchronize()  # this frame's copies only; the next frame keeps computing
-            video = host["video"].numpy()
-            for i, (oid, e, source) in enumerate(entries):
-                e.iou = float(host["iou"][i])
-                he = MemoryEntry(obj_ptr=host["ptr"][i], object_score=host["score"][i], mask_logits=host["logits"][i],
-                                 iou=e.iou, from_prompt=False, reverse=e.reverse,
-                                 mem_logits=None if host["mem"] is None else host["mem"][i])
-                session.bank.persist(oid, self.frame, he)
-                session._store(self.frame, oid, video[i], he, Status.PROPAGATED, source=source)
 
 
 class TrackingSession:
@@ -412,20 +374,20 @@ class TrackingSession:
         st, src = self.results.status(o.obj_id), self.results.sources(o.obj_id)
         return int(src[prev]) if st[prev] == Status.PROPAGATED and src[prev] >= 0 else None
 
-    def _track_frame(self, f: int, rev: bool, todo, active) -> _Launched:
+    def _track_frame(self, f: int, rev: bool, todo, active) -> Launched:
         """Launch frame ``f`` for ``todo``: memory goes to the bank at once (the next frame reads
-        it); host copies of the results are started, and stored by :meth:`_Launched.store`."""
+        it); host copies of the results are started, and stored by :meth:`Launched.store`."""
         feats = self._frame_features(f)
         groups: dict[tuple, list] = collections.defaultdict(list)
         for o in todo:
             view = self._view(o, f, rev)
             groups[(tuple(sorted(view.cond)), tuple(sorted(view.other)))].append((o, view))
-        launched = _Launched(f)
+        launched = Launched(f)
         for members in groups.values():
             with self._oom_guard():
                 out = self.backend.track(feats, TrackRequest(f, rev, [v for _, v in members]), self.n_frames)
             same = out.mem_logits is out.mask_logits
-            host, event = _to_host({"video": self.backend.to_video_res(out.mask_logits, self.height, self.width),
+            host, event = to_host({"video": self.backend.to_video_res(out.mask_logits, self.height, self.width),
                                     "logits": out.mask_logits, "mem": None if same else out.mem_logits,
                                     "ptr": out.obj_ptr, "score": out.object_score, "iou": out.iou})
             entries = []
@@ -482,7 +444,7 @@ class TrackingSession:
         ids = list(self.obj_ids if obj_ids is None else obj_ids)
         if ids and all((oid, frame) in self._fresh for oid in ids):  # just computed: no second upsampling
             vals = [self._fresh[(oid, frame)] for oid in ids]
-            logits = np.stack([v[0] for v in vals]).astype(np.float32)
+            logits = np.stack([v[0] for v in vals]).astype(np.float32, copy=False)
             return FrameResult(frame, ids, self._exact_masks(frame, ids, logits), logits,
                                np.array([v[1] for v in vals], np.float32), np.array([v[2] for v in vals], np.float32))
         lows, scores, ious = [], [], []

@@ -19,6 +19,12 @@ SHORTCUTS = [
 ]
 
 
+def _add_buttons(row, buttons) -> None:
+    for b, fn in buttons:
+        b.clicked.connect(fn)
+        row.addWidget(b)
+
+
 def build_panels(w) -> None:
     """Create the controls of widget ``w`` and connect them to its methods."""
     lay = QVBoxLayout(w)
@@ -49,10 +55,8 @@ def build_panels(w) -> None:
     w.btn_color = QPushButton("Colour")
     w.btn_parent = QPushButton("Parent...")
     w.btn_remove = QPushButton("Remove")
-    for b, fn in ((w.btn_add, lambda: w.add_object()), (w.btn_color, w._pick_color),
-                  (w.btn_parent, w._pick_parent), (w.btn_remove, lambda: w.remove_object())):
-        b.clicked.connect(fn)
-        row.addWidget(b)
+    _add_buttons(row, ((w.btn_add, lambda: w.add_object()), (w.btn_color, w._pick_color),
+                       (w.btn_parent, w._pick_parent), (w.btn_remove, lambda: w.remove_object())))
     g.addLayout(row)
     lay.addWidget(box)
 
@@ -108,10 +112,8 @@ def build_panels(w) -> None:
     row.addWidget(b)
     g.addLayout(row)
     row = QHBoxLayout()
-    for text, fn in (("< keyframe", lambda: w.goto_keyframe(-1)), ("keyframe >", lambda: w.goto_keyframe(1))):
-        b = QPushButton(text)
-        b.clicked.connect(fn)
-        row.addWidget(b)
+    _add_buttons(row, ((QPushButton("< keyframe"), lambda: w.goto_keyframe(-1)),
+                       (QPushButton("keyframe >"), lambda: w.goto_keyframe(1))))
     g.addLayout(row)
     lay.addWidget(box)
 

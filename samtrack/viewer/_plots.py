@@ -143,3 +143,24 @@ def _decimate(values: np.ndarray, width: int) -> np.ndarray:
         if np.isfinite(seg).any():
             out[i:i + step] = np.nanmin(seg)
     return out
+
+
+def confidence(results, oid: int) -> tuple[np.ndarray, np.ndarray]:
+    """(presence, iou) per frame of ``oid``: presence is the sigmoid of the object score; NaN
+    where the frame was never computed or is stale."""
+    score, iou = results.scores(oid)
+    st = results.status(oid)
+    ok = (st == Status.PROPAGATED) | (st == Status.PROMPTED)
+    with np.errstate(over="ignore"):
+        presence = 1.0 / (1.0 + np.exp(-score.astype(np.float64)))
+    return np.where(ok, presence, np.nan), np.where(ok, iou.astype(np.float64), np.nan)
+
+
+def low_confidence_frames(results, threshold: float) -> np.ndarray:
+    """Frames where any object's presence or predicted IoU is under ``threshold``."""
+    bad = np.zeros(results.n_frames, bool)
+    for oid in results.object_ids:
+        p, q = confidence(results, oid)
+        with np.errstate(invalid="ignore"):
+            bad |= (p < threshold) | (q < threshold)
+    return np.flatnonzero(bad)

@@ -20,10 +20,12 @@ from samtrack.errors import SamtrackError
 from samtrack.io.result_store import Status
 from samtrack.viewer._frames import LazyVideo
 from samtrack.viewer._panels import PALETTE, build_panels
+from samtrack.viewer._plots import confidence, low_confidence_frames
+from samtrack.viewer._prompting import PromptInput
 
 log = logging.getLogger(__name__)
 
-class SamtrackWidget(QWidget):
+class SamtrackWidget(PromptInput, QWidget):
     """Dock widget. ``napari_viewer`` is filled in by napari when opened from the plugin menu."""
 
     def __init__(self, napari_viewer, session=None, *, results=None, frames=None, parent=None):
@@ -110,15 +112,18 @@ class SamtrackWidget(QWidget):
         item = QListWidgetItem(meta.get("name") or f"object-{oid}")
         item.setData(Qt.ItemDataRole.UserRole, oid)
         item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable)
-        pix = QPixmap(12, 12)
-        pix.fill(QColor(*self.object_color(oid)))
-        item.setIcon(QIcon(pix))
+        item.setIcon(self._swatch(oid))
         parent = meta.get("parent")
         item.setToolTip(f"id {oid}" + (f", parent {parent}" if parent else ""))
         self.objects.blockSignals(True)
         self.objects.addItem(item)
         self.objects.blockSignals(False)
         return item
+
+    def _swatch(self, oid: int) -> QIcon:
+        pix = QPixmap(12, 12)
+        pix.fill(QColor(*self.object_color(oid)))
+        return QIcon(pix)
 
     def _item(self, oid: int) -> QListWidgetItem | None:
         for i in range(self.objects.count()):
@@ -164,9 +169,7 @@ class SamtrackWidget(QWidget):
         if not self._editable():
             return
         self.session.add_object(oid, color=tuple(int(c) for c in color[:3]))
-        pix = QPixmap(12, 12)
-        pix.fill(QColor(*self.object_color(oid)))
-        self._item(oid).setIcon(QIcon(pix))
+        self._item(oid).setIcon(self._swatch(oid))
         self._update_colormap()
         self.refresh_plots()
 
@@ -217,121 +220,6 @@ class SamtrackWidget(QWidget):
         for oid in self.results.object_ids:
             colors[oid] = tuple(c / 255 for c in self.object_color(oid)) + (1.0,)
         self.labels_layer.colormap = DirectLabelColormap(color_dict=colors)
-
-    # ------------------------------------------------------------------ prompts
-    def toggle_polarity(self) -> None:
-        (self.rb_neg if self.positive else self.rb_pos).setChecked(True)
-        self._say("clicks are now " + ("positive" if self.positive else "negative"))
-
-    def _editable(self) -> bool:
-        if self.session is None:
-            self._say("viewing results only: open with model weights to prompt and track")
-            return False
-        if self.busy:
-            self._say("a propagation is running: wait for it or cancel it (Escape) first")
-            return False
-        return True
-
-    def _ensure_object(self) -> int | None:
-        if self.active is None or self.active not in self.results.object_ids:
-            return self.add_object()
-        return self.active
-
-    def click(self, x: float, y: float, positive: bool | None = None) -> None:
-        """A point prompt at (x, y) video pixels on the current frame, added to the frame's clicks."""
-        if not self._editable():
-            return
-        oid = self._ensure_object()
-        pos = self.positive if positive is None else positive
-        f = self.frame
-        old = self.session.prompt_at(f, oid) if oid in self.session.obj_ids else None
-        keep_box = getattr(old, "box", None) is not None and getattr(old, "points", None) is not None
-        self._run(lambda: self.session.add_points(f, oid, [[x, y]], [int(pos)], clear=False) if not keep_box else
-                  self.session.add_box(f, oid, old.box, points=[*old.points, (x, y)], labels=[*old.labels, int(pos)]))
-
-    def box(self, x0: float, y0: float, x1: float, y1: float) -> None:
-        """A box prompt (replaces the frame's prompt for the active object)."""
-        if not self._editable():
-            return
-        oid = self._ensure_object()
-        f = self.frame
-        self._run(lambda: self.session.add_box(f, oid, [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]))
-
-    def paint_mask(self, mask: np.ndarray) -> None:
-        """The active object's mask on the current frame becomes a mask prompt (a correction)."""
-        if not self._editable():
-            return
-        oid = self._ensure_object()
-        f = self.frame
-        self._run(lambda: self.session.add_mask(f, oid, np.asarray(mask, bool)))
-
-    def clear_frame(self) -> None:
-        if not self._editable() or self.active is None or self.active not in self.session.obj_ids:
-            return
-        self._run(lambda: self.session.clear_prompts(self.frame, self.active))
-
-    def _run(self, fn) -> None:
-        try:
-            fn()
-        except SamtrackError as e:
-            self._say(f"error: {e}")
-            return
-        self.refresh()
-
-    def _on_mouse(self, viewer, event):
-        if event.button != 1 or self.frames is None:
-            return
-        if self.session is None or self.busy:
-            if "Shift" not in {getattr(m, "name", str(m)) for m in event.modifiers}:
-                self._editable()  # says why a click does nothing now
-            return
-        if viewer.layers.selection.active is self.labels_layer and self.labels_layer.mode != "pan_zoom":
-            return  # painting: handled by the labels layer, then _on_paint
-        start = np.asarray(event.position, float)[-2:]
-        boxing = "Shift" in {getattr(m, "name", str(m)) for m in event.modifiers}
-        pan = viewer.camera.mouse_pan
-        if boxing:
-            viewer.camera.mouse_pan = False
-        dragged = False
-        yield
-        while event.type == "mouse_move":
-            dragged = True
-            if boxing:
-                y1, x1 = np.asarray(event.position, float)[-2:]
-                self.box_layer.data = [np.array([[start[0], start[1]], [start[0], x1], [y1, x1], [y1, start[1]]])]
-            yield
-        viewer.camera.mouse_pan = pan
-        y, x = np.asarray(event.position, float)[-2:]
-        if boxing and dragged:
-            self.box(start[1], start[0], x, y)
-        elif not dragged:
-            mods = {getattr(m, "name", str(m)) for m in event.modifiers}
-            negative = bool(mods & {"Control", "Alt", "Meta"})
-            h, w = self.frames.info.height, self.frames.info.width
-            if 0 <= x < w and 0 <= y < h:
-                self.click(x, y, positive=False if negative else None)
-
-    def _on_paint(self, event=None) -> None:
-        # napari announces a stroke before writing it into the data: read it once the stroke is in
-        from qtpy.QtCore import QTimer
-
-        if not self._updating_labels and self.session is not None:
-            QTimer.singleShot(0, self._apply_paint)
-
-    def _apply_paint(self) -> None:
-        if self.labels_layer is None or self.session is None:
-            return
-        if self.busy:
-            self._say("a propagation is running: the paint stroke is not applied (cancel first)")
-            self.refresh_frame()
-            return
-        oid = self.labels_layer.selected_label
-        if oid not in self.results.object_ids:
-            self._say(f"label {oid} is not an object: pick an object in the list before painting")
-            self.refresh_frame()
-            return
-        self.active = oid
-        self.paint_mask(np.asarray(self.labels_layer.data) == oid)
 
     # ------------------------------------------------------------------ propagation
     @property
@@ -431,22 +319,10 @@ class SamtrackWidget(QWidget):
         return None
 
     def confidence(self, oid: int) -> tuple[np.ndarray, np.ndarray]:
-        """(presence, iou) per frame, NaN where the frame was never computed or is stale."""
-        score, iou = self.results.scores(oid)
-        st = self.results.status(oid)
-        ok = (st == Status.PROPAGATED) | (st == Status.PROMPTED)
-        with np.errstate(over="ignore"):
-            presence = 1.0 / (1.0 + np.exp(-score.astype(np.float64)))
-        return np.where(ok, presence, np.nan), np.where(ok, iou.astype(np.float64), np.nan)
+        return confidence(self.results, oid)
 
     def low_confidence_frames(self) -> np.ndarray:
-        """Frames where any object's presence or predicted IoU is under the threshold."""
-        bad = np.zeros(self.n_frames, bool)
-        for oid in self.results.object_ids:
-            p, q = self.confidence(oid)
-            with np.errstate(invalid="ignore"):
-                bad |= (p < self.low_conf) | (q < self.low_conf)
-        return np.flatnonzero(bad)
+        return low_confidence_frames(self.results, self.low_conf)
 
     def next_low_confidence(self) -> int | None:
         frames = self.low_confidence_frames()
