@@ -33,6 +33,7 @@ from samtrack.io.frame_builder import Builder as _Builder, lower_thread_priority
 from samtrack.io.info import VideoInfo
 from samtrack.io.cache_meta import default_cache_root, default_chunk_frames, source_signature  # noqa: F401
 from samtrack.io.model_input import to_model_input
+from samtrack.io.zarr_arrays import written_whole
 from samtrack.io.normalize import DisplayMapping, Intensity, resolve_mapping
 from samtrack.io.readers.base import Reader
 
@@ -87,13 +88,16 @@ class FrameStore:
         self._last_read = -2  # the index read last, to recognize sequential reading
         self._build_all = False
         self._closed = False
+        self._stopping = False  # close() has begun: no new decoding
+        self._sizes: dict[int, int] | None = None  # chunk -> bytes on disk, for the disk budget
         self._fatal_error: BaseException | None = None
         self._errors: dict[int, str] = {}
         self._building: tuple[int, np.ndarray, int] | None = None  # (chunk, block, frames ready)
         self._raw_lock = threading.Lock()
         self._claimed: set[int] = set()  # chunks being written: one writer per chunk
-        self._write_queue: collections.deque[tuple[int, np.ndarray]] = collections.deque()
+        self._write_queue: collections.deque[tuple[int, Any, int, bool]] = collections.deque()  # (chunk, block, state, streamed)
         self.write_queue_chunks = 2
+        self.stream_write_duty = 0.1  # share of time the writer may take while a consumer outruns it
         self._writer: threading.Thread | None = None
         self._writing: tuple[int, Any] | None = None  # the chunk the writer has in hand
         self._fg_reader: Reader | None = None
@@ -134,7 +138,7 @@ class FrameStore:
             self.chunk_frames = int(root.attrs["chunk_frames"])
             self.n_chunks = -(-info.n_frames // self.chunk_frames)
         self._root = root
-        self._frames = root["frames"]
+        self._frames = written_whole(root["frames"])
         self._state_arr = root["chunk_state"]
         self._state = self._load_states()
         self._state[self._state == PARTIAL] = MISSING  # retry damaged chunks once per open
@@ -237,6 +241,9 @@ class FrameStore:
                     progress(done, total)
                 if finished.all():
                     break
+                if self._stopping:
+                    raise CacheError(f"the frame store was closed during build() at {done}/{total} frames; "
+                                     "open it again to resume")
                 if cancel is not None and cancel.is_set():
                     self._build_all = False
                     raise CancelledError(f"cache build cancelled at {done}/{total} frames; run it again to resume")
@@ -275,18 +282,22 @@ class FrameStore:
 
     def _chunk_for_stream(self, k: int) -> np.ndarray:
         """Chunk ``k`` from RAM, the write queue or zarr, else decoded here (no prefetch thread)."""
-        while True:
-            with self._lock:
-                self._touch(k)  # the prefetch cursor is left alone: streaming decodes itself
+        with self._lock:
+            self._touch(k)  # the prefetch cursor is left alone: streaming decodes itself
+            while True:
+                if self._fatal_error is not None:
+                    raise CacheError(f"frame decoding stopped: {self._fatal_error}") from self._fatal_error
                 chunk = self._in_memory(k)
                 if chunk is not None:
                     return chunk
-                if self._state[k] == DONE:
+                if self._state[k] in (DONE, PARTIAL):
                     start = k * self.chunk_frames
                     return np.asarray(self._frames[start:start + self._chunk_len(k)])
                 if self._claim(k):
                     break
-            self.read(k * self.chunk_frames)  # the builder has it in hand: wait for it
+                if self._closed:
+                    raise CacheError("the frame store is closed")
+                self._lock.wait(timeout=0.5)  # another thread has chunk k in hand: wait until it is published
         if self._fg_reader is None:
             self._fg_reader = self._reader.reopen()
         start, stop = k * self.chunk_frames, k * self.chunk_frames + self._chunk_len(k)
@@ -301,18 +312,45 @@ class FrameStore:
         self._queue_write(k, block)
         return block
 
-    def _queue_write(self, k: int, block: np.ndarray) -> None:
+    def _queue_write(self, k: int, block, state: int = DONE, *, streamed: bool = True) -> None:
+        """Hand chunk ``k`` to the writer thread.
+
+        A streamed chunk may be dropped (left unpersisted) when the queue is full:
+        the consumer is outrunning the disk. A chunk from the builder is never
+        dropped: the builder waits for room, so it runs at most the queue's length
+        ahead of the disk while decoding and writing overlap.
+        """
         with self._lock:
-            self.stats["streamed_chunks"] += 1
-            self._write_queue.append((k, block))
-            while len(self._write_queue) > self.write_queue_chunks:  # disk slower than the consumer
-                dropped, _ = self._write_queue.popleft()
-                self._claimed.discard(dropped)
-                self.stats["unpersisted_chunks"] += 1
-            if self._writer is None or not self._writer.is_alive():
-                self._writer = threading.Thread(target=self._write_loop, name="samtrack-frame-writer", daemon=True)
-                self._writer.start()
+            if not streamed:
+                while len(self._write_queue) >= self.write_queue_chunks and not self._closed and self._fatal_error is None:
+                    if not self._drop_oldest_streamed():
+                        self._start_writer()
+                        self._lock.wait(timeout=0.5)
+                if self._closed or self._fatal_error is not None:
+                    self._claimed.discard(k)
+                    return
+            else:
+                self.stats["streamed_chunks"] += 1
+            self._write_queue.append((k, block, state, streamed))
+            while len(self._write_queue) > self.write_queue_chunks and self._drop_oldest_streamed():
+                pass
+            self._start_writer()
             self._lock.notify_all()
+
+    def _drop_oldest_streamed(self) -> bool:
+        """Under the lock: leave the oldest queued streamed chunk unpersisted. False if there is none."""
+        for j, (c, _, _, streamed) in enumerate(self._write_queue):
+            if streamed:
+                del self._write_queue[j]
+                self._claimed.discard(c)
+                self.stats["unpersisted_chunks"] += 1
+                return True
+        return False
+
+    def _start_writer(self) -> None:
+        if self._writer is None or not self._writer.is_alive():
+            self._writer = threading.Thread(target=self._write_loop, name="samtrack-frame-writer", daemon=True)
+            self._writer.start()
 
     def _write_loop(self) -> None:
         _lower_thread_priority()
@@ -323,15 +361,32 @@ class FrameStore:
                 if not self._write_queue:
                     return
                 self._writing = self._write_queue.popleft()
-            k, block = self._writing
-            self._persist(k, np.stack(block) if isinstance(block, list) else block, DONE)
+                self._lock.notify_all()  # room in the queue for a waiting builder
+            k, block, state, streamed = self._writing
+            t0, dropped = time.monotonic(), self.stats["unpersisted_chunks"]
+            try:
+                self._persist(k, np.stack(block) if isinstance(block, list) else block, state)
+            except BaseException as e:  # a full or read-only disk: readers get the error, nothing hangs
+                log.exception("frame cache write failed")
+                self._fatal(e)
+                with self._lock:
+                    self._writing = None
+                    self._lock.notify_all()
+                return
             with self._lock:
                 self._writing = None
-                self._ram[k] = block
-                while len(self._ram) > self._ram_chunks:
-                    self._ram.popitem(last=False)
+                if streamed:  # kept at hand for a consumer that turns back
+                    self._ram[k] = block
+                    while len(self._ram) > self._ram_chunks:
+                        self._ram.popitem(last=False)
                 self._lock.notify_all()
             self._enforce_disk_budget(k)
+            if self.stats["unpersisted_chunks"] > dropped and self.stream_write_duty < 1:
+                # the consumer outran this write: rest, so that persisting takes at most
+                # `stream_write_duty` of the time while it reads faster than the disk path
+                rest = (time.monotonic() - t0) * (1.0 / max(self.stream_write_duty, 1e-3) - 1.0)
+                with self._lock:
+                    self._lock.wait_for(lambda: self._closed, timeout=rest)
 
     def flush(self) -> None:
         """Wait until every queued chunk is on disk."""
@@ -340,13 +395,18 @@ class FrameStore:
                 self._lock.wait(timeout=0.2)
 
     def close(self) -> None:
+        """Stop decoding, write what is queued, release the files."""
+        with self._lock:
+            self._stopping = True  # the builder takes no new chunk; the one in hand is queued
+            self._lock.notify_all()
+        if self._builder is not None:
+            self._builder.join(timeout=30)
         self.flush()
         with self._lock:
             self._closed = True
             self._lock.notify_all()
-        for t in (self._builder, self._writer):
-            if t is not None:
-                t.join(timeout=30)
+        if self._writer is not None:
+            self._writer.join(timeout=30)
         self._reader.close()
         if self._fg_reader is not None:
             self._fg_reader.close()
@@ -383,7 +443,7 @@ class FrameStore:
         """Called by the builder: the next chunk to build, waiting while there is none."""
         with self._lock:
             while True:
-                if self._closed:
+                if self._closed or self._stopping or self._fatal_error is not None:
                     return None
                 while self._requested:
                     k = self._requested.pop(0)
@@ -405,7 +465,7 @@ class FrameStore:
         if chunk is None and self._writing is not None and self._writing[0] == k:
             chunk = self._writing[1]
         if chunk is None:
-            chunk = next((b for c, b in self._write_queue if c == k), None)
+            chunk = next((b for c, b, _, _ in self._write_queue if c == k), None)
         return chunk
 
     def _claim(self, k: int) -> bool:
@@ -442,8 +502,7 @@ class FrameStore:
                 for i in range(start + n, stop):
                     self._errors[i] = f"frame {i}: {error}"
             self._lock.notify_all()
-        self._persist(k, block, DONE if error is None else PARTIAL)
-        self._enforce_disk_budget(k)
+        self._queue_write(k, block, DONE if error is None else PARTIAL, streamed=False)
 
     def _persist(self, k: int, block: np.ndarray, state: int) -> None:
         """Write one shard, then its state (a kill in between leaves it missing, never wrong)."""
@@ -463,12 +522,24 @@ class FrameStore:
     def _chunk_file(self, k: int) -> Path:
         return self.path / "frames" / "c" / str(k) / "0" / "0" / "0"
 
+    def _disk_sizes(self) -> dict[int, int]:
+        """Under the lock: bytes on disk of each built chunk, from one stat per file per open."""
+        if self._sizes is None:
+            self._sizes = {}
+            for k in np.flatnonzero(self._state == DONE):
+                f = self._chunk_file(int(k))
+                if f.exists():
+                    self._sizes[int(k)] = f.stat().st_size
+        return self._sizes
+
     def _enforce_disk_budget(self, just_built: int) -> None:
         if self.disk_budget_bytes is None:
             return
         with self._lock:
-            done = [int(k) for k in np.flatnonzero(self._state == DONE)]
-            sizes = {k: self._chunk_file(k).stat().st_size for k in done if self._chunk_file(k).exists()}
+            sizes = self._disk_sizes()
+            f = self._chunk_file(just_built)
+            if self._state[just_built] == DONE and f.exists():
+                sizes[just_built] = f.stat().st_size
             total = sum(sizes.values())
             if total <= self.disk_budget_bytes:
                 return
@@ -483,7 +554,7 @@ class FrameStore:
                 self._state_arr[c] = MISSING
                 self._chunk_file(c).unlink(missing_ok=True)
                 self._ram.pop(c, None)
-                total -= sizes[c]
+                total -= sizes.pop(c)
                 self.stats["evicted_chunks"] += 1
             if self._root.attrs.get("complete"):
                 self._root.attrs["complete"] = False

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from samtrack.errors import CacheError, FrameIndexError, UnknownObjectError
+from samtrack.io.zarr_arrays import written_whole
 
 
 class Status(IntEnum):
@@ -98,6 +99,7 @@ class ResultStore:
             g.create_array("source", shape=(n,), chunks=(min(n, 4096),), dtype="int32", fill_value=-1)
         g = self.root[name]
         a = {k: g[k] for k in ("mask", "status", "object_score", "iou", "source")}
+        a["mask"] = written_whole(a["mask"])
         # small per-frame vectors live in RAM too (N bytes each), written through
         for k in ("status", "object_score", "iou", "source"):
             a["_" + k] = np.asarray(a[k][:])

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from samtrack.io.zarr_arrays import written_whole
 from samtrack.memory.entry import MemoryEntry
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class _DiskTier:
                                            ("flags", (self.n,), (4096,), "uint8")):
                 g.create_array(key, shape=shape, chunks=chunks, dtype=dt, fill_value=0)
         g = self.root[name]
-        arrs = {k: g[k] for k in ("logits", "mem_logits", "ptr", "score", "iou", "flags")}
+        arrs = {k: written_whole(g[k]) for k in ("logits", "mem_logits", "ptr", "score", "iou", "flags")}
         arrs["_flags"] = np.asarray(arrs["flags"][:])  # in-memory copy: which frames exist
         self._arrays[obj_id] = arrs
         return arrs

@@ -18,6 +18,7 @@ import numpy as np
 from samtrack.errors import CorruptSourceError, DecodeError, UnsupportedSourceError
 from samtrack.io.info import VideoInfo
 from samtrack.io.readers.base import Reader
+from samtrack.io.readers._alloc import keep_large_buffers
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +40,18 @@ def rotation_to_k(rotation_cw: int) -> int:
     return (-(rotation_cw // 90)) % 4
 
 
-def frame_to_rgb(frame) -> np.ndarray:
+def frame_to_rgb(frame, reformatter=None) -> np.ndarray:
     """Explicit conversion of a decoded frame to (H, W, 3) uint8 RGB.
 
     The source colour range and matrix are passed to swscale, so full-range
     (yuvj / color_range=pc) and BT.709 sources keep their levels; 10-bit and
     4:2:2/4:4:4 inputs are converted by swscale as well.
+
+    ``reformatter``: an ``av.video.reformatter.VideoReformatter`` kept across
+    frames. ``frame.reformat`` makes a new swscale context (and its threads) for
+    every frame; reusing one roughly halves the conversion time at 1080p.
     """
+    ref = reformatter if reformatter is not None else frame
     kwargs = {}
     if int(frame.color_range) == _FULL_RANGE:
         kwargs["src_color_range"] = _FULL_RANGE
@@ -53,10 +59,14 @@ def frame_to_rgb(frame) -> np.ndarray:
     if cs not in (0, 2):  # 0 = RGB/identity, 2 = unspecified: leave swscale's default (BT.601)
         kwargs["src_colorspace"] = cs
     try:
-        rgb = frame.reformat(format="rgb24", dst_color_range=_FULL_RANGE, **kwargs)
+        rgb = _reformat(ref, frame, format="rgb24", dst_color_range=_FULL_RANGE, **kwargs)
     except (ValueError, TypeError):  # an exotic colorspace swscale cannot take
-        rgb = frame.reformat(format="rgb24")
+        rgb = _reformat(ref, frame, format="rgb24")
     return rgb.to_ndarray()
+
+
+def _reformat(ref, frame, **kwargs):
+    return ref.reformat(**kwargs) if ref is frame else ref.reformat(frame, **kwargs)
 
 
 class PyAVReader(Reader):
@@ -87,6 +97,10 @@ class PyAVReader(Reader):
             raise UnsupportedSourceError(f"{self.path}: the file has no video stream")
         self._stream = videos[0] if stream_index is None else self._container.streams[stream_index]
         self._stream.thread_type = "AUTO"
+        from av.video.reformatter import VideoReformatter
+
+        self._reformatter = VideoReformatter()  # one swscale context per reader (and thread)
+        keep_large_buffers()
         self._scan = _scan or self._demux_scan()
         self._index_of = {p: i for i, p in enumerate(self._scan.pts)}
         self._decoder: Iterator | None = None
@@ -136,7 +150,7 @@ class PyAVReader(Reader):
         elif scan.header_frames and scan.header_frames != n:
             notes.append(f"header says {scan.header_frames} frames, the scan found {n}: using {n}")
         first_frame = self._decode(0)
-        first = frame_to_rgb(first_frame)
+        first = frame_to_rgb(first_frame, self._reformatter)
         rot = int(round(-float(first_frame.rotation or 0))) % 360
         self._rot_k = rotation_to_k(rot)
         h, w = first.shape[:2]
@@ -253,7 +267,7 @@ class PyAVReader(Reader):
 
     def read_raw(self, index: int) -> np.ndarray:
         index = self.check_index(index)
-        return self._rotate(frame_to_rgb(self._decode(index)))
+        return self._rotate(frame_to_rgb(self._decode(index), self._reformatter))
 
     def iter_raw(self, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
         n = self._info.n_frames
@@ -265,7 +279,7 @@ class PyAVReader(Reader):
         for i, frame in self._frames_from(start):
             if i != expect:
                 raise DecodeError(f"{self.path}: frame {expect} is missing from the stream (damaged packet)", frame=expect)
-            yield self._rotate(frame_to_rgb(frame))
+            yield self._rotate(frame_to_rgb(frame, self._reformatter))
             expect += 1
             if expect >= stop:
                 return

@@ -1,0 +1,162 @@
+"""Sequential reading: iter_frames streaming, the writer thread, and what decoding reuses across frames."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from samtrack.errors import CacheError
+from samtrack.io import open_video
+from samtrack.io.frame_store import DONE, FrameStore
+from tests import media
+
+
+def _slow_persist(monkeypatch, delay: float, calls: list | None = None):
+    real = FrameStore._persist
+
+    def slow(self, k, block, state):
+        if calls is not None:
+            calls.append((k, len(self._write_queue)))
+        time.sleep(delay)
+        return real(self, k, block, state)
+
+    monkeypatch.setattr(FrameStore, "_persist", slow)
+
+
+def test_iter_frames_forward_reverse_and_ranges(videos, tmp_path):
+    with open_video(videos["long_gop"], workdir=tmp_path, chunk_frames=8) as fs:
+        got = [(i, media.read_index(f)) for i, f in fs.iter_frames()]
+        assert got == [(i, i) for i in range(120)]
+        back = [(i, media.read_index(f)) for i, f in fs.iter_frames(5, 37, reverse=True)]
+        assert back == [(i, i) for i in range(36, 4, -1)]
+        assert list(fs.iter_frames(50, 50)) == []
+        for i, f in fs.iter_frames(100, 104):
+            np.testing.assert_array_equal(f, fs.read_raw(i))
+
+
+def test_slow_consumer_gets_every_chunk_persisted(videos, tmp_path):
+    with open_video(videos["long_gop"], workdir=tmp_path, chunk_frames=8) as fs:
+        for i, f in fs.iter_frames():
+            time.sleep(0.004)  # slower than the disk path: nothing needs to be dropped
+        fs.flush()
+        assert fs.stats["unpersisted_chunks"] == 0
+        assert fs.complete
+    with open_video(videos["long_gop"], workdir=tmp_path, chunk_frames=8) as fs2:
+        assert fs2.complete
+        assert [media.read_index(f) for _, f in fs2.iter_frames(0, 120, reverse=True)] == list(range(119, -1, -1))
+        assert fs2.stats["streamed_chunks"] == 0 and fs2.stats["decoded_chunks"] == 0  # all from the cache
+
+
+def test_fast_consumer_is_not_held_back_by_a_slow_disk(videos, tmp_path, monkeypatch):
+    _slow_persist(monkeypatch, 0.15)
+    with open_video(videos["long_gop"], workdir=tmp_path, chunk_frames=8) as fs:
+        t0 = time.perf_counter()
+        assert [media.read_index(f) for _, f in fs.iter_frames()] == list(range(120))
+        elapsed = time.perf_counter() - t0
+        assert fs.stats["unpersisted_chunks"] > 0  # left unpersisted instead of waiting for the disk
+        fs.flush()
+        assert not fs.complete
+        # 15 chunks x 0.15 s of writing would be 2.25 s if the stream waited for each write
+        assert fs.stats["decoded_chunks"] < 15
+        assert [media.read_index(f) for _, f in fs.iter_frames()] == list(range(120))  # decoded again, right frames
+        fs.build()
+        assert fs.complete
+    assert elapsed < 15 * 0.15
+
+
+def test_builder_overlaps_decoding_with_writing_and_bounds_the_queue(videos, tmp_path, monkeypatch):
+    calls: list = []
+    _slow_persist(monkeypatch, 0.02, calls)
+    with open_video(videos["long_gop"], workdir=tmp_path, chunk_frames=8) as fs:
+        for i in range(120):
+            assert media.read_index(fs.read(i)) == i
+        fs.flush()
+        assert fs.complete  # the builder's chunks are never dropped
+        assert sorted(k for k, _ in calls) == list(range(15))
+        queued = max(q for _, q in calls)
+        assert queued >= 1  # the builder decoded ahead while a chunk was being written
+        assert queued <= fs.write_queue_chunks  # and waited for room instead of piling up
+
+
+def test_close_during_build_keeps_what_was_written(videos, tmp_path, monkeypatch):
+    _slow_persist(monkeypatch, 0.05)
+    fs = open_video(videos["long_gop"], workdir=tmp_path, chunk_frames=4)
+    errors: list = []
+
+    def build():
+        try:
+            fs.build()
+        except Exception as e:  # noqa: BLE001  (asserted below)
+            errors.append(e)
+
+    t = threading.Thread(target=build, daemon=True)
+    t.start()
+    time.sleep(0.4)
+    fs.close()
+    t.join(timeout=10)
+    assert not t.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], CacheError) and "resume" in str(errors[0])
+    done = int((fs._state == DONE).sum())
+    assert 0 < done < fs.n_chunks
+    with open_video(videos["long_gop"], workdir=tmp_path, chunk_frames=4) as fs2:
+        assert int((fs2._state == DONE).sum()) == done  # every chunk marked done was written whole
+        assert [media.read_index(fs2.read(i)) for i in (0, 50, 119)] == [0, 50, 119]
+
+
+def test_write_failure_is_an_error_not_a_hang(videos, tmp_path, monkeypatch):
+    def broken(self, k, block, state):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(FrameStore, "_persist", broken)
+    with open_video(videos["long_gop"], workdir=tmp_path, chunk_frames=8) as fs:
+        with pytest.raises(CacheError, match="No space left"):
+            for i in range(120):
+                fs.read(i)
+        with pytest.raises(CacheError, match="No space left"):
+            fs.build()
+
+
+def test_reused_reformatter_matches_fresh_conversion(videos):
+    import av
+    from av.video.reformatter import VideoReformatter
+
+    from samtrack.io.readers.video_pyav import frame_to_rgb
+
+    ref = VideoReformatter()  # one context across videos of different size, format and range
+    for key in ("cfr", "odd", "10bit", "avi"):
+        with av.open(str(videos[key])) as c:
+            for n, f in enumerate(c.decode(video=0)):
+                np.testing.assert_array_equal(frame_to_rgb(f, ref), frame_to_rgb(f))
+                if n == 3:
+                    break
+
+
+def test_allocator_tuning_is_once_per_process_and_can_be_switched_off():
+    code = "from samtrack.io.readers._alloc import keep_large_buffers as k; print(k(), k())"
+    env = {**os.environ}
+    env.pop("SAMTRACK_MALLOC_TUNING", None)
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**env, "SAMTRACK_MALLOC_TUNING": "0"})
+    expected = "True False" if sys.platform.startswith("linux") and os.path.exists("/lib/x86_64-linux-gnu/libc.so.6") else None
+    if expected:
+        assert on.stdout.strip() == expected
+    assert off.stdout.strip() == "False False"
+
+
+def test_empty_chunks_are_written_so_black_frames_are_cached(tmp_path):
+    import zarr
+
+    from samtrack.io.zarr_arrays import written_whole
+
+    g = zarr.open_group(tmp_path / "z.zarr", mode="w")
+    a = g.create_array("a", shape=(2, 8, 8), chunks=(1, 8, 8), dtype="uint8", fill_value=0)
+    written_whole(a)[0] = np.zeros((8, 8), np.uint8)
+    a[1] = np.zeros((8, 8), np.uint8)  # zarr's default skips a chunk equal to the fill value
+    assert (tmp_path / "z.zarr" / "a" / "c" / "0" / "0" / "0").exists()
+    assert not (tmp_path / "z.zarr" / "a" / "c" / "1" / "0" / "0").exists()
