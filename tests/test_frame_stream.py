@@ -160,3 +160,25 @@ def test_empty_chunks_are_written_so_black_frames_are_cached(tmp_path):
     a[1] = np.zeros((8, 8), np.uint8)  # zarr's default skips a chunk equal to the fill value
     assert (tmp_path / "z.zarr" / "a" / "c" / "0" / "0" / "0").exists()
     assert not (tmp_path / "z.zarr" / "a" / "c" / "1" / "0" / "0").exists()
+
+
+def test_direct_shard_reads_equal_zarr_reads(videos, tmp_path):
+    from samtrack.io.shard_reader import ShardReader
+
+    with open_video(videos["odd"], workdir=tmp_path, chunk_frames=6) as fs:  # 20 frames: last shard holds 2
+        fs.build()
+        assert fs._direct is not None  # the cache's own layout is recognized
+        for k in range(fs.n_chunks):
+            n = fs._chunk_len(k)
+            np.testing.assert_array_equal(fs._direct.read_chunk(k, n), np.asarray(fs._frames[k * 6:k * 6 + n]))
+        for i in (0, 5, 6, 13, 19):
+            np.testing.assert_array_equal(fs._direct.read_frame(i // 6, i % 6), np.asarray(fs._frames[i]))
+            np.testing.assert_array_equal(fs.read(i), fs.read_raw(i))
+        frames_dir = fs.path / "frames"
+        shape = (fs.info.height, fs.info.width, 3)
+        assert ShardReader.for_array(frames_dir, shape, 5) is None  # another layout: zarr reads it
+        # a shard cut short does not parse: None, and the store falls back to zarr (which reports it)
+        shard = fs._chunk_file(1)
+        shard.write_bytes(shard.read_bytes()[:100])
+        assert fs._direct.read_chunk(1, 6) is None
+        assert fs._direct.read_frame(1, 2) is None

@@ -33,6 +33,7 @@ from samtrack.io.frame_builder import Builder as _Builder, lower_thread_priority
 from samtrack.io.info import VideoInfo
 from samtrack.io.cache_meta import default_cache_root, default_chunk_frames, source_signature  # noqa: F401
 from samtrack.io.model_input import to_model_input
+from samtrack.io.shard_reader import ShardReader
 from samtrack.io.zarr_arrays import written_whole
 from samtrack.io.normalize import DisplayMapping, Intensity, resolve_mapping
 from samtrack.io.readers.base import Reader
@@ -139,6 +140,7 @@ class FrameStore:
             self.n_chunks = -(-info.n_frames // self.chunk_frames)
         self._root = root
         self._frames = written_whole(root["frames"])
+        self._direct = ShardReader.for_array(self.path / "frames", (info.height, info.width, 3), self.chunk_frames)
         self._state_arr = root["chunk_state"]
         self._state = self._load_states()
         self._state[self._state == PARTIAL] = MISSING  # retry damaged chunks once per open
@@ -196,7 +198,7 @@ class FrameStore:
                 if self._state[k] == DONE and abs(index - self._last_read) == 1:
                     # sequential reading: one zarr call for the whole chunk, then frames from RAM
                     lo = k * self.chunk_frames
-                    block = np.asarray(self._frames[lo:lo + self._chunk_len(k)])
+                    block = self._cached_chunk(k)
                     self._ram[k] = block
                     while len(self._ram) > self._ram_chunks:
                         self._ram.popitem(last=False)
@@ -204,7 +206,7 @@ class FrameStore:
                     return block[index - lo]
                 if self._state[k] in (DONE, PARTIAL):
                     self._last_read = index
-                    return np.asarray(self._frames[index])
+                    return self._cached_frame(index)
                 if self._closed:
                     raise CacheError("the frame store is closed")
                 if k not in self._requested:
@@ -291,8 +293,7 @@ class FrameStore:
                 if chunk is not None:
                     return chunk
                 if self._state[k] in (DONE, PARTIAL):
-                    start = k * self.chunk_frames
-                    return np.asarray(self._frames[start:start + self._chunk_len(k)])
+                    return self._cached_chunk(k)
                 if self._claim(k):
                     break
                 if self._closed:
@@ -375,10 +376,6 @@ class FrameStore:
                 return
             with self._lock:
                 self._writing = None
-                if streamed:  # kept at hand for a consumer that turns back
-                    self._ram[k] = block
-                    while len(self._ram) > self._ram_chunks:
-                        self._ram.popitem(last=False)
                 self._lock.notify_all()
             self._enforce_disk_budget(k)
             if self.stats["unpersisted_chunks"] > dropped and self.stream_write_duty < 1:
@@ -521,6 +518,19 @@ class FrameStore:
 
     def _chunk_file(self, k: int) -> Path:
         return self.path / "frames" / "c" / str(k) / "0" / "0" / "0"
+
+    def _cached_chunk(self, k: int) -> np.ndarray:
+        """Chunk ``k`` from disk (its state says it is there): direct shard read, else zarr."""
+        block = self._direct.read_chunk(k, self._chunk_len(k)) if self._direct is not None else None
+        if block is None:
+            lo = k * self.chunk_frames
+            block = np.asarray(self._frames[lo:lo + self._chunk_len(k)])
+        return block
+
+    def _cached_frame(self, index: int) -> np.ndarray:
+        k, j = divmod(index, self.chunk_frames)
+        frame = self._direct.read_frame(k, j) if self._direct is not None else None
+        return frame if frame is not None else np.asarray(self._frames[index])
 
     def _disk_sizes(self) -> dict[int, int]:
         """Under the lock: bytes on disk of each built chunk, from one stat per file per open."""

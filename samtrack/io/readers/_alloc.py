@@ -23,8 +23,8 @@ import threading
 
 log = logging.getLogger(__name__)
 
-MMAP_THRESHOLD = 32 << 20  # glibc's maximum: allocations up to 32 MB (a 4K RGB frame is 25 MB) come from the heap
-TRIM = 256 << 20
+MMAP_THRESHOLD = 16 << 20  # frames up to 16 MB (1080p RGB is 6 MB) come from the heap; 30 MB chunk blocks are still mapped
+TRIM = 64 << 20  # freed heap kept for the next frames (per arena), then returned
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _done = False
 _lock = threading.Lock()
