@@ -3,8 +3,11 @@
 Layout of ``<workdir>/frames.zarr`` (zarr v3):
 
 - ``frames``: (N, H, W, 3) uint8 display pixels, one shard per ``chunk_frames``
-  frames (one writer per shard: the builder thread), one inner chunk per frame
-  so a random read decompresses one frame;
+  frames, one inner chunk per frame so a random read decompresses one frame.
+  Threads: the builder decodes missing chunks (prefetch, ``build()``), a
+  consumer of ``iter_frames`` decodes its own, and one writer thread writes
+  every shard (a chunk is claimed by one decoder, so one writer per shard).
+  Complete shards are read directly (``shard_reader``), else through zarr;
 - ``chunk_state``: (n_chunks,) uint8, one zarr chunk per element, written after
   its shard: 0 missing, 1 complete, 2 partial (a decode error inside);
 - attributes: ``signature`` (what the cache was built from), ``mapping`` (the
@@ -100,7 +103,7 @@ class FrameStore:
         self.write_queue_chunks = 2
         self.stream_write_duty = 0.1  # share of time the writer may take while a consumer outruns it
         self._writer: threading.Thread | None = None
-        self._writing: tuple[int, Any] | None = None  # the chunk the writer has in hand
+        self._writing: tuple[int, Any, int, bool] | None = None  # the queue entry the writer has in hand
         self._fg_reader: Reader | None = None
         self._open_cache(BloscCodec)
         self._builder: _Builder | None = None
@@ -259,12 +262,14 @@ class FrameStore:
     def iter_frames(self, start: int = 0, stop: int | None = None, *, reverse: bool = False):
         """Yield ``(index, display_frame)`` for ``start <= index < stop``, in order or reversed.
 
-        The fast path for sequential consumers (propagation, export): cached
-        chunks are read from zarr; missing ones are decoded in the caller's
-        thread, a whole chunk at a time, and handed to a writer thread that
-        persists them behind the consumer. When the disk cannot keep up, the
-        oldest queued chunk is left unpersisted (decoded again if revisited)
-        rather than slowing the consumer down; ``build()`` persists everything.
+        The fast path for sequential consumers (export, scans): cached chunks
+        are read from disk; missing ones are decoded in the caller's thread, a
+        whole chunk at a time, and handed to the writer thread that persists
+        them behind the consumer. When the consumer outruns the writer, the
+        oldest queued chunk is left unpersisted (decoded again if revisited) and
+        the writer rests so that it takes at most ``stream_write_duty`` (10 %)
+        of the time; a consumer slower than the writer gets everything
+        persisted, and ``build()`` persists everything.
         """
         n = len(self)
         stop = n if stop is None else min(stop, n)

@@ -8,9 +8,11 @@ page faults and 1.6 s of system time for 600 frames of 1080p, in about half of
 the runs (it depends on the order threads free memory). Raising glibc's mmap
 and trim thresholds once per process makes those buffers recycled: 11,000 faults.
 
-The cost: up to ``TRIM`` bytes of freed memory may stay mapped to the process
-(it is reused by the next frames). Set ``SAMTRACK_MALLOC_TUNING=0`` to leave
-the allocator alone. A no-op where the C library is not glibc.
+The setting is process-wide. Its cost: up to ``TRIM`` bytes of freed memory per
+malloc arena may stay mapped to the process (reused by the next frames). Frames
+larger than ``MMAP_THRESHOLD`` (e.g. 4K RGB, 25 MB) keep glibc's behaviour. Set
+``SAMTRACK_MALLOC_TUNING=0`` to leave the allocator alone. A no-op where the C
+library is not glibc.
 """
 from __future__ import annotations
 
