@@ -20,6 +20,9 @@ from samtrack.errors import CacheError, FrameIndexError, UnknownObjectError
 from samtrack.io.zarr_arrays import written_whole
 
 
+_VECTORS = ("object_score", "iou", "source", "status")  # written in this order: status last
+
+
 class Status(IntEnum):
     NOT_RUN = 0
     PROPAGATED = 1
@@ -46,6 +49,8 @@ class ResultStore:
         self._cache: dict[int, dict] = {}
         self._dirty: dict[int, set[int]] = {}  # frames whose small vectors are not on disk yet
         self._masks: dict[int, dict[int, np.ndarray]] = {}  # masks not written yet (bulk-written at flush)
+        self._flushing: dict[int, dict[int, np.ndarray]] = {}  # masks being written by a flush (still readable)
+        self.flush_lock = threading.Lock()  # one flush at a time, in order; held around snapshot + write
         self._objects: dict[str, dict] = dict(self.root.attrs.get("objects", {}))
 
     # -- objects ---------------------------------------------------------------
@@ -70,9 +75,10 @@ class ResultStore:
         self.flush()
 
     def remove_object(self, obj_id: int) -> None:
-        with self._lock:
+        with self.flush_lock, self._lock:  # not while a flush writes into its arrays
             self._dirty.pop(obj_id, None)
             self._masks.pop(obj_id, None)
+            self._flushing.pop(obj_id, None)
             self._objects.pop(str(obj_id), None)
             self.root.attrs["objects"] = self._objects
             prompts = dict(self.root.attrs.get("prompts", {}))
@@ -125,21 +131,65 @@ class ResultStore:
         return sum(len(v) for v in self._dirty.values())
 
     def flush(self) -> None:
-        """Write pending per-frame vectors (one contiguous range per object; status last),
-        after every queued mask is on disk."""
+        """Write what is queued: masks first, then per-frame vectors (status last)."""
+        with self.flush_lock:
+            self.write_snapshot(self.snapshot())
+
+    def snapshot(self) -> tuple:
+        """Take what is queued for writing (call with ``flush_lock`` held, then :meth:`write_snapshot`).
+
+        Writes made after the snapshot go to the next one; the snapshot's masks
+        stay readable through :meth:`mask` until they are on disk."""
         with self._lock:
-            for obj_id, masks in self._masks.items():  # masks first, one zarr call per contiguous run
-                if obj_id in self._cache:
-                    _bulk_write(self._cache[obj_id]["mask"], masks)
-            self._masks.clear()
+            masks, self._masks = self._masks, {}
+            for obj_id, rows in masks.items():
+                self._flushing.setdefault(obj_id, {}).update(rows)
+            vectors = []
             for obj_id, frames in self._dirty.items():
-                if not frames or obj_id not in self._cache:
-                    continue
-                a = self._cache[obj_id]
-                lo, hi = min(frames), max(frames) + 1
-                for k in ("object_score", "iou", "source", "status"):
-                    a[k][lo:hi] = a["_" + k][lo:hi]
-            self._dirty.clear()
+                if frames and obj_id in self._cache:
+                    a = self._cache[obj_id]
+                    lo, hi = min(frames), max(frames) + 1
+                    vectors.append((obj_id, a, lo, hi, {k: a["_" + k][lo:hi].copy() for k in _VECTORS}))
+            self._dirty = {}
+            arrays = {obj_id: self._cache[obj_id]["mask"] for obj_id in masks if obj_id in self._cache}
+        return masks, arrays, vectors
+
+    def write_snapshot(self, snap: tuple) -> None:
+        """Write a :meth:`snapshot` to zarr (no lock held while writing). On failure what it
+        held is queued again, so a later flush retries it, and the error is raised."""
+        masks, arrays, vectors = snap
+        ok = False
+        try:
+            for obj_id, rows in masks.items():  # masks first, one zarr call per contiguous run
+                if obj_id in arrays:
+                    _bulk_write(arrays[obj_id], rows)
+            for _, a, lo, hi, vals in vectors:
+                for k in _VECTORS:  # status last
+                    a[k][lo:hi] = vals[k]
+            ok = True
+        finally:
+            self._release(snap, ok)
+
+    def requeue(self, snap: tuple) -> None:
+        """A :meth:`snapshot` that will not be written now: queue what it holds again."""
+        self._release(snap, False)
+
+    def _release(self, snap: tuple, written: bool) -> None:
+        masks, _, vectors = snap
+        with self._lock:
+            for obj_id, rows in masks.items():
+                held = self._flushing.get(obj_id, {})
+                for f, m in rows.items():
+                    if held.get(f) is m:
+                        del held[f]
+                        if not written and obj_id in self._cache:  # not superseded: queue it again
+                            self._masks.setdefault(obj_id, {}).setdefault(f, m)
+                if not held:
+                    self._flushing.pop(obj_id, None)
+            if not written:
+                for obj_id, a, lo, hi, _ in vectors:
+                    if self._cache.get(obj_id) is a:
+                        self._dirty.setdefault(obj_id, set()).update(range(lo, hi))
 
     def set_status(self, obj_id: int, frames, status: Status) -> None:
         frames = np.asarray(list(frames), dtype=int)
@@ -198,9 +248,12 @@ class ResultStore:
         a = self._arrays(obj_id)
         if a["_status"][frame] == Status.NOT_RUN:
             return None
-        queued = self._masks.get(obj_id, {}).get(frame)
-        if queued is not None:
-            return queued.copy()
+        with self._lock:  # queued, or being written by a flush: from RAM; else on disk
+            queued = self._masks.get(obj_id, {}).get(frame)
+            if queued is None:
+                queued = self._flushing.get(obj_id, {}).get(frame)
+            if queued is not None:
+                return queued.copy()
         return np.asarray(a["mask"][frame])
 
     def label_frame(self, frame: int) -> np.ndarray:

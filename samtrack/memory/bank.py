@@ -49,6 +49,8 @@ class _DiskTier:
         self._arrays: dict[int, dict] = {}
         self._pending: dict[int, dict[int, tuple]] = {}  # obj -> frame -> (ptr, score, iou, flags) not on disk yet
         self._logits: dict[int, dict[int, tuple]] = {}  # obj -> frame -> (logits, mem_logits | None), bulk-written at flush
+        self._flushing_pending: dict[int, dict[int, tuple]] = {}  # the same two, taken by a flush being written
+        self._flushing_logits: dict[int, dict[int, tuple]] = {}
 
     def _obj(self, obj_id: int, like: MemoryEntry | None = None) -> dict | None:
         if obj_id in self._arrays:
@@ -89,31 +91,58 @@ class _DiskTier:
     def dirty_frames(self) -> int:
         return sum(len(v) for v in self._pending.values())
 
-    def flush(self) -> None:
-        """Write pending pointers/scores, then flags (a frame exists on disk once its flags say so)."""
+    def snapshot(self) -> tuple:
+        """Take what is queued for writing (the caller holds the bank's lock); it stays readable."""
+        logits, self._logits = self._logits, {}
+        pending, self._pending = self._pending, {}
+        for src, dst in ((logits, self._flushing_logits), (pending, self._flushing_pending)):
+            for obj_id, rows in src.items():
+                dst.setdefault(obj_id, {}).update(rows)
+        arrays = {obj_id: self._arrays[obj_id] for obj_id in set(logits) | set(pending) if obj_id in self._arrays}
+        flags = {}
+        for obj_id, rows in pending.items():
+            if rows and obj_id in arrays:
+                lo, hi = min(rows), max(rows) + 1
+                flags[obj_id] = (lo, hi, arrays[obj_id]["_flags"][lo:hi].copy())
+        return logits, pending, arrays, flags
+
+    @staticmethod
+    def write_snapshot(snap: tuple) -> None:
+        """Logits first, then pointers/scores, then flags (a frame exists on disk once its flags say so)."""
         from samtrack.io.result_store import _bulk_write
 
-        for obj_id, rows in self._logits.items():  # logits first, one call per run of frames
-            a = self._arrays.get(obj_id)
+        logits, pending, arrays, flags = snap
+        for obj_id, rows in logits.items():  # one call per run of frames
+            a = arrays.get(obj_id)
             if a is None:
                 continue
             _bulk_write(a["logits"], {f: v[0] for f, v in rows.items()})
             mem = {f: v[1] for f, v in rows.items() if v[1] is not None}
             if mem:
                 _bulk_write(a["mem_logits"], mem)
-        self._logits.clear()
-        for obj_id, rows in self._pending.items():
-            if not rows or obj_id not in self._arrays:
-                continue
-            a = self._arrays[obj_id]
-            lo, hi = min(rows), max(rows) + 1
+        for obj_id, (lo, hi, fl) in flags.items():
+            a, rows = arrays[obj_id], pending[obj_id]
             block = {k: np.asarray(a[k][lo:hi]) for k in ("ptr", "score", "iou")}
             for f, (ptr, score, iou, _) in rows.items():
                 block["ptr"][f - lo], block["score"][f - lo], block["iou"][f - lo] = ptr, score, iou
             for k, v in block.items():
                 a[k][lo:hi] = v
-            a["flags"][lo:hi] = a["_flags"][lo:hi]
-        self._pending.clear()
+            a["flags"][lo:hi] = fl
+
+    def release(self, snap: tuple, ok: bool) -> None:
+        """After :meth:`write_snapshot` (bank lock held): forget what is on disk; on failure queue it again."""
+        logits, pending, arrays, _ = snap
+        for src, held_all, queue in ((logits, self._flushing_logits, self._logits),
+                                     (pending, self._flushing_pending, self._pending)):
+            for obj_id, rows in src.items():
+                held = held_all.get(obj_id, {})
+                for f, v in rows.items():
+                    if held.get(f) is v:
+                        del held[f]
+                        if not ok and self._arrays.get(obj_id) is arrays.get(obj_id):
+                            queue.setdefault(obj_id, {}).setdefault(f, v)
+                if not held:
+                    held_all.pop(obj_id, None)
 
     def read(self, obj_id: int, frame: int) -> MemoryEntry | None:
         a = self._obj(obj_id)
@@ -121,14 +150,14 @@ class _DiskTier:
         if a is None or not 0 <= frame < len(a["_flags"]) or not a["_flags"][frame] & _F_PRESENT:
             return None
         fl = int(a["_flags"][frame])
-        queued = self._logits.get(obj_id, {}).get(frame)
+        queued = self._logits.get(obj_id, {}).get(frame) or self._flushing_logits.get(obj_id, {}).get(frame)
         if queued is not None:
             logits = torch.from_numpy(queued[0].copy())[None]
             mem = torch.from_numpy(queued[1].copy())[None] if queued[1] is not None else None
         else:
             logits = torch.from_numpy(np.asarray(a["logits"][frame]))[None]
             mem = torch.from_numpy(np.asarray(a["mem_logits"][frame]))[None] if fl & _F_MEMLOGITS else None
-        pend = self._pending.get(obj_id, {}).get(frame)
+        pend = self._pending.get(obj_id, {}).get(frame) or self._flushing_pending.get(obj_id, {}).get(frame)
         if pend is not None:
             ptr, score, iou = torch.from_numpy(pend[0].copy()), pend[1], pend[2]
         else:
@@ -185,6 +214,7 @@ class MemoryBank:
         self._held: dict[tuple[int, int], MemoryEntry] = {}  # tracked, waiting for persist(): never evicted
         self._disk = _DiskTier(Path(workdir) / "memory.zarr", n_frames)
         self._lock = threading.RLock()
+        self.flush_lock = threading.Lock()  # one flush at a time, in order; held around snapshot + write
         self.stats = collections.Counter()
 
     # -- writes ----------------------------------------------------------------
@@ -266,7 +296,7 @@ class MemoryBank:
 
     def discard(self, obj_id: int, frames) -> None:
         frames = list(frames)
-        with self._lock:
+        with self.flush_lock, self._lock:  # not while a flush writes those frames
             for f in frames:
                 self._pinned.pop((obj_id, f), None)
                 self._held.pop((obj_id, f), None)
@@ -275,7 +305,7 @@ class MemoryBank:
             self._disk.clear(obj_id, frames)
 
     def drop_object(self, obj_id: int) -> None:
-        with self._lock:
+        with self.flush_lock, self._lock:
             for key in [k for k in list(self._pinned) if k[0] == obj_id]:
                 self._pinned.pop(key)
             for key in [k for k in list(self._held) if k[0] == obj_id]:
@@ -288,8 +318,23 @@ class MemoryBank:
 
     def flush(self) -> None:
         """Make every entry written so far durable on disk."""
+        with self.flush_lock:
+            self.write_snapshot(self.snapshot())
+
+    def snapshot(self) -> tuple:
+        """What is queued for the disk (call with ``flush_lock`` held); writes after it go to the next."""
         with self._lock:
-            self._disk.flush()
+            return self._disk.snapshot()
+
+    def write_snapshot(self, snap: tuple) -> None:
+        """Write a :meth:`snapshot` without holding the bank's lock: tracking goes on meanwhile."""
+        ok = False
+        try:
+            self._disk.write_snapshot(snap)
+            ok = True
+        finally:
+            with self._lock:
+                self._disk.release(snap, ok)
 
     @property
     def dirty_frames(self) -> int:

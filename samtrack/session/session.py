@@ -28,6 +28,7 @@ from samtrack.io.frame_store import FrameStore
 from samtrack.io.result_store import ResultStore, Status
 from samtrack.memory.bank import MemoryBank
 from samtrack.session.backends.base import MemoryEntry, MemoryView, TrackRequest
+from samtrack.session.flusher import Flusher, flush_now
 from samtrack.session.inflight import Launched, to_host
 from samtrack.session.planner import Action, decide, stale_frames
 from samtrack.session.prompts import Mask, Points, make_mask, make_points, to_model_points
@@ -72,6 +73,8 @@ class TrackingSession:
         self._features: collections.OrderedDict[int, object] = collections.OrderedDict()
         self._cancel = threading.Event()
         self._last_flush = time.monotonic()
+        self._flusher = Flusher(self.results, self.bank)
+        self._since_flush = 0  # frames stored since the last background flush was asked for
         self._fresh: dict[tuple[int, int], tuple] = {}  # this frame's results at video resolution
         self._restore()
 
@@ -240,9 +243,16 @@ class TrackingSession:
         due = self.results.dirty_frames >= every_frames or time.monotonic() - self._last_flush >= every_s
         if every_frames and not due:
             return
-        self.bank.flush()
-        self.results.flush()
+        self._flusher.wait()  # a background flush first: writes stay in order
+        flush_now(self.results, self.bank)
         self._last_flush = time.monotonic()
+
+    def _flush_in_background(self, *, every_frames: int, every_s: float) -> None:
+        """During propagation: when due, the flusher thread writes while tracking goes on."""
+        self._since_flush += 1
+        if self._since_flush >= every_frames or time.monotonic() - self._last_flush >= every_s:
+            self._flusher.request()
+            self._since_flush, self._last_flush = 0, time.monotonic()
 
     def _mark_stale(self, obj_id: int, frame: int) -> None:
         st = self.results.status(obj_id)
@@ -283,7 +293,7 @@ class TrackingSession:
                 try:
                     for res in sweep:
                         done += 1
-                        self.flush(every_frames=32, every_s=2.0)
+                        self._flush_in_background(every_frames=32, every_s=2.0)
                         if res is not None:
                             yield res
                         if progress:
@@ -512,6 +522,7 @@ class TrackingSession:
 
     def close(self) -> None:
         self.flush()
+        self._flusher.close()
         self.bank.close()
         self.results.close()
         self._features.clear()
