@@ -70,7 +70,10 @@ def child_raw(path: str, mode: str, limit: str = "0") -> dict:
     import av
 
     limit_n = int(limit) or None
-    convert = None
+
+    def convert(f):
+        return f.to_ndarray(format="rgb24")
+
     if mode == "tuned":
         from av.video.reformatter import VideoReformatter
 
@@ -80,15 +83,16 @@ def child_raw(path: str, mode: str, limit: str = "0") -> dict:
         keep_large_buffers()
         ref = VideoReformatter()
 
-        def convert(f):
+        def convert(f):  # noqa: F811
             return frame_to_rgb(f, ref)
+
     t0 = time.perf_counter()
     n = 0
     with av.open(path) as c:
         s = c.streams.video[0]
         s.thread_type = "AUTO"
         for f in c.decode(s):
-            convert(f) if convert else f.to_ndarray(format="rgb24")
+            convert(f)
             n += 1
             if n == limit_n:
                 break
