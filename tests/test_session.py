@@ -229,3 +229,19 @@ def test_keyframes_read_per_step_are_capped(assets, tmp_path):
     view = s._view(s._objects[1], 16, False)
     assert sorted(view.cond) == [12, 15, 18]  # closest before, closest after, then the nearest other
     s.close()
+
+
+def test_reprompting_a_keyframe_whose_memory_has_no_pointer_on_cpu(session):
+    """A box on frame 4 after a mask there, with keyframes only later in the video: attention then
+    reads bf16 memories and no float pointer. On the CPU (no autocast) that crashed in F.linear."""
+    s = session
+    s.add_box(4, 1, [20, 20, 70, 60])
+    s.add_points(14, 1, [[50, 40]], [1])
+    list(s.propagate("forward", 4, 14))
+    m = np.zeros((96, 128), bool)
+    m[40:80, 80:100] = True
+    s.add_mask(4, 1, m)
+    r = s.add_box(4, 1, [20, 20, 70, 60])
+    assert s.prompt_at(4, 1).box == (20.0, 20.0, 70.0, 60.0)
+    i = r.obj_ids.index(1)
+    assert r.masks[i].shape == (96, 128) and np.isfinite(r.object_scores[i]) and np.isfinite(r.logits[i]).all()

@@ -162,7 +162,7 @@ def test_box_drag_navigation_low_confidence_and_export(make_napari_viewer, asset
     from samtrack.viewer._panels import SHORTCUTS
 
     keys = [k for k, _ in SHORTCUTS if not any(m in k for m in ("click", "drag", "paint"))]
-    assert len(keys) == 10
+    assert len(keys) == 12
     bound = {str(KeyBinding.from_str(k)) for k in keys}
     assert bound <= {str(k) for k in viewer.keymap}, bound - {str(k) for k in viewer.keymap}
 
@@ -329,3 +329,50 @@ def test_cli_view_without_a_display_says_how_to_run_it(assets):
     r = subprocess.run([sys.executable, "-m", "samtrack.cli", "view", str(assets[1])], env=env, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 2 and "xvfb-run" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_paint_corrections_undo_and_redo_through_the_session(make_napari_viewer, assets, tmp_path, qtbot):
+    from app_model.types import KeyBinding
+
+    from samtrack.session.prompts import Mask, Points
+
+    viewer, w = _open(make_napari_viewer, assets, tmp_path / "session")
+    s = w.session
+    w.goto(4)
+    _drag(viewer, (20, 20), (70, 60))  # object 1: a box on frame 4
+    w.goto(14)
+    _click(viewer, 50, 40)
+    w.goto(4)
+    w.propagate("next")
+    _wait(qtbot, w)
+    assert s.status(1)[8] == Status.PROPAGATED
+
+    def paint(frame):
+        w.goto(frame)
+        w.labels_layer.selected_label = 1
+        w.labels_layer.brush_size = 16
+        w.labels_layer.paint((60, 90), 1)
+        qtbot.waitUntil(lambda: isinstance(s.prompt_at(frame, 1), Mask), timeout=10_000)
+        return np.asarray(w.labels_layer.data) == 1
+
+    painted8 = paint(8)  # a tracked frame becomes a keyframe
+    paint(4)  # the box on keyframe 4 is replaced by a mask
+    assert s.keyframes(1) == [4, 8, 14]
+
+    def press(k, target):
+        target.keymap[KeyBinding.from_str(k)](target)
+
+    press("Control-Z", viewer)  # the last stroke first: frame 4 has its box again
+    p4 = s.prompt_at(4, 1)
+    assert isinstance(p4, Points) and p4.box == (20.0, 20.0, 70.0, 60.0) and w.frame == 4
+    press("Control-Z", w.labels_layer)  # with the labels layer active: napari's own undo is replaced
+    assert s.prompt_at(8, 1) is None and s.keyframes(1) == [4, 14] and w.frame == 8
+    assert s.status(1)[8] == Status.STALE  # to be tracked again, not left as painted
+    np.testing.assert_array_equal(w.labels_layer.data, w.results.label_frame(8))
+    assert not w.undo_paint()  # nothing left to undo
+    press("Control-Shift-Z", viewer)
+    p8 = s.prompt_at(8, 1)
+    assert isinstance(p8, Mask)
+    np.testing.assert_array_equal(p8.mask, painted8)
+    np.testing.assert_array_equal(w.results.mask(8, 1), painted8)
+    w.close_session()

@@ -15,6 +15,7 @@ SHORTCUTS = [
     ("Shift-F", "propagate forward"), ("Shift-B", "propagate backward"), ("Shift-D", "propagate both ways"),
     ("Shift-K", "propagate to the next keyframe"), ("Escape", "cancel propagation"),
     ("T", "toggle positive / negative clicks"), ("Shift-N", "new object"), ("Shift-L", "next low-confidence frame"),
+    ("Control-Z", "undo the last paint correction"), ("Control-Shift-Z", "redo it"),
     ("click", "point (Ctrl/Alt-click: negative)"), ("Shift-drag", "box"), ("paint in 'masks'", "mask correction"),
 ]
 

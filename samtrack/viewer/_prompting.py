@@ -15,7 +15,25 @@ def _modifiers(event) -> set[str]:
     return {getattr(m, "name", str(m)) for m in event.modifiers}
 
 
+def _set_prompt(session, frame: int, obj_id: int, prompt) -> None:
+    """Make ``prompt`` (a session prompt, or None) the prompt of ``obj_id`` on ``frame``."""
+    from samtrack.session.prompts import Mask
+
+    if prompt is None:
+        session.clear_prompts(frame, obj_id)
+    elif isinstance(prompt, Mask):
+        session.add_mask(frame, obj_id, prompt.mask)
+    elif prompt.box is not None:
+        pts = [list(p) for p in prompt.points] or None
+        session.add_box(frame, obj_id, list(prompt.box), points=pts, labels=list(prompt.labels) if pts else None)
+    else:
+        session.add_points(frame, obj_id, [list(p) for p in prompt.points], list(prompt.labels))
+
+
 class PromptInput:
+    _paint_undo: list  # (frame, object, prompt before the stroke); set by the widget
+    _paint_redo: list
+
     def toggle_polarity(self) -> None:
         (self.rb_neg if self.positive else self.rb_pos).setChecked(True)
         self._say("clicks are now " + ("positive" if self.positive else "negative"))
@@ -53,25 +71,59 @@ class PromptInput:
         self._run(lambda: self.session.add_box(f, oid, [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]))
 
     def paint_mask(self, mask: np.ndarray) -> None:
-        """The active object's mask on the current frame becomes a mask prompt (a correction)."""
+        """The active object's mask on the current frame becomes a mask prompt (a correction).
+
+        Undoable: :meth:`undo_paint` (Ctrl-Z) gives the frame back the prompt it had."""
         if not self._editable():
             return
         oid = self._ensure_object()
         f = self.frame
-        self._run(lambda: self.session.add_mask(f, oid, np.asarray(mask, bool)))
+        before = self.session.prompt_at(f, oid)
+        if self._run(lambda: self.session.add_mask(f, oid, np.asarray(mask, bool))):
+            self._paint_undo.append((f, oid, before))
+            self._paint_redo.clear()
+
+    def undo_paint(self) -> bool:
+        """Undo the last paint correction: its frame gets back the prompt it had before (none: it
+        stops being a keyframe and the frames that correction produced become stale)."""
+        return self._paint_step(self._paint_undo, self._paint_redo, "undo")
+
+    def redo_paint(self) -> bool:
+        return self._paint_step(self._paint_redo, self._paint_undo, "redo")
+
+    def _paint_step(self, src: list, dst: list, what: str) -> bool:
+        if not src:
+            self._say(f"no paint correction to {what}")
+            return False
+        if not self._editable():
+            return False
+        f, oid, prompt = src[-1]
+        if oid not in self.session.obj_ids:
+            src.pop()
+            self._say(f"object {oid} was removed: nothing to {what}")
+            return False
+        current = self.session.prompt_at(f, oid)
+        self.goto(f)
+        if not self._run(lambda: _set_prompt(self.session, f, oid, prompt)):
+            return False
+        src.pop()
+        dst.append((f, oid, current))
+        self._say(f"{what}: frame {f}, object {oid}")
+        return True
 
     def clear_frame(self) -> None:
         if not self._editable() or self.active is None or self.active not in self.session.obj_ids:
             return
         self._run(lambda: self.session.clear_prompts(self.frame, self.active))
 
-    def _run(self, fn) -> None:
+    def _run(self, fn) -> bool:
         try:
             fn()
         except SamtrackError as e:
             self._say(f"error: {e}")
-            return
+            return False
         self.refresh()
+        return True
 
     def _on_mouse(self, viewer, event):
         if event.button != 1 or self.frames is None:

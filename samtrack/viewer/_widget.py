@@ -40,6 +40,8 @@ class SamtrackWidget(PromptInput, QWidget):
         self.low_conf = 0.5
         self._last_plot = 0.0
         self._updating_labels = False
+        self._paint_undo: list = []  # paint corrections, for Ctrl-Z / Ctrl-Shift-Z
+        self._paint_redo: list = []
         self.image_layer = self.labels_layer = self.points_layer = self.box_layer = None
         build_panels(self)
         if self.frames is not None:
@@ -79,9 +81,13 @@ class SamtrackWidget(PromptInput, QWidget):
                  "Shift-F": lambda: self.propagate("forward"), "Shift-B": lambda: self.propagate("backward"),
                  "Shift-D": lambda: self.propagate("both"), "Shift-K": lambda: self.propagate("next"),
                  "Escape": self.cancel, "T": self.toggle_polarity, "Shift-N": lambda: self.add_object(),
-                 "Shift-L": lambda: self.next_low_confidence()}
+                 "Shift-L": lambda: self.next_low_confidence(),
+                 "Control-Z": self.undo_paint, "Control-Shift-Z": self.redo_paint}
         for key, fn in binds.items():
             v.bind_key(key, lambda _viewer, fn=fn: fn(), overwrite=True)
+        # the labels layer's own undo would change the picture behind the session's back
+        for key, fn in (("Control-Z", self.undo_paint), ("Control-Shift-Z", self.redo_paint)):
+            self.labels_layer.bind_key(key, lambda _layer, fn=fn: fn(), overwrite=True)
 
     @property
     def frame(self) -> int:

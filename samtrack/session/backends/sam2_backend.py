@@ -154,6 +154,12 @@ class Sam2Backend:
         dev = self.device
         # entries of one batch may sit in different tiers (device, pinned host): move each, then stack
         feats = torch.stack([e.maskmem.to(dev, non_blocking=True) for e in entries])
+        if not self.autocast:
+            # memory is stored in bf16 as upstream does. Upstream's attention input is the concat of
+            # memories and float32 pointers, which promotes bf16 exactly to float32; with no pointer
+            # among what a frame reads (a re-prompted keyframe with only later keyframes), the bf16
+            # input met float32 weights and crashed on the CPU. Promoting here is the same values.
+            feats = feats.float()
         ptr = torch.stack([e.obj_ptr.to(dev, non_blocking=True) for e in entries])
         return {"maskmem_features": feats, "maskmem_pos_enc": self._expand_pos(len(entries)), "obj_ptr": ptr}
 
