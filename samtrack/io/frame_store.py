@@ -7,7 +7,7 @@ Layout of ``<workdir>/frames.zarr`` (zarr v3):
   Threads: the builder decodes missing chunks (prefetch, ``build()``), a
   consumer of ``iter_frames`` decodes its own, and one writer thread writes
   every shard (a chunk is claimed by one decoder, so one writer per shard).
-  Complete shards are read directly (``shard_reader``), else through zarr;
+  Complete shards are read directly (``shards``), else through zarr;
 - ``chunk_state``: (n_chunks,) uint8, one zarr chunk per element, written after
   its shard: 0 missing, 1 complete, 2 partial (a decode error inside);
 - attributes: ``signature`` (what the cache was built from), ``mapping`` (the
@@ -37,7 +37,7 @@ from samtrack.io.frame_writer import DONE, MISSING, PARTIAL, ChunkWriter
 from samtrack.io.info import VideoInfo
 from samtrack.io.cache_meta import default_cache_root, default_chunk_frames, source_signature  # noqa: F401
 from samtrack.io.model_input import to_model_input
-from samtrack.io.shard_reader import ShardReader
+from samtrack.io.shards import ShardReader, ShardWriter
 from samtrack.io.zarr_arrays import written_whole
 from samtrack.io.normalize import DisplayMapping, Intensity, resolve_mapping
 from samtrack.io.readers.base import Reader
@@ -143,7 +143,9 @@ class FrameStore(ChunkWriter):
             self.n_chunks = -(-info.n_frames // self.chunk_frames)
         self._root = root
         self._frames = written_whole(root["frames"])
-        self._direct = ShardReader.for_array(self.path / "frames", (info.height, info.width, 3), self.chunk_frames)
+        shape = (info.height, info.width, 3)
+        self._direct = ShardReader.for_array(self.path / "frames", shape, self.chunk_frames)
+        self._shard_writer = ShardWriter.for_array(self.path / "frames", shape, self.chunk_frames)
         self._state_arr = root["chunk_state"]
         self._state = self._load_states()
         self._state[self._state == PARTIAL] = MISSING  # retry damaged chunks once per open

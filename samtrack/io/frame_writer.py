@@ -78,7 +78,7 @@ class ChunkWriter:
             k, block, state, streamed = self._writing
             t0, dropped = time.monotonic(), self.stats["unpersisted_chunks"]
             try:
-                self._persist(k, np.stack(block) if isinstance(block, list) else block, state)
+                self._persist(k, block, state)
             except BaseException as e:  # a full or read-only disk: readers get the error, nothing hangs
                 log.exception("frame cache write failed")
                 self._fatal(e)
@@ -103,10 +103,13 @@ class ChunkWriter:
             while (self._write_queue or self._writing) and self._writer is not None and self._writer.is_alive():
                 self._lock.wait(timeout=0.2)
 
-    def _persist(self, k: int, block: np.ndarray, state: int) -> None:
+    def _persist(self, k: int, block, state: int) -> None:
         """Write one shard, then its state (a kill in between leaves it missing, never wrong)."""
-        start = k * self.chunk_frames
-        self._frames[start:start + len(block)] = block
+        if self._shard_writer is not None:  # the cache's own layout: encoded and written directly
+            self._shard_writer.write_chunk(k, block)
+        else:
+            start = k * self.chunk_frames
+            self._frames[start:start + len(block)] = np.stack(block) if isinstance(block, list) else block
         self._state_arr[k] = state
         with self._lock:
             self._state[k] = state
