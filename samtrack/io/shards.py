@@ -73,7 +73,7 @@ def _crc32c():
 
 
 class ShardWriter:
-    """Writes shard ``k`` (frames (n, *frame_shape) uint8) as zarr would, or says it cannot (False)."""
+    """Writes shard ``k`` (frames (n, *frame_shape) uint8) as zarr would; an OSError (disk full) propagates."""
 
     def __init__(self, codec, crc, array_dir: Path, frame_shape: tuple[int, ...], chunk_frames: int):
         self._codec, self._crc = codec, crc
@@ -110,12 +110,17 @@ class ShardWriter:
         path = os.path.join(self._dir, "c", str(k), *(["0"] * len(self._frame_shape)))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-        with open(tmp, "wb") as fh:
-            for part in parts:
-                fh.write(part)
-            fh.write(ib)
-            fh.write(int(self._crc(ib)).to_bytes(4, "little"))
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as fh:
+                for part in parts:
+                    fh.write(part)
+                fh.write(ib)
+                fh.write(int(self._crc(ib)).to_bytes(4, "little"))
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):  # no half-written file left behind
+                os.remove(tmp)
+            raise
 
 
 class ShardReader:
