@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from samtrack.io.frame_builder import lower_thread_priority as _lower_thread_priority
+from samtrack.io.shards import shard_path
 
 log = logging.getLogger("samtrack.io.frame_store")
 
@@ -122,7 +123,7 @@ class ChunkWriter:
             self._lock.notify_all()
 
     def _chunk_file(self, k: int) -> Path:
-        return self.path / "frames" / "c" / str(k) / "0" / "0" / "0"
+        return Path(shard_path(self.path / "frames", k))
 
     def _disk_sizes(self) -> dict[int, int]:
         """Under the lock: bytes on disk of each built chunk, from one stat per file per open."""

@@ -142,8 +142,7 @@ class ResultStore:
         stay readable through :meth:`mask` until they are on disk."""
         with self._lock:
             masks, self._masks = self._masks, {}
-            for obj_id, rows in masks.items():
-                self._flushing.setdefault(obj_id, {}).update(rows)
+            hold_rows(masks, self._flushing)
             vectors = []
             for obj_id, frames in self._dirty.items():
                 if frames and obj_id in self._cache:
@@ -175,21 +174,13 @@ class ResultStore:
         self._release(snap, False)
 
     def _release(self, snap: tuple, written: bool) -> None:
+        # called under flush_lock, so no object was removed since the snapshot
         masks, _, vectors = snap
         with self._lock:
-            for obj_id, rows in masks.items():
-                held = self._flushing.get(obj_id, {})
-                for f, m in rows.items():
-                    if held.get(f) is m:
-                        del held[f]
-                        if not written and obj_id in self._cache:  # not superseded: queue it again
-                            self._masks.setdefault(obj_id, {}).setdefault(f, m)
-                if not held:
-                    self._flushing.pop(obj_id, None)
+            release_rows(masks, self._flushing, self._masks, requeue=not written)
             if not written:
-                for obj_id, a, lo, hi, _ in vectors:
-                    if self._cache.get(obj_id) is a:
-                        self._dirty.setdefault(obj_id, set()).update(range(lo, hi))
+                for obj_id, _, lo, hi, _ in vectors:
+                    self._dirty.setdefault(obj_id, set()).update(range(lo, hi))
 
     def set_status(self, obj_id: int, frames, status: Status) -> None:
         frames = np.asarray(list(frames), dtype=int)
@@ -268,6 +259,26 @@ class ResultStore:
     def _check(self, frame: int) -> None:
         if not 0 <= frame < self.n_frames:
             raise FrameIndexError(f"frame {frame} is out of range 0..{self.n_frames - 1}")
+
+
+def hold_rows(taken: dict, held: dict) -> None:
+    """{obj: {frame: row}} a flush took: kept readable in ``held`` until :func:`release_rows`."""
+    for obj_id, rows in taken.items():
+        held.setdefault(obj_id, {}).update(rows)
+
+
+def release_rows(taken: dict, held: dict, queue: dict, *, requeue: bool) -> None:
+    """After a flush: forget its rows from ``held``; with ``requeue`` (it failed), queue again those
+    that no later write replaced."""
+    for obj_id, rows in taken.items():
+        h = held.get(obj_id, {})
+        for f, v in rows.items():
+            if h.get(f) is v:
+                del h[f]
+                if requeue:
+                    queue.setdefault(obj_id, {}).setdefault(f, v)
+        if not h:
+            held.pop(obj_id, None)
 
 
 def _bulk_write(arr, rows: dict[int, np.ndarray]) -> None:

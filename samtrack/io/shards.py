@@ -57,6 +57,11 @@ def _layout(array_dir: Path, frame_shape: tuple[int, ...], chunk_frames: int) ->
         return None
 
 
+def shard_path(array_dir, k: int, frame_ndim: int = 3) -> str:
+    """The file of shard ``k`` under the default chunk-key encoding: ``c/k/0/0/0``."""
+    return os.path.join(array_dir, "c", str(k), *(["0"] * frame_ndim))
+
+
 def _crc32c():
     """crc32c(bytes) -> int, from the package zarr itself uses, or None."""
     try:
@@ -107,7 +112,7 @@ class ShardWriter:
             index[j] = (offset, len(part))
             offset += len(part)
         ib = index.tobytes()
-        path = os.path.join(self._dir, "c", str(k), *(["0"] * len(self._frame_shape)))
+        path = shard_path(self._dir, k, len(self._frame_shape))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
@@ -144,7 +149,7 @@ class ShardReader:
         return cls(Blosc(), array_dir, frame_shape, chunk_frames)
 
     def _path(self, k: int) -> str:
-        return os.path.join(self._dir, "c", str(k), *(["0"] * len(self._frame_shape)))
+        return shard_path(self._dir, k, len(self._frame_shape))
 
     def _index(self, data) -> np.ndarray | None:
         if len(data) < self._index_bytes:

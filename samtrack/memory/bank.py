@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from samtrack.io.result_store import _bulk_write, hold_rows, release_rows
 from samtrack.io.zarr_arrays import written_whole
 from samtrack.memory.entry import MemoryEntry
 
@@ -95,9 +96,8 @@ class _DiskTier:
         """Take what is queued for writing (the caller holds the bank's lock); it stays readable."""
         logits, self._logits = self._logits, {}
         pending, self._pending = self._pending, {}
-        for src, dst in ((logits, self._flushing_logits), (pending, self._flushing_pending)):
-            for obj_id, rows in src.items():
-                dst.setdefault(obj_id, {}).update(rows)
+        hold_rows(logits, self._flushing_logits)
+        hold_rows(pending, self._flushing_pending)
         arrays = {obj_id: self._arrays[obj_id] for obj_id in set(logits) | set(pending) if obj_id in self._arrays}
         flags = {}
         for obj_id, rows in pending.items():
@@ -109,8 +109,6 @@ class _DiskTier:
     @staticmethod
     def write_snapshot(snap: tuple) -> None:
         """Logits first, then pointers/scores, then flags (a frame exists on disk once its flags say so)."""
-        from samtrack.io.result_store import _bulk_write
-
         logits, pending, arrays, flags = snap
         for obj_id, rows in logits.items():  # one call per run of frames
             a = arrays.get(obj_id)
@@ -130,19 +128,11 @@ class _DiskTier:
             a["flags"][lo:hi] = fl
 
     def release(self, snap: tuple, ok: bool) -> None:
-        """After :meth:`write_snapshot` (bank lock held): forget what is on disk; on failure queue it again."""
-        logits, pending, arrays, _ = snap
-        for src, held_all, queue in ((logits, self._flushing_logits, self._logits),
-                                     (pending, self._flushing_pending, self._pending)):
-            for obj_id, rows in src.items():
-                held = held_all.get(obj_id, {})
-                for f, v in rows.items():
-                    if held.get(f) is v:
-                        del held[f]
-                        if not ok and self._arrays.get(obj_id) is arrays.get(obj_id):
-                            queue.setdefault(obj_id, {}).setdefault(f, v)
-                if not held:
-                    held_all.pop(obj_id, None)
+        """After :meth:`write_snapshot` (bank lock and flush lock held): forget what is on disk;
+        on failure queue it again."""
+        logits, pending, _, _ = snap
+        release_rows(logits, self._flushing_logits, self._logits, requeue=not ok)
+        release_rows(pending, self._flushing_pending, self._pending, requeue=not ok)
 
     def read(self, obj_id: int, frame: int) -> MemoryEntry | None:
         a = self._obj(obj_id)

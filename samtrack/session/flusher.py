@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from samtrack.errors import CacheError
 
@@ -43,6 +44,14 @@ class Flusher:
         self._closed = False
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._since, self._last = 0, time.monotonic()  # frames and time since the last request
+
+    def tick(self, every_frames: int = 32, every_s: float = 2.0) -> None:
+        """One more frame stored: ask for a flush when ``every_frames`` frames or ``every_s`` seconds passed."""
+        self._since += 1
+        if self._since >= every_frames or time.monotonic() - self._last >= every_s:
+            self.request()
+            self._since, self._last = 0, time.monotonic()
 
     def request(self) -> None:
         """Ask for a flush in the background; raises the error of a failed earlier one."""

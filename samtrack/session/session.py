@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -72,9 +71,7 @@ class TrackingSession:
         self._objects: dict[int, _Object] = {}
         self._features: collections.OrderedDict[int, object] = collections.OrderedDict()
         self._cancel = threading.Event()
-        self._last_flush = time.monotonic()
         self._flusher = Flusher(self.results, self.bank)
-        self._since_flush = 0  # frames stored since the last background flush was asked for
         self._fresh: dict[tuple[int, int], tuple] = {}  # this frame's results at video resolution
         self._restore()
 
@@ -236,23 +233,11 @@ class TrackingSession:
                                                      "box": list(prompt.box) if prompt.box else None,
                                                      "visited": visited})
 
-    def flush(self, *, every_frames: int = 0, every_s: float = 0.0) -> None:
+    def flush(self) -> None:
         """Make results durable: memory first, then results (a frame that reads as computed
-        always has its memory on disk). With limits, only when that many frames or seconds
-        have passed since the last flush."""
-        due = self.results.dirty_frames >= every_frames or time.monotonic() - self._last_flush >= every_s
-        if every_frames and not due:
-            return
+        always has its memory on disk), after any background flush."""
         self._flusher.wait()  # a background flush first: writes stay in order
         flush_now(self.results, self.bank)
-        self._last_flush = time.monotonic()
-
-    def _flush_in_background(self, *, every_frames: int, every_s: float) -> None:
-        """During propagation: when due, the flusher thread writes while tracking goes on."""
-        self._since_flush += 1
-        if self._since_flush >= every_frames or time.monotonic() - self._last_flush >= every_s:
-            self._flusher.request()
-            self._since_flush, self._last_flush = 0, time.monotonic()
 
     def _mark_stale(self, obj_id: int, frame: int) -> None:
         st = self.results.status(obj_id)
@@ -293,7 +278,7 @@ class TrackingSession:
                 try:
                     for res in sweep:
                         done += 1
-                        self._flush_in_background(every_frames=32, every_s=2.0)
+                        self._flusher.tick()  # every 32 frames or 2 s, written while tracking goes on
                         if res is not None:
                             yield res
                         if progress:

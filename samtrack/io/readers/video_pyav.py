@@ -8,6 +8,7 @@ wanted timestamp and decodes forward; reading in order never seeks.
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ def frame_to_rgb(frame, reformatter=None) -> np.ndarray:
     frames. ``frame.reformat`` makes a new swscale context (and its threads) for
     every frame; reusing one roughly halves the conversion time at 1080p.
     """
-    ref = reformatter if reformatter is not None else frame
+    reformat = frame.reformat if reformatter is None else functools.partial(reformatter.reformat, frame)
     kwargs = {}
     if int(frame.color_range) == _FULL_RANGE:
         kwargs["src_color_range"] = _FULL_RANGE
@@ -59,14 +60,10 @@ def frame_to_rgb(frame, reformatter=None) -> np.ndarray:
     if cs not in (0, 2):  # 0 = RGB/identity, 2 = unspecified: leave swscale's default (BT.601)
         kwargs["src_colorspace"] = cs
     try:
-        rgb = _reformat(ref, frame, format="rgb24", dst_color_range=_FULL_RANGE, **kwargs)
+        rgb = reformat(format="rgb24", dst_color_range=_FULL_RANGE, **kwargs)
     except (ValueError, TypeError):  # an exotic colorspace swscale cannot take
-        rgb = _reformat(ref, frame, format="rgb24")
+        rgb = reformat(format="rgb24")
     return rgb.to_ndarray()
-
-
-def _reformat(ref, frame, **kwargs):
-    return ref.reformat(**kwargs) if ref is frame else ref.reformat(frame, **kwargs)
 
 
 class PyAVReader(Reader):
