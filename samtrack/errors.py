@@ -90,6 +90,16 @@ class NoPromptsError(SamtrackError, RuntimeError):
     """Propagation asked for before any prompt was given."""
 
 
+class UnreachableFramesError(SamtrackError, ValueError):
+    """Frames asked for that no pass in the asked direction can reach (no keyframe on that side).
+
+    ``frames``: {object id: frame indices}."""
+
+    def __init__(self, message: str, *, frames: dict | None = None):
+        super().__init__(message)
+        self.frames = frames or {}
+
+
 class OutOfMemoryError(SamtrackError, MemoryError):
     """The device or host ran out of memory; the message names the budget to lower."""
 

@@ -22,14 +22,15 @@ import numpy as np
 import torch
 
 from samtrack.errors import (FrameIndexError, InvalidOptionError, NoPromptsError, OutOfMemoryError,
-                             PromptError, UnknownObjectError)
+                             PromptError, UnknownObjectError, UnreachableFramesError)
 from samtrack.io.frame_store import FrameStore
 from samtrack.io.result_store import ResultStore, Status
 from samtrack.memory.bank import MemoryBank
 from samtrack.session.backends.base import MemoryEntry, MemoryView, TrackRequest
 from samtrack.session.flusher import Flusher, flush_now
 from samtrack.session.inflight import Launched, to_host
-from samtrack.session.planner import Action, decide, stale_frames
+from samtrack.session.planner import (Plan, Step, Track, frames_to_recompute, plan_propagation, ranges_text,
+                                      stale_frames)
 from samtrack.session.prompts import Mask, Points, make_mask, make_points, to_model_points
 from samtrack.session.types import FrameResult, SessionConfig, _closest  # FrameResult/SessionConfig re-exported
 
@@ -240,9 +241,14 @@ class TrackingSession:
         flush_now(self.results, self.bank)
 
     def _mark_stale(self, obj_id: int, frame: int) -> None:
-        st = self.results.status(obj_id)
-        stale = stale_frames(frame, st, self.results.sources(obj_id))
-        self.results.set_status(obj_id, stale, Status.STALE)
+        """After a prompt change on ``frame``: exactly the frames the next full propagation recomputes
+        become stale (those whose pass started at or crossed it, and those another keyframe now owns)."""
+        st, src = self.results.status(obj_id), self.results.sources(obj_id)
+        stale = stale_frames(frame, st, src)
+        st[stale] = Status.STALE
+        owned = frames_to_recompute(Track(sorted(self._objects[obj_id].prompts), st, src),
+                                    rule=self.config.overlap_rule)
+        self.results.set_status(obj_id, np.union1d(stale, owned), Status.STALE)
 
     # -- propagation -------------------------------------------------------------------
     def propagate(self, direction: str = "forward", start: int | None = None, stop: int | None = None, *,
@@ -251,10 +257,21 @@ class TrackingSession:
 
         ``direction``: "forward", "backward" or "both" (forward, then backward).
         Only frames that need it are computed: never-run and stale frames, and
-        frames a nearer keyframe now owns. Yields a :class:`FrameResult` per
-        computed frame (keyframes where a pass starts included), already written
-        to the result store. :meth:`cancel` from another thread stops it at the
-        next frame; everything yielded so far is kept.
+        frames a nearer keyframe now owns. When the range needs a keyframe outside
+        it (a backward pass over 0..2 whose keyframe is 5), the pass starts there
+        and the frames on the way are computed and stored too (not yielded).
+
+        Yields one :class:`FrameResult` per video frame of the range that this call
+        finishes, once, after its last object is computed (with "both" a frame that
+        both sweeps compute is yielded in the second), with the objects computed on it
+        (and objects whose pass starts there, at their keyframe). Results are already
+        written to the result store. A call with nothing to do yields nothing.
+        ``progress(done, total)`` counts those video frames.
+
+        Raises :class:`UnreachableFramesError` when frames of the range need computing
+        but no pass in ``direction`` reaches any of them (keyframes only on the other
+        side): say "backward"/"both", or add a prompt. :meth:`cancel` from another
+        thread stops at the next frame; everything computed so far is kept.
         """
         if direction not in ("forward", "backward", "both"):
             raise InvalidOptionError(f"direction={direction!r}: use forward, backward or both")
@@ -268,29 +285,45 @@ class TrackingSession:
             raise NoPromptsError("no prompts yet: add points, a box or a mask on at least one frame")
         self._cancel.clear()
         self._finalize_prompts(objs)
-        dirs = {"forward", "backward"} if direction == "both" else {direction}
-        order = [d for d in ("forward", "backward") if d in dirs]
-        total = (hi - lo + 1) * len(order)
-        done = 0
+        plan = self.plan(direction, lo, hi, objs)
+        if plan.unreachable:
+            self._report_unreachable(plan, direction, objs)
+        done, total = 0, plan.n_frames
         try:
-            for d in order:
-                sweep = self._sweep(d, lo, hi, objs, dirs)
+            for si, (d, steps) in enumerate(plan.sweeps):
+                sweep = self._sweep(d, steps, {f: ids for (i, f), ids in plan.yields.items() if i == si}, objs)
                 try:
                     for res in sweep:
-                        done += 1
                         self._flusher.tick()  # every 32 frames or 2 s, written while tracking goes on
                         if res is not None:
+                            done += 1
                             yield res
-                        if progress:
-                            progress(done, total)
+                            if progress:
+                                progress(done, total)
                         if self._cancel.is_set():
                             log.info("propagation cancelled after frame %s", res.frame_idx if res else "?")
                             return
                 finally:
                     sweep.close()  # stores the frame still in flight before the final flush
-                done = (hi - lo + 1) * (order.index(d) + 1)
         finally:
             self.flush()
+
+    def plan(self, direction: str, lo: int, hi: int, objs) -> Plan:
+        """The :class:`~samtrack.session.planner.Plan` of ``propagate(direction, lo, hi)`` for ``objs``."""
+        tracks = {o.obj_id: Track(sorted(o.prompts), self.results.status(o.obj_id), self.results.sources(o.obj_id))
+                  for o in objs}
+        return plan_propagation(direction, lo, hi, tracks, rule=self.config.overlap_rule)
+
+    def _report_unreachable(self, plan: Plan, direction: str, objs) -> None:
+        keys = {o.obj_id: o.keyframes for o in objs}
+        detail = "; ".join(f"object {o}: frames {ranges_text(f)} (keyframes {keys[o]})" for o, f in plan.unreachable.items())
+        if plan.n_computed == 0:
+            other = "backward" if direction == "forward" else "forward"
+            raise UnreachableFramesError(
+                f"a {direction} propagation cannot reach the frames asked for: no keyframe before them in that "
+                f"direction ({detail}); propagate {other!r} or 'both', or add a prompt on their side",
+                frames=plan.unreachable)
+        log.warning("a %s propagation leaves frames no pass can reach in that direction: %s", direction, detail)
 
     def cancel(self) -> None:
         """Stop a running :meth:`propagate` at the next frame (callable from any thread)."""
@@ -306,45 +339,27 @@ class TrackingSession:
             o.pending.clear()
         self.flush()
 
-    def _sweep(self, direction: str, lo: int, hi: int, objs, dirs) -> Iterator[FrameResult | None]:
+    def _sweep(self, direction: str, steps: list[Step], yields: dict[int, tuple], objs) -> Iterator[FrameResult | None]:
+        """Run one planned sweep. Yields a result for the frames in ``yields`` and None for other steps."""
         rev = direction == "backward"
-        frames = range(hi, lo - 1, -1) if rev else range(lo, hi + 1)
-        active: dict[int, int | None] = {o.obj_id: self._resume_point(o, frames[0], rev) for o in objs}
-        plans = {o.obj_id: (o.finalized_keyframes(), self.results.status(o.obj_id), self.results.sources(o.obj_id))
-                 for o in objs}
-        held = None  # the frame in flight: (frame, object ids, launched step)
+        by_id = {o.obj_id: o for o in objs}
+        held = None  # the frame in flight: (frame, object ids to report, launched step)
         try:
-            for f in frames:
-                started, todo = [], []
-                for o in objs:
-                    keys, st, src = plans[o.obj_id]
-                    if f in o.prompts:
-                        active[o.obj_id] = f
-                        if o.visited[f] != int(rev):
-                            o.visited[f] = int(rev)
-                            self._save_prompt(o.obj_id, f, o.prompts[f])
-                        started.append(o.obj_id)
-                        continue
-                    k = active[o.obj_id]
-                    if k is None:
-                        continue
-                    act = decide(f, k, keyframes=keys, status=st, sources=src, rule=self.config.overlap_rule,
-                                 directions=dirs)
-                    if act is Action.STOP:
-                        active[o.obj_id] = None
-                    elif act is Action.COMPUTE:
-                        todo.append(o)
-                launched = self._track_frame(f, rev, todo, active) if todo else None
-                computed = launched.obj_ids if launched is not None else []
-                for oid in computed:
-                    plans[oid][1][f] = Status.PROPAGATED
-                    plans[oid][2][f] = active[oid]
+            for step in steps:
+                f = step.frame
+                for oid in step.started:
+                    o = by_id[oid]
+                    if o.visited[f] != int(rev):
+                        o.visited[f] = int(rev)
+                        self._save_prompt(oid, f, o.prompts[f])
+                todo = [(by_id[oid], k) for oid, k in step.compute]
+                launched = self._track_frame(f, rev, todo) if todo else None
                 # one frame in flight: frame f's results are stored and yielded once frame f+1 is
                 # launched, so the accelerator computes while the host writes (no per-frame sync)
                 if held is not None:
                     done, held = held, None
                     yield self._finish(*done)
-                held = (f, sorted(started + computed), launched)
+                held = (f, yields.get(f, ()), launched)
             if held is not None:
                 done, held = held, None
                 yield self._finish(*done)
@@ -352,48 +367,38 @@ class TrackingSession:
             if held is not None:  # closed early (cancel): what was computed is still stored
                 self._finish(*held)
 
-    def _finish(self, f: int, ids: list[int], launched) -> FrameResult | None:
+    def _finish(self, f: int, ids: tuple, launched) -> FrameResult | None:
         if launched is not None:
             launched.store(self)
-        res = self.frame_result(f, ids) if ids else None
+        res = self.frame_result(f, list(ids)) if ids else None
         self._fresh.clear()
         return res
 
-    def _resume_point(self, o: _Object, f0: int, rev: bool) -> int | None:
-        """Keyframe whose pass reached the frame just before ``f0`` (so it can go on), else None."""
-        prev = f0 + 1 if rev else f0 - 1
-        if not 0 <= prev < self.n_frames or f0 in o.prompts:
-            return None
-        if prev in o.prompts:
-            return prev
-        st, src = self.results.status(o.obj_id), self.results.sources(o.obj_id)
-        return int(src[prev]) if st[prev] == Status.PROPAGATED and src[prev] >= 0 else None
-
-    def _track_frame(self, f: int, rev: bool, todo, active) -> Launched:
+    def _track_frame(self, f: int, rev: bool, todo) -> Launched:
         """Launch frame ``f`` for ``todo``: memory goes to the bank at once (the next frame reads
         it); host copies of the results are started, and stored by :meth:`Launched.store`."""
         feats = self._frame_features(f)
         groups: dict[tuple, list] = collections.defaultdict(list)
-        for o in todo:
+        for o, k in todo:  # (object, keyframe whose pass computes it)
             view = self._view(o, f, rev)
-            groups[(tuple(sorted(view.cond)), tuple(sorted(view.other)))].append((o, view))
+            groups[(tuple(sorted(view.cond)), tuple(sorted(view.other)))].append((o, view, k))
         launched = Launched(f)
         for members in groups.values():
             with self._oom_guard():
-                out = self.backend.track(feats, TrackRequest(f, rev, [v for _, v in members]), self.n_frames)
+                out = self.backend.track(feats, TrackRequest(f, rev, [v for _, v, _ in members]), self.n_frames)
             same = out.mem_logits is out.mask_logits
             host, event = to_host({"video": self.backend.to_video_res(out.mask_logits, self.height, self.width),
                                     "logits": out.mask_logits, "mem": None if same else out.mem_logits,
                                     "ptr": out.obj_ptr, "score": out.object_score, "iou": out.iou})
             entries = []
-            for i, (o, _) in enumerate(members):
+            for i, (o, _, k) in enumerate(members):
                 e = MemoryEntry(obj_ptr=out.obj_ptr[i], object_score=out.object_score[i],
                                 mask_logits=out.mask_logits[i], iou=float("nan"), from_prompt=False, reverse=rev,
                                 maskmem=out.maskmem[i] if out.maskmem is not None else None,
                                 mem_logits=None if same else out.mem_logits[i])
                 self.bank.put(o.obj_id, f, e, persist=False, hold=True)  # on disk once stored
                 o.visited[f] = int(rev)
-                entries.append((o.obj_id, e, active[o.obj_id]))
+                entries.append((o.obj_id, e, k))
                 launched.obj_ids.append(o.obj_id)
             launched.parts.append((entries, host, event))
         return launched
