@@ -6,8 +6,12 @@
                               {"frame": 90, "mask": "relative/path.png"}]}]}
 
 Points are (x, y) in video pixels; labels 1 positive / 0 negative (default all 1);
-a box may carry refining points; a mask is an image (nonzero = object) at video
-size, its path relative to the prompt file.
+a box may carry refining points (a box partly outside the frame is clipped to it);
+a mask is an image at video size, its path relative to the prompt file: a binary
+image (one nonzero value), or any label image (DAVIS indexed PNG, label TIFF, RGB)
+with ``"label": N`` (``[r, g, b]`` for colour) naming the object's value, or
+``"threshold": t`` (pixels above t). Several labels without ``"label"`` are an
+error: the object's label is never guessed.
 """
 from __future__ import annotations
 
@@ -90,14 +94,7 @@ def _check_prompt(p, j, where, base: Path, n_frames, width, height) -> dict:
         raise PromptFileError(f"{w}: give \"points\" (with \"labels\"), a \"box\" (optionally with points), or a \"mask\"")
     try:
         if "mask" in p:
-            mpath = base / str(p["mask"])
-            if not mpath.is_file():
-                raise PromptFileError(f"{w}: mask file {mpath} not found")
-            from samtrack.io.readers.image_folder import read_image
-
-            m = read_image(mpath)
-            m = m[..., 0] if m.ndim == 3 and m.shape[2] == 1 else (m.max(axis=2) if m.ndim == 3 else m)
-            return {"frame": f, "kind": "mask", "mask": make_mask(m > 0, width, height).mask}
+            return {"frame": f, "kind": "mask", "mask": _mask_prompt(p, w, base, width, height)}
         pts = p.get("points")
         labels = p.get("labels", [1] * len(pts) if pts else None)
         box = check_box(p["box"], width, height) if "box" in p else None
@@ -109,6 +106,28 @@ def _check_prompt(p, j, where, base: Path, n_frames, width, height) -> dict:
         raise PromptFileError(f"{w}: {e}") from e
     except (TypeError, ValueError) as e:
         raise PromptFileError(f"{w}: malformed ({e})") from e
+
+
+def _mask_prompt(p: dict, w: str, base: Path, width: int, height: int) -> np.ndarray:
+    """The (H, W) bool mask of a ``{"mask": path, "label": ..., "threshold": ...}`` prompt."""
+    from samtrack.io.readers.image_folder import read_label_image
+
+    mpath = base / str(p["mask"])
+    if not mpath.is_file():
+        raise PromptFileError(f"{w}: mask file {mpath} not found")
+    label, threshold = p.get("label"), p.get("threshold")
+    if label is not None and threshold is not None:
+        raise PromptFileError(f"{w}: give \"label\" or \"threshold\", not both")
+    img = read_label_image(mpath)
+    if threshold is not None:
+        if not isinstance(threshold, (int, float)) or isinstance(threshold, bool):
+            raise PromptFileError(f"{w}: \"threshold\" must be a number (pixels above it are the object)")
+        img = (img.max(axis=2) if img.ndim == 3 else img) > threshold
+    try:
+        return make_mask(img, width, height, label=label).mask
+    except SamtrackError as e:
+        msg = str(e).replace("label=N", "\"label\": N").replace("label=[r, g, b]", "\"label\": [r, g, b]")
+        raise PromptFileError(f"{w}: mask {mpath.name}: {msg}") from e
 
 
 def apply_prompts(session, objects: list[ObjectPrompts]) -> int:

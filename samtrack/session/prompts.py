@@ -5,11 +5,14 @@ masks are (H, W) bool at video resolution.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from samtrack.errors import PromptError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,28 +60,73 @@ def make_points(points, labels, width: int, height: int, *, box=None) -> Points:
 
 
 def check_box(box, width: int, height: int) -> tuple[float, float, float, float]:
+    """A box (x0, y0, x1, y1) in video pixels, clipped to the ``width`` x ``height`` frame.
+
+    Detectors routinely give boxes a few pixels past the border (even negative): the part
+    inside the frame is the prompt. Raises :class:`PromptError` for a malformed, inverted or
+    empty box, and for a box with no overlap with the frame (the message says "outside")."""
     b = np.asarray(box, dtype=np.float64).reshape(-1)
     if b.size != 4 or not np.isfinite(b).all():
         raise PromptError(f"a box is 4 numbers (x0, y0, x1, y1), got {list(np.asarray(box).reshape(-1))}")
     x0, y0, x1, y1 = b.tolist()
     if x1 <= x0 or y1 <= y0:
         raise PromptError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is empty or inverted: need x0 < x1 and y0 < y1")
-    if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
-        raise PromptError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) goes outside the {width}x{height} frame")
-    return (x0, y0, x1, y1)
+    cx0, cy0, cx1, cy1 = max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height))
+    if cx1 <= cx0 or cy1 <= cy0:
+        raise PromptError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) lies entirely outside the {width}x{height} frame; "
+                          "boxes are (x0, y0, x1, y1) in video pixels")
+    if (cx0, cy0, cx1, cy1) != (x0, y0, x1, y1):
+        log.info("box (%g, %g, %g, %g) clipped to the %dx%d frame", x0, y0, x1, y1, width, height)
+    return (cx0, cy0, cx1, cy1)
 
 
-def make_mask(mask, width: int, height: int) -> Mask:
+def make_mask(mask, width: int, height: int, *, label=None) -> Mask:
+    """A mask prompt from an (H, W) array at video resolution.
+
+    ``mask``: bool, or a label image (integers; (H, W, 3) colours). Without ``label`` it must
+    hold one object: bool, or a single nonzero value (0/1, 0/255). With ``label`` the object is
+    the pixels equal to it (an int, or an (r, g, b) colour for an RGB image). Which label is the
+    object's is never guessed: several labels without ``label`` raise :class:`PromptError`."""
     m = np.asarray(mask)
     if m.ndim == 3 and m.shape[-1] == 1:
         m = m[..., 0]
-    if m.shape != (height, width):
-        raise PromptError(f"mask is {m.shape[::-1] if m.ndim == 2 else m.shape} but the video is {width}x{height}: "
+    if m.shape[:2] != (height, width) or m.ndim not in (2, 3):
+        raise PromptError(f"mask is {m.shape[1::-1] if m.ndim >= 2 else m.shape} but the video is {width}x{height}: "
                           "give an (H, W) mask at video resolution")
+    if m.ndim == 3:
+        m = m[..., :3]
+        if label is None:
+            colours = np.unique(m.reshape(-1, 3), axis=0)
+            colours = colours[colours.any(axis=1)]
+            if len(colours) > 1:
+                raise PromptError(f"the mask image has {len(colours)} colours, e.g. {colours[:3].tolist()}: say which "
+                                  "is this object's with label=[r, g, b] (\"label\" in a prompt file)")
+            m = m.any(axis=2)
+        else:
+            lab = np.asarray(label).reshape(-1)
+            if lab.size != 3:
+                raise PromptError(f"an RGB mask image needs label=[r, g, b], got {label!r}")
+            m = (m == lab).all(axis=2)
+    elif label is not None:
+        if np.asarray(label).size != 1:
+            raise PromptError(f"label={label!r}: a single-channel label image takes one integer label")
+        m = m == np.asarray(label).reshape(())
+    elif m.dtype != bool:
+        values = np.unique(m)
+        values = values[values != 0]
+        if len(values) > 1:
+            raise PromptError(f"the mask holds {len(values)} labels ({_some(values)}): say which is this object's "
+                              "with label=N (\"label\" in a prompt file); a binary mask has one nonzero value")
     m = m.astype(bool)
     if not m.any():
-        raise PromptError("the mask is empty: paint at least one pixel, or remove the object instead")
+        where = f" with label {label!r}" if label is not None else ""
+        raise PromptError(f"the mask is empty{where}: paint at least one pixel, or remove the object instead")
     return Mask(m)
+
+
+def _some(values) -> str:
+    v = [int(x) if float(x).is_integer() else float(x) for x in values[:5]]
+    return ", ".join(map(str, v)) + (", ..." if len(values) > 5 else "")
 
 
 def to_model_points(p: Points, width: int, height: int, image_size: int):

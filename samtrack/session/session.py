@@ -155,15 +155,19 @@ class TrackingSession:
         return self._prompt(frame, obj_id, p)
 
     def add_box(self, frame: int, obj_id: int, box, *, points=None, labels=None) -> FrameResult:
-        """A box (x0, y0, x1, y1) in video pixels, optionally with refining points."""
+        """A box (x0, y0, x1, y1) in video pixels, optionally with refining points. A box partly
+        outside the frame is clipped to it; one with no overlap raises :class:`PromptError`."""
         self._check_frame(frame)
         p = make_points(points, labels, self.width, self.height, box=box)
         return self._prompt(frame, obj_id, p)
 
-    def add_mask(self, frame: int, obj_id: int, mask) -> FrameResult:
-        """A (H, W) bool mask at video resolution: the object's exact outline on this frame."""
+    def add_mask(self, frame: int, obj_id: int, mask, *, label=None) -> FrameResult:
+        """A (H, W) mask at video resolution: the object's exact outline on this frame.
+
+        ``mask`` is bool, or a label image with ``label`` naming the object's value (an int, or
+        (r, g, b) for an (H, W, 3) colour image); see :func:`~samtrack.session.prompts.make_mask`."""
         self._check_frame(frame)
-        return self._prompt(frame, obj_id, make_mask(mask, self.width, self.height))
+        return self._prompt(frame, obj_id, make_mask(mask, self.width, self.height, label=label))
 
     def clear_prompts(self, frame: int, obj_id: int | None = None) -> None:
         """Remove the prompts on ``frame`` (of one object, or all): it stops being a keyframe,
