@@ -59,6 +59,15 @@ class CacheError(SamtrackError, RuntimeError):
     """The frame cache or result store on disk cannot be used."""
 
 
+class JobMismatchError(CacheError):
+    """A work folder holds results of another job (another video or content, model, checkpoint,
+    image size or reader options). ``differences``: the signature keys that differ."""
+
+    def __init__(self, message: str, *, differences: list[str] | None = None):
+        super().__init__(message)
+        self.differences = differences or []
+
+
 class InvalidOptionError(SamtrackError, ValueError):
     """An option value outside its allowed range."""
 

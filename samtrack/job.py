@@ -1,31 +1,51 @@
 """The whole job: a video and a prompt file in, a result directory out; resumable.
 
-The output directory is the session's workdir (frame cache, memory, results).
-Its ``job`` attribute records what it was made from; running the same job
-again resumes from the last completed frame (after Ctrl-C or kill -9), and a
-different job refuses to overwrite it without ``force``.
+The output directory is the session's workdir (frame cache, memory, results),
+signed by the job that computed it (:func:`samtrack.session.job_signature`: the
+source's identity and content, reader options, model, checkpoint hash, image
+size). Running ``samtrack track`` again on the same job resumes from the last
+completed frame (after Ctrl-C or kill -9); an edited prompt file is applied as
+corrections (only the spans they affect are recomputed); another job (another
+video, changed content, model, checkpoint, size or reader options) is refused
+without ``force``; ``force`` recomputes everything.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from samtrack.errors import CacheError, InvalidOptionError
+import numpy as np
+
+from samtrack.errors import CacheError, InvalidOptionError, JobMismatchError
+from samtrack.session.prompts import Mask, Points, make_points
 
 log = logging.getLogger(__name__)
+OURS = {"frames.zarr", "results.zarr", "memory.zarr"}
 
 
-def job_spec(source, prompts, *, model: str, image_size, direction: str, video_options: dict) -> dict:
-    return {"source": str(Path(source).resolve()), "prompts_sha256": hashlib.sha256(Path(prompts).read_bytes()).hexdigest(),
-            "model": model, "image_size": image_size, "direction": direction,
-            "video_options": json.loads(json.dumps(video_options))}
+@dataclass(frozen=True)
+class JobStart:
+    """What a ``track`` run found in its folder and is about to do.
+
+    ``resumed``: the folder held this job's results; ``frames_done``: video frames finished
+    for every object and still valid after the prompt file's changes; ``to_compute``: video frames this run will
+    finish; ``first_frame``: the first of them (None: nothing to do); ``prompts_changed``:
+    prompts added, changed or removed since the last run (applied as corrections)."""
+
+    out_dir: Path
+    resumed: bool
+    n_frames: int
+    frames_done: int
+    to_compute: int
+    first_frame: int | None
+    prompts_changed: int
 
 
 def read_job(out_dir) -> dict | None:
+    """The ``job`` record of a folder (source, model, options), or None."""
     import zarr
 
     p = Path(out_dir) / "results.zarr"
@@ -34,55 +54,121 @@ def read_job(out_dir) -> dict | None:
     return dict(zarr.open_group(p, mode="r").attrs).get("job")
 
 
-def run_track(source, prompts, out_dir, *, model: str = "sam2.1_hiera_tiny", checkpoint=None, image_size=None,
-              device: str = "auto", direction: str = "both", force: bool = False,
-              progress: Callable[[int, int], None] | None = None, video_options: dict | None = None, config=None):
-    """Track ``source`` with the prompts of ``prompts`` into ``out_dir``; returns the open session."""
+def start_track(source, prompts, out_dir, *, model: str = "sam2.1_hiera_tiny", checkpoint=None, image_size=None,
+                device: str = "auto", direction: str = "both", force: bool = False, video_options: dict | None = None,
+                config=None):
+    """Open (or reopen) the job in ``out_dir`` and apply the prompt file; returns (session, :class:`JobStart`).
+
+    Raises :class:`PromptFileError` for a bad prompt file (checked before any work),
+    :class:`JobMismatchError` when ``out_dir`` holds another job and ``force`` is not set,
+    :class:`CacheError` when ``out_dir`` is not a samtrack folder."""
+    from samtrack.io.registry import open_reader
     from samtrack.session import open_session
-    from samtrack.session.prompt_file import apply_prompts, load_prompt_file
+    from samtrack.session.prompt_file import PromptFileError, load_prompt_file
 
     if direction not in ("forward", "backward", "both"):
         raise InvalidOptionError(f"direction {direction!r}: use forward, backward or both")
     video_options = dict(video_options or {})
     out_dir = Path(out_dir)
     if not Path(prompts).is_file():
-        from samtrack.session.prompt_file import PromptFileError
-
         raise PromptFileError(f"prompt file {prompts} not found")
-    from samtrack.io.registry import open_reader
-
-    reader_opts = {k: v for k, v in video_options.items() if k not in ("intensity",)}  # store options
+    reader_opts = {k: v for k, v in video_options.items() if k != "intensity"}
     with open_reader(source, **reader_opts) as rd:  # validate the prompts before any work
         info = rd.info
     objects = load_prompt_file(prompts, n_frames=info.n_frames, width=info.width, height=info.height)
-    spec = job_spec(source, prompts, model=model, image_size=image_size, direction=direction, video_options=video_options)
-    old = read_job(out_dir)
-    if old is not None and old != spec:
-        if not force:
-            raise CacheError(f"{out_dir} holds another job (source {old.get('source')}, model {old.get('model')}); "
-                             "choose another --out, or pass --force to replace it")
-        shutil.rmtree(out_dir)
-    elif old is None and out_dir.exists() and any(out_dir.iterdir()):
-        ours = {p.name for p in out_dir.iterdir()} <= {"frames.zarr", "results.zarr", "memory.zarr"}
-        if not (ours or force):
+    if out_dir.exists() and any(out_dir.iterdir()):
+        names = {p.name for p in out_dir.iterdir()}
+        if not (names & OURS or force):
             raise CacheError(f"{out_dir} exists and is not a samtrack job: choose another --out, or pass --force")
-        for name in ("results.zarr", "memory.zarr"):  # an interrupted start: begin again (the frame cache stays)
+    if force:  # recompute everything (the frame cache stays: it checks its own signature)
+        for name in ("results.zarr", "memory.zarr"):
             shutil.rmtree(out_dir / name, ignore_errors=True)
-    session = open_session(source, model=model, checkpoint=checkpoint, image_size=image_size, device=device,
-                           workdir=out_dir, config=config, **video_options)
     try:
-        if read_job(out_dir) is None:
-            apply_prompts(session, objects)
-            session.results.root.attrs["job"] = spec
-            shutil.copy(prompts, out_dir / ("prompts" + Path(prompts).suffix))
-        else:
-            log.info("resuming the job in %s", out_dir)
+        session = open_session(source, model=model, checkpoint=checkpoint, image_size=image_size, device=device,
+                               workdir=out_dir, config=config, **video_options)
+    except JobMismatchError as e:
+        what = str(e).split(": ", 1)[-1].split(". They are not used")[0]
+        raise JobMismatchError(f"{out_dir} holds another job ({what}); choose another --out, or pass --force to "
+                               "replace it", differences=e.differences) from e
+    try:
+        resumed = bool(session.obj_ids)
+        changed = apply_prompt_changes(session, objects)
+        done_before = _frames_done(session)
+        session.results.root.attrs["job"] = {"source": str(Path(source).resolve()) if isinstance(source, (str, Path)) else None,
+                                             "model": session.backend.spec.name, "image_size": session.backend.image_size,
+                                             "direction": direction, "video_options": video_options}
+        shutil.copy(prompts, out_dir / ("prompts" + Path(prompts).suffix))
+        objs = [session._obj(o) for o in session.obj_ids]
+        plan = session.plan(direction, 0, session.n_frames - 1, [o for o in objs if o.prompts])
+        first = next((s.frame for si, (_, steps) in enumerate(plan.sweeps) for s in steps
+                      if (si, s.frame) in plan.yields), None)
+        start = JobStart(out_dir, resumed, session.n_frames, done_before, plan.n_frames, first, changed)
+    except BaseException:
+        session.close()
+        raise
+    if resumed:
+        log.info("resuming %s: %d of %d frames done, %d prompt(s) changed, %d frame(s) to compute", out_dir,
+                 done_before, session.n_frames, changed, plan.n_frames)
+    return session, start
+
+
+def run_track(source, prompts, out_dir, *, direction: str = "both", progress: Callable[[int, int], None] | None = None,
+              **kw):
+    """:func:`start_track`, then propagate; returns the open session (the caller closes it)."""
+    session, _ = start_track(source, prompts, out_dir, direction=direction, **kw)
+    try:
         for _ in session.propagate(direction, progress=progress):
             pass
     except BaseException:
         session.close()
         raise
     return session
+
+
+def _frames_done(session) -> int:
+    if not session.obj_ids:
+        return 0
+    ok = np.ones(session.n_frames, bool)
+    for oid in session.obj_ids:
+        st = session.status(oid)
+        ok &= (st == 1) | (st == 2)
+    return int(ok.sum())
+
+
+def _same(old, new: dict, width: int, height: int) -> bool:
+    """Whether the session's prompt ``old`` equals a validated prompt-file entry ``new``."""
+    if new["kind"] == "mask":
+        return isinstance(old, Mask) and np.array_equal(old.mask, new["mask"])
+    want = make_points(new["points"], new["labels"], width, height, box=new["box"])
+    return isinstance(old, Points) and old == want
+
+
+def apply_prompt_changes(session, objects) -> int:
+    """Make the session's objects and prompts equal to a prompt file's; returns how many prompts
+    were added, changed or removed. Unchanged prompts are left alone (nothing becomes stale);
+    changes are corrections: only the frames they affect are recomputed."""
+    n = 0
+    wanted = {o.obj_id for o in objects}
+    for oid in [o for o in session.obj_ids if o not in wanted]:
+        session.remove_object(oid)
+        n += 1
+    for o in objects:
+        session.add_object(o.obj_id, name=o.name, parent=o.parent)
+        frames = {p["frame"]: p for p in o.prompts}
+        for f in [f for f in session.keyframes(o.obj_id) if f not in frames]:
+            session.clear_prompts(f, o.obj_id)
+            n += 1
+        for f, p in sorted(frames.items()):
+            if _same(session.prompt_at(f, o.obj_id), p, session.width, session.height):
+                continue
+            if p["kind"] == "mask":
+                session.add_mask(f, o.obj_id, p["mask"])
+            elif p["box"] is not None:
+                session.add_box(f, o.obj_id, p["box"], points=p["points"], labels=p["labels"])
+            else:
+                session.add_points(f, o.obj_id, np.asarray(p["points"], float), p["labels"])
+            n += 1
+    return n
 
 
 def open_results(out_dir):

@@ -62,8 +62,12 @@ def test_other_job_in_out_dir_needs_force(job_assets, tmp_path):
     tmp, ck, vid, prompts = job_assets
     out = tmp_path / "job"
     assert subprocess.run(track_cmd(vid, prompts, out, ck, "--direction", "forward"), capture_output=True).returncode == 0
-    r = subprocess.run(track_cmd(vid, prompts, out, ck, "--direction", "both"), capture_output=True, text=True)
-    assert r.returncode == 2 and "--force" in r.stderr and "Traceback" not in r.stderr
+    other = media.write_video(tmp_path / "other.mp4", N, w=128, h=96,
+                              frames=[media.frame_pattern(i, 96, 128, seed=2) for i in range(N)])
+    r = subprocess.run(track_cmd(other, prompts, out, ck), capture_output=True, text=True)
+    assert r.returncode == 2 and "--force" in r.stderr and "another video" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run(track_cmd(other, prompts, out, ck, "--force"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
 
 
 BAD = {

@@ -1,7 +1,6 @@
 """What a frame cache is: where it lives by default, its signature, its shard size."""
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -9,10 +8,11 @@ from typing import Any
 import numpy as np
 
 from samtrack import __version__
+from samtrack.io.identity import normalise, source_identity
 from samtrack.io.normalize import Intensity
 from samtrack.io.readers.base import Reader
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: content identity instead of modification times
 
 
 def default_cache_root() -> Path:
@@ -20,24 +20,13 @@ def default_cache_root() -> Path:
 
 
 def source_signature(source: Any, reader: Reader, intensity: Intensity) -> dict:
-    """What decides whether a cache may be reused."""
-    sig: dict = {"reader": reader.name, "reader_options": reader.options(), "intensity": intensity.to_dict(),
-                 "samtrack": __version__, "format": CACHE_FORMAT,
-                 "shape": [reader.info.n_frames, reader.info.height, reader.info.width]}
-    if isinstance(source, (str, os.PathLike)):
-        p = Path(source).resolve()
-        st = p.stat()
-        if p.is_dir():  # a folder changes when any file in it changes
-            entries = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(p) if e.is_file())
-            sig.update(source=str(p), size=len(entries), mtime_ns=hashlib.sha1(repr(entries).encode()).hexdigest())
-        else:
-            sig.update(source=str(p), size=st.st_size, mtime_ns=st.st_mtime_ns)
-    else:
-        h = hashlib.sha1()
-        for i in sorted({0, reader.info.n_frames // 2, reader.info.n_frames - 1}):
-            h.update(np.ascontiguousarray(reader.read_raw(i)).tobytes())
-        sig.update(source=f"<{type(source).__name__}>", size=reader.info.n_frames, mtime_ns=h.hexdigest())
-    return sig
+    """What decides whether a frame cache may be reused: the source's identity
+    (:func:`samtrack.io.identity.source_identity`: resolved path + content), the reader and
+    its options, the intensity window, the cache format and the frame shape."""
+    return normalise({"source": source_identity(source), "reader": reader.name,
+                      "reader_options": reader.options(), "intensity": intensity.to_dict(),
+                      "samtrack": __version__, "format": CACHE_FORMAT,
+                      "shape": [reader.info.n_frames, reader.info.height, reader.info.width]})
 
 
 def default_chunk_frames(height: int, width: int) -> int:

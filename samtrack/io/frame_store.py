@@ -112,7 +112,7 @@ class FrameStore(ChunkWriter):
     # -- cache files -----------------------------------------------------------
     def _open_cache(self, BloscCodec) -> None:
         zarr = self._zarr
-        sig = source_signature(self.source, self._reader, self.intensity)
+        sig = self.signature = source_signature(self.source, self._reader, self.intensity)  # identity: io/identity.py
         root = None
         if self.path.exists():
             try:
@@ -227,6 +227,19 @@ class FrameStore(ChunkWriter):
         index = self._check(index)
         with self._raw_lock:
             return self._reader.read_raw(index)
+
+    def timestamps(self) -> np.ndarray | None:
+        """(n_frames,) float64 seconds: presentation time of each frame from the stream's start.
+
+        From the reader (a video's demux scan, exact on variable frame rate;
+        ``i / fps`` for sources with a known rate); None when the source has no
+        timing (an image folder opened without ``fps=``).
+        """
+        return self._reader.timestamps()
+
+    def frame_names(self) -> list[str] | None:
+        """One name per frame (an image folder's file names, in frame order); None for other sources."""
+        return self._reader.frame_names()
 
     def model_input(self, index: int, image_size: int, device="cpu"):
         """float32 tensor (3, S, S): frame ``index`` resized and normalized with SAM's mean/std."""

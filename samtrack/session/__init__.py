@@ -49,17 +49,52 @@ def load_model(model: str = "sam2.1_hiera_tiny", *, checkpoint=None, image_size:
                         device=device)
 
 
+def job_signature(frames, spec: ModelSpec, checkpoint, image_size: int) -> dict:
+    """What decides whether a work folder's results and memory belong to this job: the source's
+    identity (resolved path + content, :mod:`samtrack.io.identity`), the reader and its options,
+    the intensity window, the model, the checkpoint's sha256 and the image size."""
+    from samtrack.io.identity import normalise
+    from samtrack.session.checkpoints import checkpoint_identity
+
+    fs = frames.signature
+    return normalise({"format": 2, "source": fs["source"], "reader": fs["reader"],
+                      "reader_options": fs["reader_options"], "intensity": fs["intensity"], "model": spec.name,
+                      "checkpoint": checkpoint_identity(ckpt_path(checkpoint)), "image_size": int(image_size)})
+
+
+def ckpt_path(checkpoint):
+    return None if checkpoint in (None, UNTRAINED) else Path(checkpoint)
+
+
+def default_workdir(source, spec: ModelSpec, image_size) -> Path:
+    """``<cache>/sessions/<key>``: one folder per source identity, model and image size."""
+    from samtrack.io.frame_store import default_cache_root
+    from samtrack.io.identity import source_identity
+
+    ident = source_identity(source)
+    where = ident["path"] or ident["content"]
+    key = hashlib.sha1(f"{where}|{spec.name}|{image_size}".encode()).hexdigest()[:16]
+    return default_cache_root() / "sessions" / key
+
+
 def open_session(source: Any, *, model: str = "sam2.1_hiera_tiny", checkpoint=None, image_size: int | None = None,
                  device: str = "auto", workdir: str | os.PathLike | None = None, config: SessionConfig | None = None,
-                 download: bool = True, backend=None, **video_options) -> TrackingSession:
+                 download: bool = True, backend=None, reset: bool = False, **video_options) -> TrackingSession:
     """Open ``source`` (anything :func:`samtrack.open_video` takes) for tracking with ``model``.
 
     ``checkpoint``: a path, None (look in the checkpoint folders, then download),
     or ``"untrained"`` (random weights). ``image_size``: the model's input size
     (default the model's 1024; lower is faster, e.g. 512). ``workdir``: where the
-    frame cache, memory and results live (default under ~/.cache/samtrack).
-    ``backend``: a model already built by :func:`load_model` (then ``model``,
-    ``checkpoint``, ``image_size`` and ``device`` are taken from it).
+    frame cache, memory and results live (default under ~/.cache/samtrack, one
+    folder per source, model and image size). ``backend``: a model already built
+    by :func:`load_model` (then ``model``, ``checkpoint``, ``image_size`` and
+    ``device`` are taken from it).
+
+    A workdir whose results were computed for another job (:func:`job_signature`:
+    another video or changed content, model, checkpoint, image size or reader
+    options) raises :class:`~samtrack.errors.JobMismatchError` naming what differs;
+    ``reset=True`` discards those results and memory instead (the frame cache is
+    rebuilt on its own when the video changed).
     """
     from samtrack.io import open_video
     from samtrack.session.backends.sam2_backend import load_backend
@@ -70,21 +105,17 @@ def open_session(source: Any, *, model: str = "sam2.1_hiera_tiny", checkpoint=No
         spec = get_model(model)
         ckpt = resolve_checkpoint(spec, checkpoint, download=download)
     if workdir is None:
-        from samtrack.io.frame_store import default_cache_root
-
-        key = hashlib.sha1(f"{Path(source).resolve() if isinstance(source, (str, os.PathLike)) else id(source)}|{spec.name}|{image_size}".encode()).hexdigest()[:16]
-        workdir = default_cache_root() / "sessions" / key
+        workdir = default_workdir(source, spec, image_size)
     frames = open_video(source, workdir=workdir, **video_options)
     try:
         if backend is None:
             backend = load_backend(spec, ckpt, image_size=image_size, device=device)
-        sig = {"source": str(source) if isinstance(source, (str, os.PathLike)) else "<array>",
-               "frames": frames.info.n_frames, "model": spec.name, "image_size": backend.image_size,
-               "checkpoint": Path(ckpt).name if ckpt else UNTRAINED}
-        return TrackingSession(frames, backend, workdir=workdir, config=config, signature=sig)
+        sig = job_signature(frames, spec, ckpt, backend.image_size)
+        return TrackingSession(frames, backend, workdir=workdir, config=config, signature=sig, reset=reset)
     except BaseException:
         frames.close()
         raise
 
 
-__all__ = ["FrameResult", "MODELS", "SessionConfig", "TrackingSession", "get_model", "load_model", "open_session"]
+__all__ = ["FrameResult", "MODELS", "SessionConfig", "TrackingSession", "get_model", "job_signature", "load_model",
+           "open_session"]

@@ -8,6 +8,7 @@ network allows.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -72,6 +73,35 @@ def download_checkpoint(spec: ModelSpec, *, dest_dir: Path | None = None,
             raise CheckpointError(f"{spec.checkpoint}: sha256 {digest} does not match {spec.sha256}; the download was removed, try again")
     part.rename(dest)
     return dest
+
+
+def checkpoint_identity(path) -> dict:
+    """{"name": file name, "sha256": digest} of a checkpoint (``None``: untrained weights).
+
+    Hashing a 900 MB checkpoint takes seconds, so digests are remembered in
+    ``<cache>/checkpoint_hashes.json`` by resolved path, size and modification time."""
+    if path is None:
+        return {"name": "untrained", "sha256": None}
+    p = Path(path).resolve()
+    st = p.stat()
+    key = f"{p}|{st.st_size}|{st.st_mtime_ns}"
+    store = checkpoint_dirs()[-2].parent / "checkpoint_hashes.json"
+    try:
+        known = json.loads(store.read_text())
+    except (OSError, ValueError):
+        known = {}
+    digest = known.get(key)
+    if digest is None:
+        digest = sha256_file(p)
+        known[key] = digest
+        try:
+            store.parent.mkdir(parents=True, exist_ok=True)
+            tmp = store.with_name(f".{store.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(known))
+            os.replace(tmp, store)
+        except OSError as e:  # a read-only cache only costs a re-hash next time
+            log.debug("cannot remember checkpoint hash in %s: %s", store, e)
+    return {"name": p.name, "sha256": digest}
 
 
 def sha256_file(path: Path) -> str:

@@ -28,6 +28,7 @@ from samtrack.io.result_store import ResultStore, Status
 from samtrack.memory.bank import MemoryBank
 from samtrack.session.backends.base import MemoryEntry, MemoryView, TrackRequest
 from samtrack.session.flusher import Flusher, flush_now
+from samtrack.session.job_identity import check_job, sign_job
 from samtrack.session.inflight import Launched, to_host
 from samtrack.session.planner import (Plan, Step, Track, frames_to_recompute, plan_propagation, ranges_text,
                                       stale_frames)
@@ -57,7 +58,7 @@ class TrackingSession:
     """Prompt keyframes, propagate, correct, re-propagate. Not thread-safe except :meth:`cancel`."""
 
     def __init__(self, frames: FrameStore, backend, *, workdir: str | Path, config: SessionConfig | None = None,
-                 signature: dict | None = None):
+                 signature: dict | None = None, reset: bool = False):
         self.frames = frames
         self.backend = backend
         self.config = config or SessionConfig()
@@ -65,10 +66,15 @@ class TrackingSession:
         self.workdir.mkdir(parents=True, exist_ok=True)
         info = frames.info
         self.n_frames, self.height, self.width = info.n_frames, info.height, info.width
+        self.signature = signature
+        if signature is not None:
+            check_job(self.workdir, signature, reset=reset)
         self.results = ResultStore(self.workdir / "results.zarr", n_frames=self.n_frames, height=self.height,
-                                   width=self.width, signature=signature)
+                                   width=self.width)
         self.bank = MemoryBank(self.workdir, self.n_frames, device=backend.device,
                                host_budget_bytes=self.config.host_budget_bytes)
+        if signature is not None:
+            sign_job(self.workdir, signature)
         self._objects: dict[int, _Object] = {}
         self._features: collections.OrderedDict[int, object] = collections.OrderedDict()
         self._cancel = threading.Event()

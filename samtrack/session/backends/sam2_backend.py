@@ -80,7 +80,10 @@ class Sam2Backend:
         self.spec = spec
         self.checkpoint = checkpoint
         self.device = pick_device(device)
-        model = build_model(spec, image_size=image_size, extra_overrides=extra_overrides)
+        with torch.random.fork_rng(devices=[]):
+            if checkpoint is None:  # untrained: the same random weights in every process (a resumed job agrees)
+                torch.manual_seed(0)
+            model = build_model(spec, image_size=image_size, extra_overrides=extra_overrides)
         if checkpoint is not None:
             sd = load_state_dict(checkpoint)
             check_state_dict(sd, model.state_dict(), spec, checkpoint)
