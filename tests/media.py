@@ -140,3 +140,63 @@ def kill_when(proc, ready, *, timeout: float = 300.0, poll: float = 0.005) -> No
     assert proc.poll() is None, "the process finished before it could be killed; give it more work"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def write_multistream_mkv(path: Path, sizes=((64, 48, 10), (80, 64, 12)), *, first_index=(0, 100)) -> Path:
+    """An mkv with an audio stream first, then one video stream per (w, h, n) in ``sizes``.
+
+    Video stream k's frame i carries the burned index ``first_index[k] + i``.
+    """
+    import av
+
+    c = av.open(str(path), "w")
+    audio = c.add_stream("pcm_s16le", rate=8000)
+    audio.layout = "mono"
+    vids = []
+    for w, h, _ in sizes:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        s.options = {"preset": "ultrafast", "crf": "12", "g": "5"}
+        vids.append(s)
+    for i in range(max(n for _, _, n in sizes)):
+        af = av.AudioFrame.from_ndarray(np.zeros((1, 320), np.int16), format="s16", layout="mono")
+        af.sample_rate, af.pts = 8000, i * 320
+        for pkt in audio.encode(af):
+            c.mux(pkt)
+        for k, (s, (w, h, n)) in enumerate(zip(vids, sizes)):
+            if i < n:
+                img = frame_pattern(first_index[k] + i, h, w, seed=k)
+                for pkt in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                    c.mux(pkt)
+    for s in [audio] + vids:
+        for pkt in s.encode():
+            c.mux(pkt)
+    c.close()
+    return path
+
+
+def save_with_orientation(img, path: Path, orientation: int, **save_kw) -> Path:
+    """Save a PIL image with EXIF Orientation ``orientation`` (JPEG APP1 or PNG eXIf)."""
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    img.save(path, exif=exif, **save_kw)
+    return path
+
+
+def pil_image(mode: str, k: int, w: int = 64, h: int = 48):
+    """A PIL image in ``mode`` (RGB, RGBA, L, LA, P, 1, CMYK, I;16) whose content depends on ``k``."""
+    from PIL import Image
+
+    rgb = Image.fromarray(frame_pattern(k, h, w))
+    if mode == "I;16":
+        y, x = np.mgrid[0:h, 0:w]
+        a = ((x * 1000 + y * 300 + k * 77) % 65536).astype(np.uint16)
+        a[0:BLOCK, 0:BLOCK] = 65535
+        return Image.fromarray(a)
+    if mode == "P":
+        return rgb.quantize(colors=64)
+    if mode == "RGBA":
+        im = rgb.convert("RGBA")
+        im.putalpha(Image.fromarray(np.full((h, w), 128 + k, np.uint8)))
+        return im
+    return rgb.convert(mode)

@@ -236,3 +236,23 @@ def test_reopen_is_independent(case):
         np.testing.assert_array_equal(other.read_raw(last), reader.read_raw(last))
     finally:
         other.close()
+
+
+def test_info_timestamps_and_names_contract(case):
+    """Every reader: at most 3 channels (alpha never reaches the model), a JSON-ready info,
+    timestamps None or (n,) float64 increasing from 0, frame names None or one per frame."""
+    import json
+
+    reader, source, n, shape, dtype, ref, tol = case
+    info = reader.info
+    assert 1 <= info.channels <= 3
+    d = json.loads(json.dumps(info.to_dict()))
+    assert d["n_frames"] == n and isinstance(d["streams"], list) and isinstance(d["notes"], list)
+    ts = reader.timestamps()
+    if ts is not None:
+        assert ts.dtype == np.float64 and ts.shape == (n,)
+        assert abs(ts[0]) < 1e-9 and (np.diff(ts) > 0).all()
+    names = reader.frame_names()
+    assert names is None or (len(names) == n and len(set(names)) == n)
+    if info.reader == "pyav":
+        assert ts is not None and len(info.streams) >= 1

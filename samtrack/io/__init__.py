@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from samtrack.io.describe import describe_source
 from samtrack.io.frame_store import FrameStore
-from samtrack.io.info import VideoInfo
+from samtrack.io.info import StreamInfo, VideoInfo
 from samtrack.io.normalize import Intensity
 from samtrack.io.registry import open_reader
 
@@ -25,7 +26,8 @@ def open_video(source: Any, *, workdir: str | os.PathLike | None = None, reader:
     under ``~/.cache/samtrack``, or ``$SAMTRACK_CACHE_DIR``). ``reader``: force
     a reader by name. ``intensity``: how 16-bit / float data become display
     RGB (:class:`Intensity`). Other keyword options go to the reader (``z=``,
-    ``channels=``, ``time_axis=``, ``axes=``, ``fps=``) or to the store
+    ``channels=``, ``time_axis=``, ``axes=``, ``fps=``, ``stream=`` for a
+    file with several video streams) or to the store
     (``chunk_frames``, ``prefetch_chunks``, ``ram_chunks``, ``disk_budget_bytes``).
 
     Nothing is decoded here except what the reader needs to describe the
@@ -42,4 +44,4 @@ def open_video(source: Any, *, workdir: str | os.PathLike | None = None, reader:
         raise
 
 
-__all__ = ["FrameStore", "Intensity", "VideoInfo", "open_reader", "open_video"]
+__all__ = ["FrameStore", "Intensity", "StreamInfo", "VideoInfo", "describe_source", "open_reader", "open_video"]

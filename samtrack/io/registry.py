@@ -84,8 +84,32 @@ def _candidates(source: Any, kind: str, reader: str | None) -> list[ReaderSpec]:
     return sorted(specs, key=lambda s: s.priority)
 
 
+def resolve_source(source: Any) -> Any:
+    """``source``, or the one TIFF file inside a folder that holds nothing else to read.
+
+    A downloaded hyperstack often comes as ``name/stack.tif`` (plus a README):
+    the folder is read as that stack, not as a one-image folder.
+    """
+    if not isinstance(source, (str, os.PathLike)) or not Path(source).is_dir() or _kind(source) != "dir":
+        return source
+    from samtrack.io.readers.image_folder import list_images
+
+    images = list_images(Path(source))
+    if len(images) == 1 and images[0].suffix.lower() in (".tif", ".tiff"):
+        log.info("%s holds one TIFF file: reading it as a stack (%s)", source, images[0].name)
+        return images[0]
+    return source
+
+
+def candidate_readers(source: Any, *, reader: str | None = None) -> list[ReaderSpec]:
+    """The readers :func:`open_reader` would try for ``source`` (after :func:`resolve_source`), in order."""
+    return _candidates(source, _kind(source), reader)
+
+
 def open_reader(source: Any, *, reader: str | None = None, **options) -> Reader:
     """Open ``source`` with the first reader that can, passing it ``options``."""
+    if reader != "images":
+        source = resolve_source(source)
     kind = _kind(source)
     specs = _candidates(source, kind, reader)
     label = "array" if kind == "array" else str(source)

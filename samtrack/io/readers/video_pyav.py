@@ -20,6 +20,7 @@ from samtrack.errors import CorruptSourceError, DecodeError, UnsupportedSourceEr
 from samtrack.io.info import VideoInfo
 from samtrack.io.readers.base import Reader
 from samtrack.io.readers._alloc import keep_large_buffers
+from samtrack.io.readers.video_streams import depth_note, interval_note, select_stream, stream_infos
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +68,22 @@ def frame_to_rgb(frame, reformatter=None) -> np.ndarray:
 
 
 class PyAVReader(Reader):
-    """Frame-accurate reader of any container FFmpeg can demux."""
+    """Frame-accurate reader of any container FFmpeg can demux.
+
+    ``stream``: which video stream to read, by position among the file's video
+    streams (0-based, default 0; audio and data streams are not counted).
+    ``stream_index``: the same by FFmpeg's index among all streams.
+    ``info.streams`` lists every video stream.
+    """
 
     name = "pyav"
 
-    def __init__(self, path: str | os.PathLike, *, stream_index: int | None = None, _scan: ScanResult | None = None):
+    def __init__(self, path: str | os.PathLike, *, stream: int | None = None, stream_index: int | None = None,
+                 _scan: ScanResult | None = None):
         import av  # lazy: the registry imports readers only when needed
 
         self._av = av
         self.path = os.fspath(path)
-        self._stream_index = stream_index
         try:
             self._container = av.open(self.path)
         except av.error.InvalidDataError as e:
@@ -88,11 +95,14 @@ class PyAVReader(Reader):
             ) from e
         except av.error.FFmpegError as e:
             raise CorruptSourceError(f"{self.path}: cannot open ({e})", usable_frames=0) from e
-        videos = self._container.streams.video
-        if not videos:
+        if not self._container.streams.video:
             self._container.close()
             raise UnsupportedSourceError(f"{self.path}: the file has no video stream")
-        self._stream = videos[0] if stream_index is None else self._container.streams[stream_index]
+        try:
+            self._stream, self._stream_pos = select_stream(self._container, self.path, stream, stream_index)
+        except BaseException:
+            self._container.close()
+            raise
         self._stream.thread_type = "AUTO"
         from av.video.reformatter import VideoReformatter
 
@@ -154,8 +164,22 @@ class PyAVReader(Reader):
         if rot in (90, 270):
             h, w = w, h
         fps = self._fps(n)
+        streams = stream_infos(self._container)
+        notes += self._stream_notes(len(streams))
         return VideoInfo(n_frames=n, height=h, width=w, fps=fps, dtype="uint8", channels=3,
-                         rotation=rot, reader=self.name, notes=tuple(notes))
+                         rotation=rot, reader=self.name, notes=tuple(notes), streams=streams)
+
+    def _stream_notes(self, n_streams: int) -> list[str]:
+        """Other video streams, variable frame rate, more than 8 bits per sample."""
+        notes = []
+        if n_streams > 1:
+            notes.append(f"{n_streams} video streams; reading stream {self._stream_pos} "
+                         f"(pass stream=0..{n_streams - 1} to read another)")
+        for note in (interval_note(self._scan.pts, self._stream.time_base),
+                     depth_note(self._stream.codec_context.pix_fmt)):
+            if note:
+                notes.append(note)
+        return notes
 
     def _fps(self, n: int) -> float | None:
         pts = self._scan.pts
@@ -195,12 +219,25 @@ class PyAVReader(Reader):
         return self._info
 
     def options(self) -> dict:
-        return {"stream_index": self._stream_index}
+        return {"stream": self._stream_pos}
 
     def reopen(self) -> "PyAVReader":
         r = PyAVReader.__new__(PyAVReader)
-        r.__init__(self.path, stream_index=self._stream_index, _scan=self._scan)
+        r.__init__(self.path, stream=self._stream_pos, _scan=self._scan)
         return r
+
+    def timestamps(self) -> np.ndarray:
+        """(n_frames,) float64 seconds from the demux scan: (pts - stream start) * time_base.
+
+        Frame ``i``'s presentation time relative to the stream's start time (its
+        first timestamp when the header gives none); exact on variable-frame-rate video.
+        """
+        pts = np.asarray(self._scan.pts[: self._info.n_frames], dtype=np.int64)
+        start = self._stream.start_time
+        start = int(pts[0]) if start is None else int(start)
+        tb = self._stream.time_base
+        # ticks * num is exact in float64, so one division rounds like float(Fraction) (= float(frame.time))
+        return (pts - start).astype(np.float64) * tb.numerator / tb.denominator
 
     def _seek(self, pts: int) -> None:
         self._container.seek(pts, stream=self._stream, backward=True, any_frame=False)
