@@ -113,7 +113,7 @@ def main(argv=None) -> int:
             for fmt, name in (("mp4", "overlay.mp4"), ("tiff", "labels.tif")):
                 with progress_bar(f"export {fmt}", unit="frames") as update:
                     paths.append(export(session.results, fmt, out / name, force=True, frames=session.frames,
-                                        progress=update))
+                                        progress=update).path)
         finally:
             session.close()
     except SamtrackError as e:

@@ -1,5 +1,10 @@
 """Evaluation: DAVIS J&F per object, and Cell Tracking Challenge SEG/TRA (py-ctcmetrics).
 
+A samtrack job folder (with ``results.zarr``) is read with overlaps flattened as
+the label exports do (smaller object on top); against a CTC ground truth it is
+exported to a temporary CTC folder first. Nothing here prints: py-ctcmetrics'
+own output and warnings are captured into the result (``problems``).
+
 J is region similarity (IoU); F the boundary F-measure: boundaries are one
 pixel thick, matched within ``ceil(0.008 * image diagonal)`` pixels (DAVIS
 definitions). Both empty counts 1, one empty 0. Means are over all frames
@@ -64,10 +69,11 @@ def read_label_source(path) -> tuple[int, Callable[[int], np.ndarray]]:
     """(n_frames, frame -> (H, W) labels) for a palette-PNG folder, a job dir / results.zarr, or a label zarr."""
     p = Path(path)
     if (p / "results.zarr").exists() or p.name == "results.zarr":
+        from samtrack.io.export.labels import label_frame
         from samtrack.job import open_results
 
         store, _ = open_results(p if p.name != "results.zarr" else p.parent)
-        return store.n_frames, store.label_frame
+        return store.n_frames, lambda t: label_frame(store, t)
     if (p / "labels").exists() and ((p / "zarr.json").exists() or (p / ".zgroup").exists()):
         import zarr
 
@@ -112,14 +118,66 @@ def davis_jf(pred, gt, *, skip_first_last: bool = False, progress=None) -> dict:
     return {"J": j, "F": f, "JF": (j + f) / 2, "objects": objects, "frames": len(frames)}
 
 
+def is_job(path) -> bool:
+    """A samtrack job folder (or its results.zarr)."""
+    p = Path(path)
+    return (p / "results.zarr").exists() or (p.name == "results.zarr" and p.is_dir())
+
+
 def is_ctc(res, gt) -> bool:
-    return (Path(res) / "res_track.txt").exists() and (Path(gt) / "TRA").is_dir()
+    """``gt`` is a CTC ground-truth folder (``TRA/``) and ``res`` a CTC result folder or a job folder."""
+    return (Path(gt) / "TRA").is_dir() and ((Path(res) / "res_track.txt").exists() or is_job(res))
 
 
-def ctc_metrics(res, gt) -> dict:
+def ctc_metrics(res, gt, *, allow_incomplete: bool = False) -> dict:
+    """SEG and TRA (py-ctcmetrics) of ``res`` against the CTC ground truth ``gt``.
+
+    ``res``: a CTC result folder (``maskTTT.tif`` + ``res_track.txt``) or a samtrack job folder,
+    exported to a temporary CTC folder first (``allow_incomplete`` as in the export; the
+    export's warnings and hidden objects are returned under ``export``). Returns
+    ``{"valid": bool, "SEG": float, "TRA": float, "problems": [validator messages], ...}``;
+    SEG/TRA are absent when the result is invalid. Prints nothing.
+    """
+    if is_job(res):
+        return _ctc_metrics_of_job(res, gt, allow_incomplete=allow_incomplete)
+    return _ctc_metrics_of_folder(res, gt)
+
+
+def _ctc_metrics_of_job(job, gt, *, allow_incomplete: bool) -> dict:
+    import tempfile
+
+    from samtrack.io.export import export
+    from samtrack.job import open_results
+
+    job = Path(job)
+    store, _ = open_results(job.parent if job.name == "results.zarr" else job)
+    with tempfile.TemporaryDirectory(prefix="samtrack-ctc-") as d:
+        rep = export(store, "ctc", Path(d) / "RES", allow_incomplete=allow_incomplete)
+        out = _ctc_metrics_of_folder(rep.path, gt)
+    out["export"] = {"warnings": list(rep.warnings), "hidden": {str(o): list(f) for o, f in rep.hidden.items()}}
+    return out
+
+
+def _ctc_metrics_of_folder(res, gt) -> dict:
+    import contextlib
+    import io
+    import warnings
+
     from ctc_metrics import evaluate_sequence, validate_sequence
 
-    valid = validate_sequence(str(res))
-    scores = evaluate_sequence(str(res), str(gt), metrics=["SEG", "TRA"])
-    return {"valid": bool(valid.get("Valid", valid) if isinstance(valid, dict) else valid),
-            **{k: float(v) for k, v in scores.items() if isinstance(v, (int, float)) and v is not None}}
+    n_res = len(list(Path(res).glob("*.tif")))
+    n_gt = len(list((Path(gt) / "TRA").glob("*.tif")))
+    if n_res != n_gt:
+        raise EvaluationError(f"{res} has {n_res} mask files, the ground truth {gt} has {n_gt}: "
+                              "they must be the same sequence")
+    if not (Path(res) / "res_track.txt").read_text().strip():
+        return {"valid": False, "problems": ["no tracks in the result (empty res_track.txt)"]}
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        valid = validate_sequence(str(res), threads=1)  # threads=1: no fork of a threaded process
+        scores = evaluate_sequence(str(res), str(gt), metrics=["SEG", "TRA"], threads=1)
+    return {"valid": bool(valid.get("Valid", 0)),
+            **{k: float(v) for k, v in scores.items() if k != "Valid" and isinstance(v, (int, float))},
+            "problems": sorted({str(w.message) for w in caught if "ctc_metrics" in w.filename})}

@@ -404,10 +404,9 @@ class SamtrackWidget(PromptInput, QWidget):
 
         if self.session is not None:
             self.session.flush()
-        out = export(self.results, fmt, output, force=force, allow_incomplete=allow_incomplete,
-                     **({"frames": self.frames} if fmt == "mp4" else {}))
-        self._say(f"exported {fmt} to {out}")
-        return out
+        rep = export(self.results, fmt, output, force=force, allow_incomplete=allow_incomplete, frames=self.frames)
+        self._say("; ".join((rep.summary(),) + rep.warnings))
+        return rep.path
 
     def _export_dialog(self) -> None:
         fmt = self.fmt.currentText()

@@ -2,14 +2,21 @@
 
 Every export writes to a temporary name and renames into place; an existing
 output is replaced only with ``force=True``; frames not computed or stale stop
-the export (listed) unless ``allow_incomplete=True``.
+the export (listed) unless ``allow_incomplete=True``. Label exports (ctc, tiff,
+png, npy, zarr) flatten overlapping objects by one rule, the smaller object on
+top (:mod:`samtrack.io.export.labels`). :func:`export` returns an
+:class:`ExportReport`; its warnings are also logged (library code never prints).
+
+A format module has ``write(store, path, *, log: ExportLog, progress, frames, **options)``.
 """
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import shutil
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -18,12 +25,71 @@ import numpy as np
 from samtrack.errors import SamtrackError
 from samtrack.io.result_store import ResultStore, Status
 
+log = logging.getLogger(__name__)
+
 FORMATS = {"zarr": "zarr_labels", "tiff": "tiff", "png": "png", "npy": "npy", "mp4": "mp4", "coco": "coco",
            "ytvis": "ytvis", "ctc": "ctc"}
 
 
 class ExportError(SamtrackError, ValueError):
     """An export that cannot be written as asked; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What an export wrote.
+
+    ``path``: the output; ``frames``, ``objects``: how many were exported;
+    ``hidden``: {object: frames, ascending} where the object's mask is non-empty but
+    none of its pixels is in the output (covered by smaller objects, or, in CTC, a
+    mother's masks dropped at a division); ``warnings``: one sentence each, also logged.
+    """
+
+    path: Path
+    format: str
+    frames: int
+    objects: int
+    hidden: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+    def summary(self) -> str:
+        """One line: what was written, and how many warnings."""
+        s = f"wrote {self.path} ({self.format}: {self.frames} frames, {self.objects} objects)"
+        return s + (f", {len(self.warnings)} warning(s)" if self.warnings else "")
+
+
+class ExportLog:
+    """What a format module noticed while writing (collected, then reported by :func:`export`):
+    objects covered by smaller ones, masks dropped on purpose (with the reason), warnings."""
+
+    def __init__(self) -> None:
+        self.covered: dict[int, set[int]] = {}  # object -> frames with no visible pixel
+        self.dropped: dict[int, set[int]] = {}  # object -> frames whose mask was left out on purpose
+        self.warnings: list[str] = []
+
+    def hide(self, obj: int, frame: int) -> None:
+        """``obj`` has mask pixels on ``frame`` but all are covered by smaller objects."""
+        self.covered.setdefault(int(obj), set()).add(int(frame))
+
+    def drop(self, obj: int, frames, why: str) -> None:
+        """``obj``'s masks on ``frames`` are left out; ``why`` becomes a warning."""
+        self.dropped.setdefault(int(obj), set()).update(int(f) for f in frames)
+        self.warn(why)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+    def hidden_frames(self) -> dict[int, tuple[int, ...]]:
+        objs = sorted(set(self.covered) | set(self.dropped))
+        return {o: tuple(sorted(self.covered.get(o, set()) | self.dropped.get(o, set()))) for o in objs}
+
+    def all_warnings(self) -> tuple[str, ...]:
+        covered = [f"object {o}: no visible pixel on frames {ranges(f)} (covered by smaller objects)"
+                   for o, f in sorted(self.covered.items())]
+        return tuple(self.warnings + covered)
 
 
 def incomplete_frames(store: ResultStore) -> dict[int, list[int]]:
@@ -37,7 +103,9 @@ def incomplete_frames(store: ResultStore) -> dict[int, list[int]]:
     return out
 
 
-def _ranges(frames: list[int]) -> str:
+def ranges(frames) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2, 5"`` (at most 8 runs)."""
+    frames = sorted(frames)
     parts, start = [], None
     for i, f in enumerate(frames):
         if start is None:
@@ -68,21 +136,31 @@ def atomic_output(path: Path, *, force: bool):
 
 
 def export(store: ResultStore, fmt: str, output, *, force: bool = False, allow_incomplete: bool = False,
-           progress: Callable[[int, int], None] | None = None, **options) -> Path:
-    """Write ``store`` as ``fmt`` to ``output``. See :data:`FORMATS`; ``options`` go to the
-    format (the mp4 overlay needs ``frames=`` the video's FrameStore)."""
+           progress: Callable[[int, int], None] | None = None, frames=None, **options) -> ExportReport:
+    """Write ``store`` as ``fmt`` to ``output`` and say what was written.
+
+    ``fmt``: one of :data:`FORMATS`. ``frames``: the source's FrameStore (needed by mp4;
+    gives frame names and timestamps to coco, ytvis and tiff). ``options`` go to the
+    format (coco/ytvis: ``frames_dir=`` writes the video's frames as JPEG there).
+    Raises :class:`ExportError` (unknown format, incomplete frames, existing output).
+    """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if not store.object_ids:
-        raise ExportError("nothing to export: the result store has no objects")
     if not allow_incomplete:
         bad = incomplete_frames(store)
         if bad:
-            detail = "; ".join(f"object {o}: frames {_ranges(f)}" for o, f in bad.items())
+            detail = "; ".join(f"object {o}: frames {ranges(f)}" for o, f in bad.items())
             raise ExportError(f"frames not computed or stale ({detail}); propagate them first, or pass "
                               "--allow-incomplete to export them as empty")
     mod = importlib.import_module(f"samtrack.io.export.{FORMATS[fmt]}")
     output = Path(output)
+    notes = ExportLog()
+    if not store.object_ids:
+        notes.warn("the result has no objects: every exported frame is empty")
     with atomic_output(output, force=force) as tmp:
-        mod.write(store, tmp, progress=progress, **options)
-    return output
+        mod.write(store, tmp, log=notes, progress=progress, frames=frames, force=force, **options)
+    report = ExportReport(output, fmt, store.n_frames, len(store.object_ids), notes.hidden_frames(),
+                          notes.all_warnings())
+    for w in report.warnings:
+        log.warning("%s export %s: %s", fmt, output, w)
+    return report

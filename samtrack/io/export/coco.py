@@ -1,13 +1,18 @@
 """COCO instance JSON: one annotation per object per frame, masks as RLE (pycocotools).
 
-Images are the video's frames (``file_name`` = frame index, zero-padded);
-categories are the objects (id = object id, name = object name).
+Images are the video's frames: ``file_name`` names a file that exists (see
+:mod:`samtrack.io.export.frame_files`; ``frames_dir=`` writes a video's frames),
+``frame_index`` and ``timestamp`` (seconds, when known); categories are the
+objects (id = object id, name = object name). Masks overlap as the objects do
+(COCO instances may overlap).
 """
 from __future__ import annotations
 
 import json
 
 import numpy as np
+
+from samtrack.io.export.frame_files import frame_files, write_frames
 
 
 def encode(mask: np.ndarray) -> dict:
@@ -25,12 +30,20 @@ def _ann_fields(rle: dict) -> dict:
     return {"area": float(mask_utils.area(r)), "bbox": [float(v) for v in mask_utils.toBbox(r)]}
 
 
-def write(store, path, *, progress=None, **_):
+def image_record(t: int, files, store) -> dict:
+    rec = {"id": t, "file_name": files.names[t], "height": store.height, "width": store.width, "frame_index": t}
+    if files.times is not None:
+        rec["timestamp"] = files.times[t]
+    return rec
+
+
+def write(store, path, *, log, frames=None, frames_dir=None, force=False, progress=None, **_):
     n = store.n_frames
+    files = frame_files(frames, n, log)
     images, anns = [], []
     cats = [{"id": o, "name": store.object_meta(o)["name"]} for o in store.object_ids]
     for t in range(n):
-        images.append({"id": t, "file_name": f"{t:05d}.jpg", "height": store.height, "width": store.width, "frame_index": t})
+        images.append(image_record(t, files, store))
         for o in store.object_ids:
             m = store.mask(t, o)
             if m is None or not m.any():
@@ -40,5 +53,6 @@ def write(store, path, *, progress=None, **_):
                          "iscrowd": 0, **_ann_fields(rle)})
         if progress:
             progress(t + 1, n)
+    write_frames(frames, files, frames_dir, force=force, log=log)
     with open(path, "w") as f:
         json.dump({"images": images, "annotations": anns, "categories": cats}, f)

@@ -34,9 +34,29 @@ def overlay(frame: np.ndarray, masks: dict[int, np.ndarray], cols: dict, alpha: 
     return out
 
 
-def write(store, path, *, frames=None, fps: float | None = None, progress=None, **_):
-    """``frames``: a FrameStore of the video (display pixels)."""
+TIME_BASE = Fraction(1, 90000)  # exact for ms, 1/25, 1001/30000 ... timestamps (the MPEG clock)
+
+
+def frame_pts(times: np.ndarray | None, n: int, rate: Fraction) -> list[int]:
+    """Presentation times in :data:`TIME_BASE` ticks: the source's timestamps when known (variable
+    frame rate kept), else a constant ``rate``; strictly increasing (a repeated time is moved one tick)."""
+    if times is None:
+        secs = [Fraction(i) / rate for i in range(n)]
+        pts = [round(s / TIME_BASE) for s in secs]
+    else:
+        pts = [round(float(s) / TIME_BASE) for s in times]
+    for i in range(1, len(pts)):
+        pts[i] = max(pts[i], pts[i - 1] + 1)
+    return pts
+
+
+def write(store, path, *, frames=None, fps: float | None = None, log=None, progress=None, **_):
+    """``frames``: a FrameStore of the video (display pixels). Each overlay frame keeps the source
+    frame's timestamp (``frames.timestamps()``), so a variable-frame-rate overlay stays in sync;
+    ``fps`` forces a constant rate instead."""
     import av
+
+    from samtrack.io.export.timing import frame_times
 
     if frames is None:
         from samtrack.io.export import ExportError
@@ -45,15 +65,21 @@ def write(store, path, *, frames=None, fps: float | None = None, progress=None, 
     n = store.n_frames
     cols = colors(store.object_ids)
     w, h = store.width + store.width % 2, store.height + store.height % 2  # yuv420p needs even sizes
+    rate = Fraction(fps or frames.info.fps or 25).limit_denominator(1001)
+    pts = frame_pts(None if fps else frame_times(frames, n), n, rate)
     with av.open(str(path), "w", format="mp4") as c:
-        s = c.add_stream("libx264", rate=Fraction(fps or frames.info.fps or 25).limit_denominator(1001))
+        s = c.add_stream("libx264", rate=rate)
         s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        s.codec_context.time_base = TIME_BASE
+        s.time_base = TIME_BASE
         s.options = {"crf": "20", "preset": "veryfast"}
         for t, img in frames.iter_frames():
             ov = overlay(img, {o: store.mask(t, o) for o in store.object_ids}, cols)
             if ov.shape[:2] != (h, w):
                 ov = np.pad(ov, ((0, h - ov.shape[0]), (0, w - ov.shape[1]), (0, 0)))
-            for p in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(ov), format="rgb24")):
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(ov), format="rgb24")
+            vf.pts, vf.time_base = pts[t], TIME_BASE
+            for p in s.encode(vf):
                 c.mux(p)
             if progress:
                 progress(t + 1, n)

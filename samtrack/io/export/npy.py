@@ -1,16 +1,18 @@
-"""(T, H, W) label array as .npy (uint16, or uint32 beyond 65,535 objects), written frame by frame."""
+"""(T, H, W) label array as .npy (uint16, or uint32 beyond id 65,535), written frame by frame.
+
+Overlaps are flattened with the smaller object on top (:mod:`samtrack.io.export.labels`).
+"""
 from __future__ import annotations
 
 import numpy as np
 
+from samtrack.io.export.labels import flat_frames, label_dtype
 
-def write(store, path, *, progress=None, **_):
-    n = store.n_frames
-    dtype = store.label_frame(0).dtype
-    arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n, store.height, store.width))
-    for t in range(n):
-        arr[t] = store.label_frame(t)
-        if progress:
-            progress(t + 1, n)
+
+def write(store, path, *, log, progress=None, **_):
+    dtype = label_dtype(max(store.object_ids, default=0))
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(store.n_frames, store.height, store.width))
+    for t, flat in flat_frames(store, log, dtype=dtype, progress=progress):
+        arr[t] = flat.labels
     arr.flush()
     del arr

@@ -1,4 +1,7 @@
-"""One indexed (palette) PNG per frame, DAVIS style: index k = object id k, 0 = background."""
+"""One indexed (palette) PNG per frame, DAVIS style: index k = object id k, 0 = background.
+
+Overlaps are flattened with the smaller object on top (:mod:`samtrack.io.export.labels`).
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from samtrack.io.export import ExportError
+from samtrack.io.export.labels import flat_frames
 
 
 def davis_palette() -> list[int]:
@@ -22,18 +26,15 @@ def davis_palette() -> list[int]:
     return pal
 
 
-def write(store, path, *, progress=None, **_):
+def write(store, path, *, log, progress=None, **_):
     from PIL import Image
 
-    if max(store.object_ids) > 255:
+    if max(store.object_ids, default=0) > 255:
         raise ExportError(f"palette PNG holds object ids up to 255, this result has id {max(store.object_ids)}; "
                           "export as tiff, zarr or npy instead")
     Path(path).mkdir(parents=True)
     pal = davis_palette()
-    n = store.n_frames
-    for t in range(n):
-        im = Image.fromarray(store.label_frame(t).astype(np.uint8), mode="P")
+    for t, flat in flat_frames(store, log, progress=progress):
+        im = Image.fromarray(flat.labels.astype(np.uint8), mode="P")
         im.putpalette(pal)
         im.save(Path(path) / f"{t:05d}.png")
-        if progress:
-            progress(t + 1, n)
