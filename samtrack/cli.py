@@ -1,8 +1,15 @@
-"""The ``samtrack`` command. It only parses arguments and calls the library."""
+"""The ``samtrack`` command. It only parses arguments and calls the library.
+
+Errors: a :class:`SamtrackError` prints one ``error:`` line in CLI words (``--force``,
+not ``force=True``: :func:`cli_words`) and exits 2; a usage mistake prints click's short
+usage message and exits 2; Ctrl-C exits 130 with finished work saved. Never a traceback
+for a user's mistake.
+"""
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -10,64 +17,108 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
+from samtrack import __version__
 from samtrack.errors import InvalidOptionError, SamtrackError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Track and segment objects through long videos with SAM2.")
+                  help="Track and segment objects through long videos with SAM2 / SAM2.1.")
 console = Console(stderr=True)
 out = Console()
 
+DEVICES = "auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps"
 
-def _reader_options(z: Optional[int], channels: Optional[List[int]], time_axis: Optional[str], reader: Optional[str]) -> dict:
+
+def _model_help() -> str:
+    from samtrack.session.models import MODELS
+
+    return "model name: " + ", ".join(MODELS) + " (see `samtrack models`)"
+
+
+def _formats() -> str:
+    from samtrack.io.export import FORMATS
+
+    return ", ".join(FORMATS)
+
+
+# -- options shared by commands -------------------------------------------------------------
+Z = typer.Option(None, "--z", help="Z plane of a hyperstack (0-based; `samtrack info` lists them)")
+CH = typer.Option(None, "--channel", "-c", help="channel index of a multi-channel stack (repeat for up to 3)")
+TA = typer.Option(None, "--time-axis", help="which stack axis is time when none is named T (e.g. Z)")
+RD = typer.Option(None, "--reader", help="force a reader: pyav, decord, images, tiff, zarr")
+ST = typer.Option(None, "--stream", help="video stream of a file with several (0-based; `samtrack info` lists them)")
+MODEL = typer.Option("sam2.1_hiera_tiny", "--model", help="model name (see `samtrack models`)")
+CKPT = typer.Option(None, "--checkpoint", help="checkpoint file (default: found in the checkpoint folders or "
+                                                "downloaded), or 'untrained' for random weights (pipeline checks)")
+SIZE = typer.Option(None, "--image-size", help="model input size in pixels, a multiple of 16 (default the "
+                                               "model's 1024; 512 is about 4x faster)")
+DEV = typer.Option("auto", "--device", help=f"compute device: {DEVICES}")
+
+
+def _reader_options(z=None, channels=None, time_axis=None, reader=None, stream=None) -> dict:
     opts: dict = {}
-    if z is not None:
-        opts["z"] = z
+    for k, v in (("z", z), ("time_axis", time_axis), ("reader", reader), ("stream", stream)):
+        if v is not None:
+            opts[k] = v
     if channels:
         opts["channels"] = list(channels)
-    if time_axis:
-        opts["time_axis"] = time_axis
-    if reader:
-        opts["reader"] = reader
     return opts
 
 
-Z = typer.Option(None, "--z", help="Z plane of a hyperstack")
-CH = typer.Option(None, "--channel", "-c", help="channel index (repeat for up to 3)")
-TA = typer.Option(None, "--time-axis", help="which axis is time when the stack has none named T")
-RD = typer.Option(None, "--reader", help="force a reader: pyav, decord, images, tiff, zarr")
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"samtrack {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", help="print the version and exit", is_eager=True,
+                                       callback=_version)) -> None:
+    """Track and segment objects through long videos with SAM2 / SAM2.1."""
 
 
 @app.command()
 def info(source: Path = typer.Argument(..., help="video file, image folder, TIFF stack or zarr"),
          as_json: bool = typer.Option(False, "--json", help="print JSON"),
          z: Optional[int] = Z, channel: Optional[List[int]] = CH, time_axis: Optional[str] = TA,
-         reader: Optional[str] = RD) -> None:
-    """Describe a source (frames, size, fps, dtype, channels, rotation) without decoding it."""
-    from samtrack.io.registry import open_reader
+         reader: Optional[str] = RD, stream: Optional[int] = ST) -> None:
+    """Describe a source (frames, size, fps, dtype, channels, rotation, streams) without decoding it.
 
-    opts = _reader_options(z, channel, time_axis, reader)
-    rd_name = opts.pop("reader", None)
-    with open_reader(source, reader=rd_name, **opts) as rd:
-        d = rd.info.to_dict()
+    A stack that needs a choice (a Z plane, channels) is described with the options that open it."""
+    from samtrack.io.describe import describe_source
+
+    opts = _reader_options(z, channel, time_axis, None, stream)
+    d = describe_source(source, reader=reader, **opts)
     if as_json:
         out.print_json(json.dumps(d))
         return
-    for k in ("n_frames", "height", "width", "fps", "dtype", "channels", "rotation", "reader"):
-        out.print(f"{k:>9}: {d[k]}")
-    for note in d["notes"]:
-        out.print(f"[yellow]     note: {note}[/yellow]")
+    keys = ("n_frames", "height", "width", "fps", "dtype", "channels", "rotation", "reader") if d.get("opened") \
+        else ("axes", "shape", "dtype", "reader")
+    for k in keys:
+        out.print(f"{k:>9}: {d.get(k)}", highlight=False)
+    if d.get("sizes") and not d.get("opened"):
+        out.print(f"{'sizes':>9}: " + ", ".join(f"{a}={n}" for a, n in d["sizes"].items()), highlight=False)
+    for s in d.get("streams") or []:
+        out.print(f"{'stream':>9}: " + ", ".join(f"{k} {v}" for k, v in s.items()), highlight=False)
+    for note in d.get("notes") or []:
+        out.print(f"[yellow]{'note':>9}: {note}[/yellow]", highlight=False)
+    if not d.get("opened"):
+        out.print(f"[yellow]{'choose':>9}: {d.get('message')}[/yellow]", highlight=False)
+        for c in d.get("choices") or []:
+            rng = f"{c['range'][0]}..{c['range'][1]}" if c.get("range") else "/".join(map(str, c.get("values", [])))
+            out.print(f"{'':>11}{c['option']} {rng}   ({c['why']})", highlight=False)
 
 
 @app.command()
 def cache(source: Path = typer.Argument(..., help="video file, image folder, TIFF stack or zarr"),
-          workdir: Optional[Path] = typer.Option(None, "--workdir", help="where the cache lives"),
+          workdir: Optional[Path] = typer.Option(None, "--workdir", help="where the cache lives (default under "
+                                                                          "~/.cache/samtrack; a job's --out)"),
           z: Optional[int] = Z, channel: Optional[List[int]] = CH, time_axis: Optional[str] = TA,
-          reader: Optional[str] = RD) -> None:
+          reader: Optional[str] = RD, stream: Optional[int] = ST) -> None:
     """Decode a source once into the zarr frame cache (resumes an interrupted build)."""
     import samtrack
     from samtrack.progress import progress_bar
 
-    opts = _reader_options(z, channel, time_axis, reader)
+    opts = _reader_options(z, channel, time_axis, reader, stream)
     with samtrack.open_video(source, workdir=workdir, **opts) as fs:
         with progress_bar("caching frames", total=len(fs), unit="frames") as update:
             fs.build(progress=update)
@@ -76,36 +127,57 @@ def cache(source: Path = typer.Argument(..., help="video file, image folder, TIF
 
 @app.command()
 def track(source: Path = typer.Argument(..., help="video file, image folder, TIFF stack or zarr"),
-          prompts: Path = typer.Option(..., "--prompts", "-p", help="prompt file (JSON/YAML)"),
-          out_dir: Path = typer.Option(..., "--out", "-o", help="job directory (results, resumable)"),
-          model: str = typer.Option("sam2.1_hiera_tiny", "--model"),
-          checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="path, or 'untrained'"),
-          image_size: Optional[int] = typer.Option(None, "--image-size"),
-          device: str = typer.Option("auto", "--device"),
+          prompts: Path = typer.Option(..., "--prompts", "-p", help="prompt file (JSON/YAML; see the README)"),
+          out_dir: Path = typer.Option(..., "--out", "-o", help="job folder: results, resumable; run again to "
+                                                               "resume or to apply an edited prompt file"),
+          model: str = MODEL, checkpoint: Optional[str] = CKPT, image_size: Optional[int] = SIZE, device: str = DEV,
           direction: str = typer.Option("both", "--direction", help="forward, backward or both"),
-          export_formats: Optional[List[str]] = typer.Option(None, "--export", help="format to export after tracking (repeat)"),
-          force: bool = typer.Option(False, "--force", help="replace another job's directory / existing exports"),
+          export_formats: Optional[List[str]] = typer.Option(None, "--export", help="export after tracking, "
+                                                             "repeatable; one of: zarr, tiff, png, npy, mp4, coco, "
+                                                             "ytvis, ctc"),
+          allow_incomplete: bool = typer.Option(False, "--allow-incomplete", help="let --export write frames not "
+                                                "computed or stale (as empty)"),
+          force: bool = typer.Option(False, "--force", help="recompute everything; replace another job's folder "
+                                                            "and existing exports"),
           config: Optional[Path] = typer.Option(None, "--config", help="YAML preset (see configs/)"),
-          z: Optional[int] = Z, channel: Optional[List[int]] = CH, time_axis: Optional[str] = TA) -> None:
-    """Track the prompted objects through the video; run it again to resume after an interruption."""
-    from samtrack.job import run_track
+          z: Optional[int] = Z, channel: Optional[List[int]] = CH, time_axis: Optional[str] = TA,
+          reader: Optional[str] = RD, stream: Optional[int] = ST) -> None:
+    """Track the prompted objects through the video into a job folder."""
+    from samtrack.job import start_track
     from samtrack.progress import progress_bar
 
-    session_config = None
-    opts: dict = {}
+    if direction not in ("forward", "backward", "both"):
+        raise InvalidOptionError(f"--direction {direction}: use forward, backward or both")
+    from samtrack.io.export import FORMATS
+
+    bad = [f for f in export_formats or [] if f not in FORMATS]
+    if bad:
+        raise InvalidOptionError(f"--export {bad[0]}: choose one of {_formats()}")
+    session_config, opts = None, {}
     if config is not None:
         from samtrack.config import load_config
 
         session_config, opts = load_config(config)
-    opts.update(_reader_options(z, channel, time_axis, None))
-    with progress_bar("tracking", unit="frames", show_memory=True) as update:
-        session = run_track(source, prompts, out_dir, model=model, checkpoint=checkpoint, image_size=image_size,
-                            device=device, direction=direction, force=force, progress=update, video_options=opts,
-                            config=session_config)
+    opts.update(_reader_options(z, channel, time_axis, reader, stream))
+    session, start = start_track(source, prompts, out_dir, model=model, checkpoint=checkpoint, image_size=image_size,
+                                 device=device, direction=direction, force=force, video_options=opts,
+                                 config=session_config)
     try:
+        if start.resumed:
+            msg = f"resuming {out_dir}: {start.frames_done} of {start.n_frames} frames done"
+            if start.prompts_changed:
+                msg += f", {start.prompts_changed} prompt change(s) from the prompt file applied"
+            msg += (f"; computing {start.to_compute} frame(s) from frame {start.first_frame}" if start.to_compute
+                    else "; nothing left to compute")
+            console.print(msg, highlight=False)
+        if start.to_compute:
+            with progress_bar("tracking", total=start.to_compute, unit="frames", show_memory=True) as update:
+                for _ in session.propagate(direction, progress=update):
+                    pass
         console.print(f"results in {out_dir} ({len(session.obj_ids)} objects, {session.n_frames} frames)")
         for fmt in export_formats or []:
-            _export(session.results, fmt, out_dir / _default_name(fmt), force=force, frames=session.frames)
+            _export(session.results, fmt, out_dir / _default_name(fmt), force=force, frames=session.frames,
+                    allow_incomplete=allow_incomplete)
     finally:
         session.close()
 
@@ -115,43 +187,59 @@ def _default_name(fmt: str) -> str:
             "coco": "coco.json", "ytvis": "ytvis.json", "ctc": "ctc"}.get(fmt, fmt)
 
 
-def _export(store, fmt, output, *, force, frames=None, allow_incomplete=False):
+def _export(store, fmt, output, *, force, frames=None, allow_incomplete=False, **options):
     from samtrack.io.export import export as do_export
     from samtrack.progress import progress_bar
 
     with progress_bar(f"export {fmt}", unit="frames") as update:
-        path = do_export(store, fmt, output, force=force, allow_incomplete=allow_incomplete, frames=frames, progress=update)
-    console.print(f"wrote {path}")
+        report = do_export(store, fmt, output, force=force, allow_incomplete=allow_incomplete, frames=frames,
+                           progress=update, **options)
+    for w in getattr(report, "warnings", ()):
+        console.print(f"[yellow]warning: {w}[/yellow]", highlight=False)
+    console.print(f"wrote {getattr(report, 'path', report)}")
 
 
 @app.command()
-def export(job_dir: Path = typer.Argument(..., help="a `samtrack track` output directory"),
-           fmt: str = typer.Option(..., "--format", "-f", help="zarr, tiff, png, npy, mp4"),
-           output: Optional[Path] = typer.Option(None, "--output", "-o"),
-           force: bool = typer.Option(False, "--force"),
-           allow_incomplete: bool = typer.Option(False, "--allow-incomplete", help="export frames not computed or stale as empty")) -> None:
+def export(job_dir: Path = typer.Argument(..., help="a `samtrack track` output folder"),
+           fmt: str = typer.Option(..., "--format", "-f", help="one of: zarr, tiff, png, npy, mp4, coco, ytvis, ctc"),
+           output: Optional[Path] = typer.Option(None, "--output", "-o", help="where to write (default in the job "
+                                                                             "folder: labels.tif, ctc/, ...)"),
+           force: bool = typer.Option(False, "--force", help="replace an existing output"),
+           allow_incomplete: bool = typer.Option(False, "--allow-incomplete", help="export frames not computed or "
+                                                                                    "stale as empty"),
+           write_frames: bool = typer.Option(False, "--write-frames", help="coco/ytvis: also write the frames as "
+                                                                           "JPEGs beside the JSON")) -> None:
     """Export a job's results to a format other tools open."""
     import samtrack
+    from samtrack.io.export import FORMATS
     from samtrack.job import open_results
 
+    if fmt not in FORMATS:
+        raise InvalidOptionError(f"--format {fmt}: choose one of {_formats()}")
     store, job = open_results(job_dir)
     frames = None
-    if fmt == "mp4":
-        frames = samtrack.open_video(job["source"], workdir=job_dir, **job.get("video_options", {}))
+    if job and job.get("source"):
+        try:
+            frames = samtrack.open_video(job["source"], workdir=job_dir, **job.get("video_options", {}))
+        except SamtrackError as e:
+            if fmt == "mp4":
+                raise
+            logging.getLogger(__name__).warning("the video is not available (%s): no frame names or times", e)
+    output = output or (job_dir / _default_name(fmt))
+    extra = {"frames_dir": output.with_name(output.stem + "_frames")} if write_frames and fmt in ("coco", "ytvis") else {}
     try:
-        _export(store, fmt, output or (job_dir / _default_name(fmt)), force=force, frames=frames,
-                allow_incomplete=allow_incomplete)
+        _export(store, fmt, output, force=force, frames=frames, allow_incomplete=allow_incomplete, **extra)
     finally:
         if frames is not None:
             frames.close()
 
 
 @app.command("eval")
-def evaluate(pred: Path = typer.Argument(..., help="prediction: job dir, label zarr, PNG folder or CTC RES folder"),
+def evaluate(pred: Path = typer.Argument(..., help="prediction: job folder, label zarr, PNG folder or CTC RES folder"),
              gt: Path = typer.Argument(..., help="ground truth: PNG folder (DAVIS) or CTC GT folder"),
-             as_json: bool = typer.Option(False, "--json"),
+             as_json: bool = typer.Option(False, "--json", help="print JSON"),
              skip_first_last: bool = typer.Option(False, "--skip-first-last", help="DAVIS challenge protocol")) -> None:
-    """J&F (DAVIS) per object and mean; SEG/TRA for Cell Tracking Challenge folders."""
+    """J&F (DAVIS) per object and mean; SEG/TRA for Cell Tracking Challenge ground truth."""
     from samtrack import evaluate as ev
     from samtrack.progress import progress_bar
 
@@ -173,19 +261,19 @@ def evaluate(pred: Path = typer.Argument(..., help="prediction: job dir, label z
 
 @app.command()
 def view(source: Optional[Path] = typer.Argument(None, help="video file, image folder, TIFF stack or zarr"),
-         result: Optional[Path] = typer.Option(None, "--result", help="a `samtrack track` output directory to show"),
+         result: Optional[Path] = typer.Option(None, "--result", help="a `samtrack track` output folder to show"),
          workdir: Optional[Path] = typer.Option(None, "--workdir", help="session folder (reopen it to continue)"),
-         model: str = typer.Option("sam2.1_hiera_tiny", "--model"),
-         checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="path, or 'untrained'"),
-         image_size: Optional[int] = typer.Option(None, "--image-size"),
-         device: str = typer.Option("auto", "--device"),
+         model: str = MODEL, checkpoint: Optional[str] = CKPT, image_size: Optional[int] = SIZE, device: str = DEV,
          frame: Optional[int] = typer.Option(None, "--frame", help="frame to show first"),
          screenshot: Optional[Path] = typer.Option(None, "--screenshot", help="save a PNG of the viewer and exit"),
-         z: Optional[int] = Z, channel: Optional[List[int]] = CH, time_axis: Optional[str] = TA) -> None:
-    """Open the napari viewer with the samtrack widget (prompt, propagate, correct, export)."""
+         z: Optional[int] = Z, channel: Optional[List[int]] = CH, time_axis: Optional[str] = TA,
+         stream: Optional[int] = ST) -> None:
+    """Open the napari viewer with the samtrack widget (prompt, propagate, correct, export).
+
+    Without model weights the video (and --result) opens read-only; the window says how to enable prompting."""
     import os
 
-    opts = _reader_options(z, channel, time_axis, None)
+    opts = _reader_options(z, channel, time_axis, None, stream)
     if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         raise InvalidOptionError("the viewer needs a display; on a headless machine run it under Xvfb: "
                                  "xvfb-run -a samtrack view ...")
@@ -206,9 +294,11 @@ def view(source: Optional[Path] = typer.Argument(None, help="video file, image f
 
     _, widget = open_view(source, result=result, workdir=workdir, model=model, checkpoint=checkpoint,
                           image_size=image_size, device=device, frame=frame, **opts)
+    if widget.session is None and source is not None:
+        console.print(f"[yellow]read-only: no {model} weights. To prompt and track, run `samtrack models download "
+                      f"{model}`, or pass --checkpoint PATH (--checkpoint untrained for a pipeline check)[/yellow]")
     napari.run()
-    if widget.session is not None:  # the window is closed: write what is still queued
-        widget.session.close()
+    widget.close_session()  # the window is closed: stop a running propagation, write what is queued
 
 
 models_app = typer.Typer(help="Supported models and their checkpoints.", invoke_without_command=True)
@@ -216,7 +306,7 @@ app.add_typer(models_app, name="models")
 
 
 @models_app.callback()
-def models(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
+def models(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """List models: family, size, parameters, checkpoint, where samtrack looks, present or not."""
     if ctx.invoked_subcommand is not None:
         return
@@ -244,7 +334,7 @@ def models(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) ->
 
 
 @models_app.command("download")
-def models_download(name: str) -> None:
+def models_download(name: str = typer.Argument(..., help="model name (see `samtrack models`)")) -> None:
     """Download a model's official checkpoint (resumable, verified when a sha256 is known)."""
     from samtrack.progress import progress_bar
     from samtrack.session.checkpoints import download_checkpoint
@@ -255,27 +345,123 @@ def models_download(name: str) -> None:
     console.print(f"saved {path}")
 
 
+caches_app = typer.Typer(help="samtrack's caches under ~/.cache/samtrack ($SAMTRACK_CACHE_DIR): list and remove.",
+                         invoke_without_command=True)
+app.add_typer(caches_app, name="caches")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@caches_app.callback()
+def caches(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """List frame caches, default session folders and downloaded checkpoints, largest first."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import datetime
+
+    from samtrack.caches import default_cache_root, list_caches
+
+    entries = list_caches()
+    if as_json:
+        out.print_json(json.dumps([e.to_dict() for e in entries]))
+        return
+    from rich.table import Table
+
+    t = Table("kind", "size", "last used", "source", "path")
+    for e in entries:
+        t.add_row(e.kind, _size(e.bytes), datetime.datetime.fromtimestamp(e.last_used).strftime("%Y-%m-%d %H:%M"),
+                  e.source or "", str(e.path))
+    out.print(t)
+    out.print(f"{len(entries)} entries, {_size(sum(e.bytes for e in entries))} in {default_cache_root()}; "
+              "remove with `samtrack caches clean`")
+
+
+@caches_app.command("clean")
+def caches_clean(older_than: Optional[float] = typer.Option(None, "--older-than", help="only entries unused for "
+                                                                                        "this many days"),
+                 missing_source: bool = typer.Option(False, "--missing-source", help="only caches whose video no "
+                                                                                     "longer exists"),
+                 all_: bool = typer.Option(False, "--all", help="every frame cache and default session folder"),
+                 checkpoints: bool = typer.Option(False, "--checkpoints", help="downloaded checkpoints too"),
+                 dry_run: bool = typer.Option(False, "--dry-run", help="list what would be removed")) -> None:
+    """Remove frame caches and default session folders (sessions lose their prompts and masks)."""
+    from samtrack.caches import list_caches, remove, select
+
+    if older_than is None and not missing_source and not all_:
+        raise InvalidOptionError("say what to remove: --older-than DAYS, --missing-source or --all")
+    kinds = ("frames", "sessions", "checkpoints") if checkpoints else ("frames", "sessions")
+    chosen = select(list_caches(), kinds=kinds, older_than_days=older_than, missing_source=missing_source)
+    for e in chosen:
+        console.print(f"{'would remove' if dry_run else 'removing'} {e.kind} {e.path} ({_size(e.bytes)})",
+                      highlight=False)
+    freed = sum(e.bytes for e in chosen) if dry_run else remove(chosen)
+    console.print(f"{'would free' if dry_run else 'freed'} {_size(freed)} ({len(chosen)} entries)")
+
+
+# -- errors in CLI words ----------------------------------------------------------------------
+_OPTIONS = {"force": "--force", "reset": "--force", "allow_incomplete": "--allow-incomplete",
+            "checkpoint": "--checkpoint", "model": "--model", "image_size": "--image-size", "device": "--device",
+            "z": "--z", "channels": "--channel", "time_axis": "--time-axis", "stream": "--stream",
+            "reader": "--reader", "direction": "--direction", "workdir": "--workdir/--out"}
+_KW = re.compile(r"\b(" + "|".join(sorted(_OPTIONS, key=len, reverse=True)) + r")=(\[[^\]]*\]|'[^']*'|\"[^\"]*\"|[^\s,;)]+)")
+
+
+def cli_words(message: str) -> str:
+    """A library message with Python keywords turned into CLI options: ``force=True`` -> ``--force``,
+    ``z=0..4`` -> ``--z 0..4``, ``checkpoint='untrained'`` -> ``--checkpoint untrained``,
+    ``channels=[i, ...]`` -> ``--channel I`` (repeatable)."""
+    def sub(m: re.Match) -> str:
+        opt, val = _OPTIONS[m.group(1)], m.group(2)
+        if val == "True":
+            return opt
+        if m.group(1) == "channels":
+            return f"{opt} I (repeat for up to 3)"
+        return f"{opt} {val.strip(chr(39) + chr(34))}"
+
+    text = _KW.sub(sub, message)
+    return re.sub(r"(--[a-z-]+) \(\1\)", r"\1", text)  # "--force (--force)" from messages that gave both
+
+
+def _click_errors():
+    """(usage errors, aborts, exits) of click and of the click that typer bundles (typer >= 0.20)."""
+    import click
+
+    usage, abort, exits = [click.exceptions.ClickException], [click.exceptions.Abort, typer.Abort], \
+        [click.exceptions.Exit, typer.Exit]
+    try:
+        import typer._click.exceptions as tclick
+
+        usage.append(tclick.ClickException)
+    except ImportError:
+        pass
+    return tuple(usage), tuple(abort), tuple(exits)
+
+
 def main(argv: Optional[list] = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    usage, abort, exits = _click_errors()
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False, prog_name="samtrack")
     except SamtrackError as e:
-        console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/bold red] {cli_words(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: finished work is saved; run the same command again to resume[/yellow]")
         sys.exit(130)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+    except usage as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except abort:
+        sys.exit(130)
+    except exits as e:
+        sys.exit(getattr(e, "exit_code", 0))
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ class JobStart:
 
     ``resumed``: the folder held this job's results; ``frames_done``: video frames finished
     for every object and still valid after the prompt file's changes; ``to_compute``: video frames this run will
-    finish; ``first_frame``: the first of them (None: nothing to do); ``prompts_changed``:
+    finish; ``first_frame``: the first frame the model computes (None: nothing to do); ``prompts_changed``:
     prompts added, changed or removed since the last run (applied as corrections)."""
 
     out_dir: Path
@@ -100,8 +100,7 @@ def start_track(source, prompts, out_dir, *, model: str = "sam2.1_hiera_tiny", c
         shutil.copy(prompts, out_dir / ("prompts" + Path(prompts).suffix))
         objs = [session._obj(o) for o in session.obj_ids]
         plan = session.plan(direction, 0, session.n_frames - 1, [o for o in objs if o.prompts])
-        first = next((s.frame for si, (_, steps) in enumerate(plan.sweeps) for s in steps
-                      if (si, s.frame) in plan.yields), None)
+        first = next((s.frame for _, steps in plan.sweeps for s in steps if s.compute), None)
         start = JobStart(out_dir, resumed, session.n_frames, done_before, plan.n_frames, first, changed)
     except BaseException:
         session.close()

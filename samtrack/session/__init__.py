@@ -20,7 +20,7 @@ UNTRAINED = "untrained"  # checkpoint value for random weights (pipeline checks 
 
 def resolve_checkpoint(spec: ModelSpec, checkpoint, *, download: bool = True):
     """An explicit path, a found file, a download, or a CheckpointError that says how to get one."""
-    from samtrack.session.checkpoints import checkpoint_dirs, download_checkpoint, find_checkpoint
+    from samtrack.session.checkpoints import checkpoint_dirs, download_checkpoint, find_checkpoint, how_to_get
 
     if checkpoint == UNTRAINED:
         log.warning("using UNTRAINED random weights for %s: masks are meaningless", spec.name)
@@ -35,8 +35,7 @@ def resolve_checkpoint(spec: ModelSpec, checkpoint, *, download: bool = True):
         return found
     if download:
         return download_checkpoint(spec)
-    raise CheckpointError(f"no {spec.checkpoint} in {', '.join(map(str, checkpoint_dirs()))}; "
-                          f"download it from {spec.url} or run `samtrack models download {spec.name}`")
+    raise CheckpointError(f"no {spec.checkpoint} in {', '.join(map(str, checkpoint_dirs()))}; {how_to_get(spec)}")
 
 
 def load_model(model: str = "sam2.1_hiera_tiny", *, checkpoint=None, image_size: int | None = None,

@@ -39,15 +39,33 @@ def find_checkpoint(spec: ModelSpec) -> Path | None:
     return None
 
 
+def checkpoint_url(spec: ModelSpec) -> str:
+    """The download URL: the official one, or ``$SAMTRACK_MIRROR/<file name>`` when a lab mirror is set."""
+    mirror = os.environ.get("SAMTRACK_MIRROR")
+    return f"{mirror.rstrip('/')}/{spec.checkpoint}" if mirror else spec.url
+
+
+def how_to_get(spec: ModelSpec) -> str:
+    """What a user can do without the checkpoint (library words; the CLI turns them into options)."""
+    return (f"get it with `samtrack models download {spec.name}` (on a machine with internet, then copy it to "
+            f"{checkpoint_dirs()[-2]}), pass checkpoint=PATH to a file you have, or checkpoint='untrained' for a "
+            "pipeline check with random weights (masks are then meaningless)")
+
+
 def download_checkpoint(spec: ModelSpec, *, dest_dir: Path | None = None,
-                        progress: Callable[[int, int], None] | None = None, timeout: float = 30.0) -> Path:
-    """Download ``spec``'s checkpoint, resuming a partial ``.part`` file; verify sha256 when known."""
+                        progress: Callable[[int, int], None] | None = None, timeout: float = 5.0) -> Path:
+    """Download ``spec``'s checkpoint, resuming a partial ``.part`` file; verify sha256 when known.
+
+    ``timeout``: seconds to connect and between received blocks, so an offline machine fails
+    in seconds. Raises :class:`CheckpointError` saying how to get the file otherwise (and
+    mentioning the partial download only when there is one)."""
     dest_dir = Path(dest_dir or checkpoint_dirs()[-2])
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / spec.checkpoint
     part = dest.with_suffix(dest.suffix + ".part")
     have = part.stat().st_size if part.exists() else 0
-    req = urllib.request.Request(spec.url, headers={"Range": f"bytes={have}-"} if have else {})
+    url = checkpoint_url(spec)
+    req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             if have and r.status != 206:  # server ignored the range: start again
@@ -63,9 +81,9 @@ def download_checkpoint(spec: ModelSpec, *, dest_dir: Path | None = None,
             if have < total:  # the connection dropped: urllib returns a short read without raising
                 raise OSError(f"connection closed after {have} of {total} bytes")
     except OSError as e:
-        raise CheckpointError(
-            f"cannot download {spec.checkpoint} from {spec.url} ({e}). Download it elsewhere and put it in "
-            f"{dest_dir}, or pass checkpoint=PATH. A partial download is kept and resumed next time") from e
+        kept = part.stat().st_size if part.exists() else 0
+        partial = (f" The partial download ({kept / 2**20:.1f} MiB, {part}) is resumed next time." if kept else "")
+        raise CheckpointError(f"cannot download {spec.checkpoint} from {url} ({e}); {how_to_get(spec)}.{partial}") from e
     if spec.sha256:
         digest = sha256_file(part)
         if digest != spec.sha256:
