@@ -194,9 +194,9 @@ def _export(store, fmt, output, *, force, frames=None, allow_incomplete=False, *
     with progress_bar(f"export {fmt}", unit="frames") as update:
         report = do_export(store, fmt, output, force=force, allow_incomplete=allow_incomplete, frames=frames,
                            progress=update, **options)
-    for w in getattr(report, "warnings", ()):
+    for w in report.warnings:  # also logged; the CLI's logging leaves samtrack.io.export to this
         console.print(f"[yellow]warning: {w}[/yellow]", highlight=False)
-    console.print(f"wrote {getattr(report, 'path', report)}")
+    console.print(f"wrote {report.summary()}", highlight=False)
 
 
 @app.command()
@@ -207,8 +207,8 @@ def export(job_dir: Path = typer.Argument(..., help="a `samtrack track` output f
            force: bool = typer.Option(False, "--force", help="replace an existing output"),
            allow_incomplete: bool = typer.Option(False, "--allow-incomplete", help="export frames not computed or "
                                                                                     "stale as empty"),
-           write_frames: bool = typer.Option(False, "--write-frames", help="coco/ytvis: also write the frames as "
-                                                                           "JPEGs beside the JSON")) -> None:
+           write_frames: bool = typer.Option(False, "--write-frames", help="coco/ytvis of a video: also write the "
+                                             "frames the JSON names (<stem>/<index>.jpg) beside it")) -> None:
     """Export a job's results to a format other tools open."""
     import samtrack
     from samtrack.io.export import FORMATS
@@ -226,7 +226,7 @@ def export(job_dir: Path = typer.Argument(..., help="a `samtrack track` output f
                 raise
             logging.getLogger(__name__).warning("the video is not available (%s): no frame names or times", e)
     output = output or (job_dir / _default_name(fmt))
-    extra = {"frames_dir": output.with_name(output.stem + "_frames")} if write_frames and fmt in ("coco", "ytvis") else {}
+    extra = {"frames_dir": output.parent} if write_frames and fmt in ("coco", "ytvis") else {}
     try:
         _export(store, fmt, output, force=force, frames=frames, allow_incomplete=allow_incomplete, **extra)
     finally:
@@ -238,13 +238,16 @@ def export(job_dir: Path = typer.Argument(..., help="a `samtrack track` output f
 def evaluate(pred: Path = typer.Argument(..., help="prediction: job folder, label zarr, PNG folder or CTC RES folder"),
              gt: Path = typer.Argument(..., help="ground truth: PNG folder (DAVIS) or CTC GT folder"),
              as_json: bool = typer.Option(False, "--json", help="print JSON"),
-             skip_first_last: bool = typer.Option(False, "--skip-first-last", help="DAVIS challenge protocol")) -> None:
-    """J&F (DAVIS) per object and mean; SEG/TRA for Cell Tracking Challenge ground truth."""
+             skip_first_last: bool = typer.Option(False, "--skip-first-last", help="DAVIS challenge protocol"),
+             allow_incomplete: bool = typer.Option(False, "--allow-incomplete", help="a job folder with frames not "
+                                                   "computed or stale: evaluate them as empty")) -> None:
+    """J&F (DAVIS) per object and mean; SEG/TRA for Cell Tracking Challenge ground truth (a job folder is
+    exported to CTC first)."""
     from samtrack import evaluate as ev
     from samtrack.progress import progress_bar
 
     if ev.is_ctc(pred, gt):
-        res = ev.ctc_metrics(pred, gt)
+        res = ev.ctc_metrics(pred, gt, allow_incomplete=allow_incomplete)
     else:
         with progress_bar("evaluating", unit="frames") as update:
             res = ev.davis_jf(pred, gt, skip_first_last=skip_first_last, progress=update)
@@ -256,7 +259,13 @@ def evaluate(pred: Path = typer.Argument(..., help="prediction: job folder, labe
             out.print(f"object {oid:>4}: J {v['J']:.4f}  F {v['F']:.4f}  J&F {v['JF']:.4f}")
         out.print(f"mean       : J {res['J']:.4f}  F {res['F']:.4f}  J&F {res['JF']:.4f}  ({res['frames']} frames)")
     else:
-        out.print("  ".join(f"{k} {v}" for k, v in res.items()))
+        flat = {k: v for k, v in res.items() if not isinstance(v, (dict, list))}
+        out.print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in flat.items()),
+                  highlight=False)
+        for p in res.get("problems") or []:
+            out.print(f"[yellow]problem: {p}[/yellow]", highlight=False)
+        for w in (res.get("export") or {}).get("warnings") or []:
+            out.print(f"[yellow]export: {w}[/yellow]", highlight=False)
 
 
 @app.command()
@@ -445,6 +454,7 @@ def _click_errors():
 
 def main(argv: Optional[list] = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("samtrack.io.export").setLevel(logging.ERROR)  # export warnings: printed from the report
     usage, abort, exits = _click_errors()
     try:
         rc = app(args=argv, standalone_mode=False, prog_name="samtrack")

@@ -59,8 +59,12 @@ def test_hyperstack_without_z_explains(tmp_path):
     src = SHARED / "microscopy/imagej_mitosis_hyperstack_TZCYX_uint16/mitosis.tif"
     if not src.exists():
         pytest.skip(NO_SHARED)
-    r = run("info", src)
-    assert r.returncode == 2 and "Traceback" not in r.stderr and "z=0..4" in r.stderr
+    r = run("info", src)  # described, with the option that picks a Z plane; not refused
+    assert r.returncode == 0 and "Traceback" not in r.stderr + r.stdout, r.stderr
+    text = " ".join(r.stdout.split())
+    assert "TZCYX" in text and "Z=5" in text and "C=2" in text and "--z 0..4" in text, text
+    r = run("info", src, "--z", "2")
+    assert r.returncode == 0 and "n_frames: 3" in " ".join(r.stdout.split()), r.stdout
 
 
 def test_truncated_and_fake_files_fail_readably(tmp_path):
