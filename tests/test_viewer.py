@@ -90,7 +90,9 @@ def test_click_propagate_correct_repropagate_save_reopen(make_napari_viewer, ass
 
     w.btn_both.click()
     assert w.busy
+    assert not w.btn_export.isEnabled()  # no export of half-written results
     _wait(qtbot, w)
+    assert w.btn_export.isEnabled()
     for oid in (1, 2):
         st = s.status(oid)
         assert (st[:8] == Status.PROPAGATED).all() and (st[9:] == Status.PROPAGATED).all()

@@ -70,12 +70,19 @@ class Flusher:
                 self._cv.wait(timeout=0.5)
             self._raise_error()
 
-    def close(self) -> None:
+    def close(self, timeout: float = 600.0) -> None:
+        """Stop the thread after the flush it runs; raises the error of a failed flush, and a
+        :class:`CacheError` when the thread is still writing after ``timeout`` seconds (a hung disk)."""
         with self._cv:
             self._closed = True
             self._cv.notify_all()
         if self._thread is not None:
-            self._thread.join(timeout=60)
+            self._thread.join(timeout=timeout)
+            if self._thread.is_alive():
+                raise CacheError(f"the background writer is still writing after {timeout:.0f} s (a slow or hung "
+                                 "disk?); results it had not written are not on disk")
+        with self._cv:
+            self._raise_error()
 
     def _raise_error(self) -> None:
         if self._error is not None:

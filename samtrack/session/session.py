@@ -80,6 +80,7 @@ class TrackingSession:
         self._cancel = threading.Event()
         self._flusher = Flusher(self.results, self.bank)
         self._fresh: dict[tuple[int, int], tuple] = {}  # this frame's results at video resolution
+        self._closed = False
         self._restore()
 
     def _restore(self) -> None:
@@ -521,12 +522,28 @@ class TrackingSession:
         return _Guard()
 
     def close(self) -> None:
-        self.flush()
-        self._flusher.close()
-        self.bank.close()
-        self.results.close()
-        self._features.clear()
-        self.frames.close()
+        """Write what is queued, stop the background flusher, release the stores and the video.
+
+        Idempotent, and safe after a failure: every step runs even when an earlier one
+        raised, then the first error is raised (a write that failed stays on disk as far as
+        it got; the frames it did not reach read as not computed)."""
+        if self._closed:
+            return
+        self._closed = True
+        first: BaseException | None = None
+        for step in (self.flush, self._flusher.close, self.bank.close, self.results.close, self._features.clear,
+                     self.frames.close):
+            try:
+                step()
+            except BaseException as e:  # keep closing the rest; report the first failure
+                log.warning("closing the session: %s failed: %s", getattr(step, "__qualname__", step), e)
+                first = first or e
+        if first is not None:
+            raise first
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def __enter__(self) -> "TrackingSession":
         return self

@@ -306,6 +306,7 @@ class SamtrackWidget(PromptInput, QWidget):
         for b in (self.btn_fwd, self.btn_bwd, self.btn_both, self.btn_next, self.btn_add, self.btn_remove,
                   self.btn_clear, self.btn_color, self.btn_parent, self.btn_save):
             b.setEnabled(not running and self.session is not None)
+        self.btn_export.setEnabled(not running)  # an export while masks are being written would mix passes
         self.btn_cancel.setEnabled(running)
 
     # ------------------------------------------------------------------ navigation
@@ -400,8 +401,11 @@ class SamtrackWidget(PromptInput, QWidget):
         return Path(self.session.workdir)
 
     def export(self, fmt: str, output, *, force: bool = False, allow_incomplete: bool = False) -> Path:
+        from samtrack.errors import InvalidOptionError
         from samtrack.io.export import export
 
+        if self.busy:
+            raise InvalidOptionError("a propagation is running: export when it has finished (or cancel it)")
         if self.session is not None:
             self.session.flush()
         rep = export(self.results, fmt, output, force=force, allow_incomplete=allow_incomplete, frames=self.frames)
