@@ -16,16 +16,34 @@ from samtrack.io.frame_store import DONE, FrameStore
 from tests import media
 
 
-def _slow_persist(monkeypatch, delay: float, calls: list | None = None):
+def _slow_persist(monkeypatch, delay: float = 0.0, calls: list | None = None, *, gate: threading.Event | None = None,
+                  until_queued: int = 0):
+    """Make the writer slow by construction, not by timing: each write waits for ``gate`` (when
+    given) and, for the first write, until ``until_queued`` more chunks wait in the queue; ``delay``
+    only paces it. Waits have generous timeouts (hang guards only)."""
     real = FrameStore._persist
+    first = threading.Event()
 
     def slow(self, k, block, state):
+        if gate is not None:
+            assert gate.wait(timeout=300), "the test never opened the gate"
+        if until_queued and not first.is_set():
+            first.set()
+            with self._lock:
+                self._lock.wait_for(lambda: len(self._write_queue) >= until_queued or self._stopping, timeout=300)
         if calls is not None:
             calls.append((k, len(self._write_queue)))
-        time.sleep(delay)
+        if delay:
+            time.sleep(delay)
         return real(self, k, block, state)
 
     monkeypatch.setattr(FrameStore, "_persist", slow)
+
+
+def _wait_writer_idle(fs) -> None:
+    """Until the writer has nothing queued or in hand (the consumer is then slower than the disk)."""
+    with fs._lock:
+        assert fs._lock.wait_for(lambda: not fs._write_queue and fs._writing is None, timeout=300)
 
 
 def test_iter_frames_forward_reverse_and_ranges(videos, tmp_path):
@@ -42,7 +60,8 @@ def test_iter_frames_forward_reverse_and_ranges(videos, tmp_path):
 def test_slow_consumer_gets_every_chunk_persisted(videos, tmp_path):
     with open_video(videos["long_gop"], workdir=tmp_path, chunk_frames=8) as fs:
         for i, f in fs.iter_frames():
-            time.sleep(0.004)  # slower than the disk path: nothing needs to be dropped
+            if i % fs.chunk_frames == fs.chunk_frames - 1:
+                _wait_writer_idle(fs)  # slower than the disk path by construction: nothing needs dropping
         fs.flush()
         assert fs.stats["unpersisted_chunks"] == 0
         assert fs.complete
@@ -53,10 +72,12 @@ def test_slow_consumer_gets_every_chunk_persisted(videos, tmp_path):
 
 
 def test_fast_consumer_is_not_held_back_by_a_slow_disk(videos, tmp_path, monkeypatch):
-    _slow_persist(monkeypatch, 0.15)
+    gate = threading.Event()  # the disk takes nothing until the consumer has read every frame
+    _slow_persist(monkeypatch, gate=gate)
     with open_video(videos["long_gop"], workdir=tmp_path, chunk_frames=8) as fs:
         assert [media.read_index(f) for _, f in fs.iter_frames()] == list(range(120))
         assert fs.stats["unpersisted_chunks"] > 0  # left unpersisted instead of waiting for the disk
+        gate.set()
         fs.flush()
         assert not fs.complete
         assert fs.stats["decoded_chunks"] < 15  # the stream did not wait for each of its 15 chunks to be written
@@ -67,7 +88,7 @@ def test_fast_consumer_is_not_held_back_by_a_slow_disk(videos, tmp_path, monkeyp
 
 def test_builder_overlaps_decoding_with_writing_and_bounds_the_queue(videos, tmp_path, monkeypatch):
     calls: list = []
-    _slow_persist(monkeypatch, 0.02, calls)
+    _slow_persist(monkeypatch, 0.0, calls, until_queued=1)
     with open_video(videos["long_gop"], workdir=tmp_path, chunk_frames=8) as fs:
         for i in range(120):
             assert media.read_index(fs.read(i)) == i
@@ -92,9 +113,8 @@ def test_close_during_build_keeps_what_was_written(videos, tmp_path, monkeypatch
 
     t = threading.Thread(target=build, daemon=True)
     t.start()
-    deadline = time.monotonic() + 20
-    while not (fs._state == DONE).any() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    with fs._lock:  # a hang guard only: wait for the first chunk on disk, however slow the machine
+        assert fs._lock.wait_for(lambda: (fs._state == DONE).any(), timeout=300)
     fs.close()
     t.join(timeout=10)
     assert not t.is_alive()

@@ -136,9 +136,10 @@ def test_cancel_from_another_thread_keeps_finished_frames(session):
     for r in s.propagate("forward"):
         seen.append(r.frame_idx)
         if len(seen) == 5:
-            threading.Thread(target=s.cancel).start()
-            threading.Event().wait(0.2)
-    assert 5 <= len(seen) < N
+            t = threading.Thread(target=s.cancel)
+            t.start()
+            t.join()  # cancelled from another thread before the next frame: it stops there
+    assert len(seen) == 5
     st = s.status(1)
     assert (st[1:seen[-1] + 1] == Status.PROPAGATED).all() and (st[seen[-1] + 2:] == Status.NOT_RUN).all()
     s.backend.calls["track"].clear()
