@@ -309,6 +309,14 @@ def test_cli_screenshot_of_a_track_result_and_read_only_view(make_napari_viewer,
     _click(viewer, 10, 10)
     assert "results only" in w.status.text() and w.results.status(1)[6] == Status.PROPAGATED
     w.close_session()
+    # without weights and without a result: the video opens to browse, prompting is refused
+    viewer2 = make_napari_viewer()
+    _, w2 = view(vid, viewer=viewer2, workdir=tmp_path / "browse", download=False)
+    assert w2.session is None and w2.frames is not None and w2.results.object_ids == []
+    w2.goto(3)
+    _click(viewer2, 10, 10)
+    assert w2.results.object_ids == [] and w2.status.text()
+    w2.close_session()
 
 
 def test_plugin_manifest_is_registered_and_opens_the_widget(make_napari_viewer):

@@ -18,7 +18,8 @@ def open_for_viewing(source, *, result=None, workdir=None, model: str = "sam2.1_
     """(session or None, result store, frame store) for ``source``.
 
     With ``result`` (a `samtrack track` output folder, which is a session workdir) the session
-    is reopened there; without model weights the results are shown read-only.
+    is reopened there. Without model weights the video (and any results) open read-only:
+    browse, view results, export; the caller says how to enable prompting.
     """
     import samtrack
     from samtrack.errors import CheckpointError
@@ -36,14 +37,22 @@ def open_for_viewing(source, *, result=None, workdir=None, model: str = "sam2.1_
                                   workdir=wd, config=config, download=download and result is None, **video_options)
         return s, s.results, s.frames
     except CheckpointError as e:
-        if result is None:
-            raise
-        log.warning("no model weights (%s): showing the results read-only", e)
-    from samtrack.job import open_results
+        log.warning("no model weights (%s): the video%s is shown read-only", e,
+                    " and its results" if result is not None else "")
+    if result is not None and (Path(result) / "results.zarr").exists():
+        from samtrack.job import open_results
 
-    store, _ = open_results(result)
-    frames = samtrack.open_video(source, workdir=result, **video_options)
-    return None, store, frames
+        store, _ = open_results(result)
+        frames = samtrack.open_video(source, workdir=result, **video_options)
+        return None, store, frames
+    # browse only: the video (through the session folder's frame cache) and whatever results it holds
+    from samtrack.io.result_store import ResultStore
+    from samtrack.session import default_workdir, get_model
+
+    wd = wd if wd is not None else default_workdir(source, get_model(model), image_size)
+    frames = samtrack.open_video(source, workdir=wd, **video_options)
+    i = frames.info
+    return None, ResultStore(Path(wd) / "results.zarr", n_frames=i.n_frames, height=i.height, width=i.width), frames
 
 
 def view(source=None, *, result=None, workdir=None, model: str = "sam2.1_hiera_tiny", checkpoint=None,
