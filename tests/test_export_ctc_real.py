@@ -120,3 +120,16 @@ def test_real_division_tracked_exports_a_valid_ctc_lineage_and_evaluates(tmp_pat
 
     m = ctc_metrics(tmp_path / "job", gt, allow_incomplete=True)
     assert m["valid"] and 0.0 <= m["SEG"] <= 1.0 and 0.0 < m["TRA"] <= 1.0
+    # the same through the CLI: only its own output, SEG and TRA as numbers
+    import re
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "samtrack.cli", "eval", str(tmp_path / "job"), str(gt),
+                        "--allow-incomplete"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    seg = re.search(r"\bSEG (\d\.\d+)", r.stdout)
+    tra = re.search(r"\bTRA (\d\.\d+)", r.stdout)
+    assert seg and tra, r.stdout
+    assert abs(float(tra.group(1)) - m["TRA"]) < 1e-3 and abs(float(seg.group(1)) - m["SEG"]) < 1e-3
+    assert "Traceback" not in r.stderr and len(r.stdout.strip().splitlines()) <= 8, r.stdout
