@@ -92,6 +92,7 @@ class FrameStore(ChunkWriter):
         self._last_read = -2  # the index read last, to recognize sequential reading
         self._build_all = False
         self._closed = False
+        self._shut = False  # close() ran
         self._stopping = False  # close() has begun: no new decoding
         self._sizes: dict[int, int] | None = None  # chunk -> bytes on disk, for the disk budget
         self._fatal_error: BaseException | None = None
@@ -333,24 +334,35 @@ class FrameStore(ChunkWriter):
         self._queue_write(k, block)
         return block
 
-    def close(self) -> None:
-        """Stop decoding, write what is queued, release the files."""
+    def close(self, timeout: float = 600.0) -> None:
+        """Stop decoding, write what is queued, release the files. Idempotent.
+
+        The builder and writer threads are joined; one still running after ``timeout``
+        seconds (a hung disk) raises :class:`CacheError` after the files are released, and
+        a write that failed is raised too (what it did not write is rebuilt next time)."""
+        if self._shut:
+            return
+        self._shut = True
         with self._lock:
             self._stopping = True  # the builder takes no new chunk; the one in hand is queued
             self._lock.notify_all()
         if self._builder is not None:
-            self._builder.join(timeout=30)
+            self._builder.join(timeout=timeout)
         self.flush()
         with self._lock:
             self._closed = True
             self._lock.notify_all()
         if self._writer is not None:
-            self._writer.join(timeout=30)
+            self._writer.join(timeout=timeout)
         self._reader.close()
         if self._fg_reader is not None:
             self._fg_reader.close()
         if self._tmpdir:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
+        alive = [t.name for t in (self._builder, self._writer) if t is not None and t.is_alive()]
+        if alive:
+            raise CacheError(f"the frame cache's {' and '.join(alive)} thread(s) still run after {timeout:.0f} s "
+                             "(a slow or hung disk?); chunks they had not written are rebuilt next time")
 
     def __enter__(self) -> "FrameStore":
         return self
