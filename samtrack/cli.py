@@ -46,7 +46,7 @@ CH = typer.Option(None, "--channel", "-c", help="channel index of a multi-channe
 TA = typer.Option(None, "--time-axis", help="which stack axis is time when none is named T (e.g. Z)")
 RD = typer.Option(None, "--reader", help="force a reader: pyav, decord, images, tiff, zarr")
 ST = typer.Option(None, "--stream", help="video stream of a file with several (0-based; `samtrack info` lists them)")
-MODEL = typer.Option("sam2.1_hiera_tiny", "--model", help="model name (see `samtrack models`)")
+MODEL = typer.Option("sam2.1_hiera_tiny", "--model", help=_model_help())
 CKPT = typer.Option(None, "--checkpoint", help="checkpoint file (default: found in the checkpoint folders or "
                                                 "downloaded), or 'untrained' for random weights (pipeline checks)")
 SIZE = typer.Option(None, "--image-size", help="model input size in pixels, a multiple of 16 (default the "

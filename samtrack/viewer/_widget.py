@@ -448,10 +448,13 @@ class SamtrackWidget(PromptInput, QWidget):
             from qtpy.QtWidgets import QApplication
 
             self.session.cancel()
-            end = time.monotonic() + 60
+            end = time.monotonic() + 600  # a hang guard: one frame can take seconds on a CPU at 1024 px
             while self.busy and time.monotonic() < end:  # the worker stops at its next frame
                 QApplication.processEvents()
                 time.sleep(0.01)
+            if self.busy:  # never close the stores under a running worker
+                log.error("the propagation did not stop within 10 minutes; the session is left open")
+                return
         if self.session is not None:
             self.session.close()
             self.session = None
