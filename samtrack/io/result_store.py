@@ -1,10 +1,17 @@
 """ResultStore: per-frame masks at video resolution, scores and status, in zarr.
 
 Layout of ``<workdir>/results.zarr``: per object ``obj_<id>/`` with ``mask``
-(N, H, W) bool (one chunk per frame: one writer per chunk), ``status`` (N,)
-uint8, ``object_score`` and ``iou`` (N,) float32, ``source`` (N,) int32 (the
-keyframe whose pass produced the frame, -1 none). Attributes: ``objects``
-({id: {name, parent, color}}), ``video`` (VideoInfo), ``signature``.
+(N, H, W) bool, ``status`` (N,) uint8, ``object_score`` and ``iou`` (N,)
+float32, ``source`` (N,) int32 (the keyframe whose pass produced the frame, -1
+none). Attributes: ``objects`` ({id: {name, parent, color}}), ``video``
+(VideoInfo), ``signature``.
+
+``mask`` is sharded: one file per 32 frames (an inner chunk per frame, zstd),
+written by the flush only (one writer per shard) as a whole new file
+renamed into place; an empty mask is stored as no bytes. Stores written before
+shards (one chunk per frame) are read and written in their own layout (see
+``zarr_arrays.FrameArray``). The vectors are chunks of 4,096 frames; zarr
+>= 3.1 writes them to a temporary file renamed into place too.
 
 A frame never computed reads as status NOT_RUN, never as an empty mask.
 """
@@ -17,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from samtrack.errors import CacheError, FrameIndexError, UnknownObjectError
-from samtrack.io.zarr_arrays import written_whole
+from samtrack.io.zarr_arrays import FrameArray, create_frame_array
 
 
 _VECTORS = ("object_score", "iou", "source", "status")  # written in this order: status last
@@ -98,14 +105,14 @@ class ResultStore:
         n, h, w = self.n_frames, self.height, self.width
         if name not in self.root:
             g = self.root.create_group(name)
-            g.create_array("mask", shape=(n, h, w), chunks=(1, h, w), dtype="bool", fill_value=False)
+            create_frame_array(g, "mask", n_frames=n, frame_shape=(h, w), dtype="bool")
             g.create_array("status", shape=(n,), chunks=(min(n, 4096),), dtype="uint8", fill_value=0)
             g.create_array("object_score", shape=(n,), chunks=(min(n, 4096),), dtype="float32", fill_value=np.nan)
             g.create_array("iou", shape=(n,), chunks=(min(n, 4096),), dtype="float32", fill_value=np.nan)
             g.create_array("source", shape=(n,), chunks=(min(n, 4096),), dtype="int32", fill_value=-1)
         g = self.root[name]
         a = {k: g[k] for k in ("mask", "status", "object_score", "iou", "source")}
-        a["mask"] = written_whole(a["mask"])
+        a["mask"] = FrameArray(a["mask"], self.path / name / "mask", skip_empty=True)
         # small per-frame vectors live in RAM too (N bytes each), written through
         for k in ("status", "object_score", "iou", "source"):
             a["_" + k] = np.asarray(a[k][:])
@@ -245,7 +252,7 @@ class ResultStore:
                 queued = self._flushing.get(obj_id, {}).get(frame)
             if queued is not None:
                 return queued.copy()
-        return np.asarray(a["mask"][frame])
+        return a["mask"].read(frame)
 
     def label_frame(self, frame: int) -> np.ndarray:
         """(H, W) uint16/uint32 labels; later objects drawn over earlier ones."""
@@ -281,12 +288,6 @@ def release_rows(taken: dict, held: dict, queue: dict, *, requeue: bool) -> None
             held.pop(obj_id, None)
 
 
-def _bulk_write(arr, rows: dict[int, np.ndarray]) -> None:
-    """Write {index: row} into ``arr`` with one call per run of consecutive indices."""
-    idx = sorted(rows)
-    start = 0
-    for i in range(1, len(idx) + 1):
-        if i == len(idx) or idx[i] != idx[i - 1] + 1:
-            lo, hi = idx[start], idx[i - 1] + 1
-            arr[lo:hi] = np.stack([rows[k] for k in range(lo, hi)])
-            start = i
+def _bulk_write(arr: FrameArray, rows: dict[int, np.ndarray]) -> None:
+    """Write one object's queued masks {frame: (H, W) bool}: each shard they fall in is rewritten once."""
+    arr.write_rows(rows)

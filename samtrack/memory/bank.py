@@ -11,7 +11,10 @@
 - disk tier (zarr, ``<workdir>/memory.zarr``): every entry is written through
   as it is made, without its encoded memory (low-res logits, object pointer,
   scores, flags): enough to re-encode the memory exactly and to restart
-  propagation at any frame, after a crash too.
+  propagation at any frame, after a crash too. ``logits`` and ``mem_logits``
+  are sharded, one file per 32 frames (``zarr_arrays.FrameArray``; banks
+  written before shards keep one chunk per frame and still read and write);
+  pointers are chunks of 256 frames, scores and flags of 4,096.
 
 An entry read back from disk has ``maskmem=None``; the session re-encodes it.
 Device-to-host copies are ``non_blocking`` into pinned memory and the copy's
@@ -28,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from samtrack.io.result_store import _bulk_write, hold_rows, release_rows
-from samtrack.io.zarr_arrays import written_whole
+from samtrack.io.result_store import hold_rows, release_rows
+from samtrack.io.zarr_arrays import FrameArray, create_frame_array, written_whole
 from samtrack.memory.entry import MemoryEntry
 
 log = logging.getLogger(__name__)
@@ -63,15 +66,17 @@ class _DiskTier:
             g = self.root.create_group(name)
             s = like.mask_logits.shape[-1]
             c = like.obj_ptr.shape[-1]
-            for key, shape, chunks, dt in (("logits", (self.n, s, s), (1, s, s), "float32"),
-                                           ("mem_logits", (self.n, s, s), (1, s, s), "float32"),
-                                           ("ptr", (self.n, c), (256, c), "float32"),
+            for key in ("logits", "mem_logits"):
+                create_frame_array(g, key, n_frames=self.n, frame_shape=(s, s), dtype="float32")
+            for key, shape, chunks, dt in (("ptr", (self.n, c), (256, c), "float32"),
                                            ("score", (self.n,), (4096,), "float32"),
                                            ("iou", (self.n,), (4096,), "float32"),
                                            ("flags", (self.n,), (4096,), "uint8")):
                 g.create_array(key, shape=shape, chunks=chunks, dtype=dt, fill_value=0)
         g = self.root[name]
-        arrs = {k: written_whole(g[k]) for k in ("logits", "mem_logits", "ptr", "score", "iou", "flags")}
+        arrs = {k: written_whole(g[k]) for k in ("ptr", "score", "iou", "flags")}
+        for k in ("logits", "mem_logits"):
+            arrs[k] = FrameArray(g[k], self.path / name / k)
         arrs["_flags"] = np.asarray(arrs["flags"][:])  # in-memory copy: which frames exist
         self._arrays[obj_id] = arrs
         return arrs
@@ -114,10 +119,10 @@ class _DiskTier:
             a = arrays.get(obj_id)
             if a is None:
                 continue
-            _bulk_write(a["logits"], {f: v[0] for f, v in rows.items()})
+            a["logits"].write_rows({f: v[0] for f, v in rows.items()})
             mem = {f: v[1] for f, v in rows.items() if v[1] is not None}
             if mem:
-                _bulk_write(a["mem_logits"], mem)
+                a["mem_logits"].write_rows(mem)
         for obj_id, (lo, hi, fl) in flags.items():
             a, rows = arrays[obj_id], pending[obj_id]
             block = {k: np.asarray(a[k][lo:hi]) for k in ("ptr", "score", "iou")}
@@ -145,8 +150,8 @@ class _DiskTier:
             logits = torch.from_numpy(queued[0].copy())[None]
             mem = torch.from_numpy(queued[1].copy())[None] if queued[1] is not None else None
         else:
-            logits = torch.from_numpy(np.asarray(a["logits"][frame]))[None]
-            mem = torch.from_numpy(np.asarray(a["mem_logits"][frame]))[None] if fl & _F_MEMLOGITS else None
+            logits = torch.from_numpy(a["logits"].read(frame))[None]
+            mem = torch.from_numpy(a["mem_logits"].read(frame))[None] if fl & _F_MEMLOGITS else None
         pend = self._pending.get(obj_id, {}).get(frame) or self._flushing_pending.get(obj_id, {}).get(frame)
         if pend is not None:
             ptr, score, iou = torch.from_numpy(pend[0].copy()), pend[1], pend[2]
