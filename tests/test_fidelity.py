@@ -138,7 +138,10 @@ def test_b_three_objects_points_box_mask_forward_then_backward(setup):
 
 
 def test_c_correction_sticks_like_upstream_with_correct_as_cond(setup):
-    s = _session(setup, "c")
+    # upstream's semantics: the frames before a correction keep the earlier keyframe's pass (overlap
+    # rule "forward"); with samtrack's default "nearer" rule the frames nearer the correction are also
+    # recomputed so that they read it (a deliberate difference, tests/test_propagation.py)
+    s = _session(setup, "c", overlap_rule="forward")
     ours = {}
     ours[(1, 0)] = s.add_points(0, 1, [[40, 60]], [1]).logits[0]
     _collect(s.propagate("forward"), ours)
