@@ -255,13 +255,11 @@ class ResultStore:
         return a["mask"].read(frame)
 
     def label_frame(self, frame: int) -> np.ndarray:
-        """(H, W) uint16/uint32 labels; later objects drawn over earlier ones."""
-        out = np.zeros((self.height, self.width), np.uint32 if max(self.object_ids, default=0) > 65535 else np.uint16)
-        for oid in self.object_ids:
-            m = self.mask(frame, oid)
-            if m is not None:
-                out[m] = oid
-        return out
+        """(H, W) uint16 (uint32 beyond id 65,535) object-id labels, 0 background; overlapping objects
+        flattened by the exports' one rule (smaller object on top: :mod:`samtrack.io.export.labels`)."""
+        from samtrack.io.export.labels import label_frame
+
+        return label_frame(self, frame)
 
     def _check(self, frame: int) -> None:
         if not 0 <= frame < self.n_frames:
