@@ -247,15 +247,3 @@ def frames_to_recompute(track: Track, *, rule: str) -> np.ndarray:
     done = {s.frame for _, steps in plan.sweeps for s in steps if s.compute}
     return np.array(sorted(f for f in done if before[f] == Status.PROPAGATED), dtype=int)
 
-
-def ranges_text(frames) -> str:
-    """Frame indices as readable runs: [0, 1, 2, 7] -> "0-2, 7" (at most 8 runs, then "...")."""
-    frames = sorted(int(f) for f in frames)
-    parts, start = [], None
-    for i, f in enumerate(frames):
-        if start is None:
-            start = f
-        if i + 1 == len(frames) or frames[i + 1] != f + 1:
-            parts.append(f"{start}" if start == f else f"{start}-{f}")
-            start = None
-    return ", ".join(parts[:8]) + (" ..." if len(parts) > 8 else "")

@@ -30,8 +30,8 @@ from samtrack.session.backends.base import MemoryEntry, MemoryView, TrackRequest
 from samtrack.session.flusher import Flusher, flush_now
 from samtrack.session.job_identity import check_job, sign_job
 from samtrack.session.inflight import Launched, to_host
-from samtrack.session.planner import (Plan, Step, Track, frames_to_recompute, plan_propagation, ranges_text,
-                                      stale_frames)
+from samtrack.io.export import ranges as ranges_text
+from samtrack.session.planner import Plan, Step, Track, frames_to_recompute, plan_propagation, stale_frames
 from samtrack.session.prompts import Mask, Points, make_mask, make_points, to_model_points
 from samtrack.session.types import FrameResult, SessionConfig, _closest  # FrameResult/SessionConfig re-exported
 
