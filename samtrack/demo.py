@@ -74,6 +74,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from rich.console import Console
 
+    from samtrack.cli import cli_words
     from samtrack.errors import CheckpointError, SamtrackError
     from samtrack.job import run_track
     from samtrack.progress import progress_bar
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
             ckpt = resolve_checkpoint(spec, None, download=True)
             image_size = a.image_size
         except CheckpointError as e:
-            con.print(f"[yellow]{e}[/yellow]")
+            con.print(f"[yellow]{cli_words(str(e))}[/yellow]", highlight=False)
             con.print(f"[bold red]{BANNER}[/bold red]")
             ckpt, image_size = "untrained", a.image_size or 256
         with progress_bar("tracking", unit="frames", show_memory=True) as update:
@@ -117,7 +118,7 @@ def main(argv=None) -> int:
         finally:
             session.close()
     except SamtrackError as e:
-        con.print(f"[bold red]error:[/bold red] {e}")
+        con.print(f"[bold red]error:[/bold red] {cli_words(str(e))}", highlight=False)
         return 2
     con.print("[bold green]done[/bold green]: " + ", ".join(str(p) for p in paths) + f" (job: {out / 'job'})")
     if ckpt == "untrained":
