@@ -16,6 +16,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from samtrack import __version__
 from samtrack.errors import InvalidOptionError, SamtrackError
@@ -23,7 +24,7 @@ from samtrack.errors import InvalidOptionError, SamtrackError
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Track and segment objects through long videos with SAM2 / SAM2.1.")
 console = Console(stderr=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 250)  # piped output: tables are not cut to 80 columns
 
 DEVICES = "auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps"
 
@@ -100,9 +101,9 @@ def info(source: Path = typer.Argument(..., help="video file, image folder, TIFF
     for s in d.get("streams") or []:
         out.print(f"{'stream':>9}: " + ", ".join(f"{k} {v}" for k, v in s.items()), highlight=False)
     for note in d.get("notes") or []:
-        out.print(f"[yellow]{'note':>9}: {note}[/yellow]", highlight=False)
+        out.print(f"[yellow]{'note':>9}: {escape(cli_words(note))}[/yellow]", highlight=False)
     if not d.get("opened"):
-        out.print(f"[yellow]{'choose':>9}: {d.get('message')}[/yellow]", highlight=False)
+        out.print(f"[yellow]{'choose':>9}: {escape(cli_words(str(d.get('message'))))}[/yellow]", highlight=False)
         for c in d.get("choices") or []:
             rng = f"{c['range'][0]}..{c['range'][1]}" if c.get("range") else "/".join(map(str, c.get("values", [])))
             out.print(f"{'':>11}{c['option']} {rng}   ({c['why']})", highlight=False)
@@ -137,8 +138,9 @@ def track(source: Path = typer.Argument(..., help="video file, image folder, TIF
                                                              "ytvis, ctc"),
           allow_incomplete: bool = typer.Option(False, "--allow-incomplete", help="let --export write frames not "
                                                 "computed or stale (as empty)"),
-          force: bool = typer.Option(False, "--force", help="recompute everything; replace another job's folder "
-                                                            "and existing exports"),
+          write_frames: bool = typer.Option(False, "--write-frames", help="--export coco/ytvis of a video: also write "
+                                            "the frames the JSON names (<stem>/<index>.jpg) beside it"),
+          force: bool = typer.Option(False, "--force", help="recompute everything; replace another job's folder"),
           config: Optional[Path] = typer.Option(None, "--config", help="YAML preset (see configs/)"),
           z: Optional[int] = Z, channel: Optional[List[int]] = CH, time_axis: Optional[str] = TA,
           reader: Optional[str] = RD, stream: Optional[int] = ST) -> None:
@@ -167,17 +169,18 @@ def track(source: Path = typer.Argument(..., help="video file, image folder, TIF
             msg = f"resuming {out_dir}: {start.frames_done} of {start.n_frames} frames done"
             if start.prompts_changed:
                 msg += f", {start.prompts_changed} prompt change(s) from the prompt file applied"
-            msg += (f"; computing {start.to_compute} frame(s) from frame {start.first_frame}" if start.to_compute
+            msg += (f"; computing {start.to_compute} frame(s): {start.frames_text}" if start.to_compute
                     else "; nothing left to compute")
-            console.print(msg, highlight=False)
+            console.print(escape(msg), highlight=False)
         if start.to_compute:
-            with progress_bar("tracking", total=start.to_compute, unit="frames", show_memory=True) as update:
+            with progress_bar("tracking", total=start.progress_total, unit="frames", show_memory=True) as update:
                 for _ in session.propagate(direction, progress=update):
                     pass
         console.print(f"results in {out_dir} ({len(session.obj_ids)} objects, {session.n_frames} frames)")
-        for fmt in export_formats or []:
-            _export(session.results, fmt, out_dir / _default_name(fmt), force=force, frames=session.frames,
-                    allow_incomplete=allow_incomplete)
+        for fmt in export_formats or []:  # the job's own exports: refreshed on every run
+            extra = {"frames_dir": out_dir} if write_frames and fmt in ("coco", "ytvis") else {}
+            _export(session.results, fmt, out_dir / _default_name(fmt), force=True, frames=session.frames,
+                    allow_incomplete=allow_incomplete, **extra)
     finally:
         session.close()
 
@@ -195,8 +198,8 @@ def _export(store, fmt, output, *, force, frames=None, allow_incomplete=False, *
         report = do_export(store, fmt, output, force=force, allow_incomplete=allow_incomplete, frames=frames,
                            progress=update, **options)
     for w in report.warnings:  # also logged; the CLI's logging leaves samtrack.io.export to this
-        console.print(f"[yellow]warning: {w}[/yellow]", highlight=False)
-    console.print(f"wrote {report.summary()}", highlight=False)
+        console.print(f"[yellow]warning: {escape(cli_words(w))}[/yellow]", highlight=False)
+    console.print(escape(report.summary()), highlight=False)
 
 
 @app.command()
@@ -276,13 +279,13 @@ def view(source: Optional[Path] = typer.Argument(None, help="video file, image f
          frame: Optional[int] = typer.Option(None, "--frame", help="frame to show first"),
          screenshot: Optional[Path] = typer.Option(None, "--screenshot", help="save a PNG of the viewer and exit"),
          z: Optional[int] = Z, channel: Optional[List[int]] = CH, time_axis: Optional[str] = TA,
-         stream: Optional[int] = ST) -> None:
+         reader: Optional[str] = RD, stream: Optional[int] = ST) -> None:
     """Open the napari viewer with the samtrack widget (prompt, propagate, correct, export).
 
     Without model weights the video (and --result) opens read-only; the window says how to enable prompting."""
     import os
 
-    opts = _reader_options(z, channel, time_axis, None, stream)
+    opts = _reader_options(z, channel, time_axis, reader, stream)
     if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         raise InvalidOptionError("the viewer needs a display; on a headless machine run it under Xvfb: "
                                  "xvfb-run -a samtrack view ...")
@@ -404,6 +407,8 @@ def caches_clean(older_than: Optional[float] = typer.Option(None, "--older-than"
 
     if older_than is None and not missing_source and not all_:
         raise InvalidOptionError("say what to remove: --older-than DAYS, --missing-source or --all")
+    if older_than is not None and older_than < 0:
+        raise InvalidOptionError(f"--older-than {older_than:g}: give a number of days, 0 or more")
     kinds = ("frames", "sessions", "checkpoints") if checkpoints else ("frames", "sessions")
     chosen = select(list_caches(), kinds=kinds, older_than_days=older_than, missing_source=missing_source)
     for e in chosen:
@@ -430,7 +435,10 @@ def cli_words(message: str) -> str:
         if val == "True":
             return opt
         if m.group(1) == "channels":
-            return f"{opt} I (repeat for up to 3)"
+            vals = [v.strip() for v in val.strip("[]").split(",") if v.strip()]
+            if all(v.isdigit() for v in vals) and vals:
+                return " ".join(f"{opt} {v}" for v in vals)
+            return f"{opt} N (repeatable)"
         return f"{opt} {val.strip(chr(39) + chr(34))}"
 
     text = _KW.sub(sub, message)
@@ -459,16 +467,14 @@ def main(argv: Optional[list] = None) -> None:
     try:
         rc = app(args=argv, standalone_mode=False, prog_name="samtrack")
     except SamtrackError as e:
-        console.print(f"[bold red]error:[/bold red] {cli_words(str(e))}", highlight=False, soft_wrap=True)
+        console.print("[bold red]error:[/bold red] " + escape(cli_words(str(e))), highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, *abort):  # click turns Ctrl-C into Abort
         console.print("[yellow]interrupted: finished work is saved; run the same command again to resume[/yellow]")
         sys.exit(130)
     except usage as e:
         e.show()
         sys.exit(e.exit_code)
-    except abort:
-        sys.exit(130)
     except exits as e:
         sys.exit(getattr(e, "exit_code", 0))
     sys.exit(rc if isinstance(rc, int) else 0)

@@ -113,5 +113,9 @@ class OutOfMemoryError(SamtrackError, MemoryError):
     """The device or host ran out of memory; the message names the budget to lower."""
 
 
+class SessionClosedError(SamtrackError, RuntimeError):
+    """A session used after :meth:`close`."""
+
+
 class CancelledError(SamtrackError, RuntimeError):
     """Propagation was cancelled; every frame finished before the cancel is stored."""

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from samtrack.errors import CacheError, InvalidOptionError, JobMismatchError
+from samtrack.io.export import ranges
 from samtrack.session.prompts import Mask, Points, make_points
 
 log = logging.getLogger(__name__)
@@ -31,9 +32,11 @@ class JobStart:
     """What a ``track`` run found in its folder and is about to do.
 
     ``resumed``: the folder held this job's results; ``frames_done``: video frames finished
-    for every object and still valid after the prompt file's changes; ``to_compute``: video frames this run will
-    finish; ``first_frame``: the first frame the model computes (None: nothing to do); ``prompts_changed``:
-    prompts added, changed or removed since the last run (applied as corrections)."""
+    for every object and still valid after the prompt file's changes; ``to_compute``: video frames the model
+    will compute in this run, ``frames_text`` which ("8-14, 16-29"), ``first_frame`` the first it computes
+    (None: nothing to do); ``progress_total``: video frames the run will report (also the keyframes where
+    passes start); ``prompts_changed``: prompts added, changed or removed since the last run (applied as
+    corrections)."""
 
     out_dir: Path
     resumed: bool
@@ -42,6 +45,8 @@ class JobStart:
     to_compute: int
     first_frame: int | None
     prompts_changed: int
+    frames_text: str = ""
+    progress_total: int = 0
 
 
 def read_job(out_dir) -> dict | None:
@@ -101,13 +106,15 @@ def start_track(source, prompts, out_dir, *, model: str = "sam2.1_hiera_tiny", c
         objs = [session._obj(o) for o in session.obj_ids]
         plan = session.plan(direction, 0, session.n_frames - 1, [o for o in objs if o.prompts])
         first = next((s.frame for _, steps in plan.sweeps for s in steps if s.compute), None)
-        start = JobStart(out_dir, resumed, session.n_frames, done_before, plan.n_frames, first, changed)
+        computed = sorted({s.frame for _, steps in plan.sweeps for s in steps if s.compute})
+        start = JobStart(out_dir, resumed, session.n_frames, done_before, len(computed), first, changed,
+                         ranges(computed), plan.n_frames)
     except BaseException:
         session.close()
         raise
     if resumed:
         log.info("resuming %s: %d of %d frames done, %d prompt(s) changed, %d frame(s) to compute", out_dir,
-                 done_before, session.n_frames, changed, plan.n_frames)
+                 done_before, session.n_frames, changed, len(computed))
     return session, start
 
 

@@ -120,7 +120,24 @@ def test_an_edited_prompt_file_is_applied_as_corrections(assets, tmp_path):
     assert start.prompts_changed == 0 and start.to_compute == 0 and start.first_frame is None
     s.close()
     s, start = start_track(a, tmp_path / "p.json", out, force=True, **kw)  # --force: everything again
-    assert start.to_compute == N
+    assert start.to_compute == N - 2 and start.progress_total == N  # keyframes 0 and 16 are not computed
     list(s.propagate("both"))
     assert sorted(s.backend.calls["track"]) == [f for f in range(N) if f not in (0, 16)]
     s.close()
+
+
+def test_a_rewritten_frame_of_an_image_folder_is_noticed_and_hidden_files_are_not(tmp_path):
+    import tifffile
+
+    d = tmp_path / "frames"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        tifffile.imwrite(d / f"{i:03d}.tif", rng.integers(0, 255, (48, 64), dtype=np.uint8))
+    before = source_identity(d)
+    (d / ".DS_Store").write_bytes(b"finder")
+    (d / "notes.txt").write_text("imaging notes")
+    assert source_identity(d) == before
+    tifffile.imwrite(d / "003.tif", rng.integers(0, 255, (48, 64), dtype=np.uint8))  # same size, other pixels
+    assert (d / "003.tif").stat().st_size == (d / "002.tif").stat().st_size
+    assert source_identity(d)["content"] != before["content"]

@@ -58,3 +58,18 @@ def test_a_failed_background_flush_is_raised_at_close(session, monkeypatch):
     session._flusher.request()
     with pytest.raises((CacheError, OSError), match="no space left"):
         session.close()
+
+
+def test_a_closed_session_refuses_work_and_a_running_propagation_stops(session):
+    from samtrack.errors import SessionClosedError
+
+    session.add_box(0, 1, [10, 10, 30, 30])
+    g = session.propagate("forward")
+    first = next(g)
+    session.close()
+    assert list(g) == []  # the generator stops at its next frame, writing nothing more
+    for call in (lambda: session.add_points(0, 1, [[5, 5]], [1]), lambda: list(session.propagate("both")),
+                 lambda: session.add_object(3), lambda: session.remove_object(1)):
+        with pytest.raises(SessionClosedError, match="closed"):
+            call()
+    assert first.frame_idx == 0  # the keyframe where the pass starts

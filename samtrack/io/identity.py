@@ -11,8 +11,10 @@ Content signatures (``content``: hex digest, blake2b-128):
 - a file: its size and 1 MiB from its start, middle and end (a replaced video
   differs in its first megabyte: headers, first keyframe; reading 3 MiB of an
   hour-long recording costs milliseconds);
-- a folder: every file's name and size, plus the sampled content of the first,
-  middle and last file;
+- a folder of images: every image file's name and size and 4 KiB from the start,
+  middle and end of each (a frame rewritten with the same size is noticed; hidden
+  files such as ``.DS_Store`` and files that are not images are ignored); a zarr
+  folder: its array's samples, as an array;
 - an array (numpy, zarr): every sample when it holds at most 512 MiB, else every
   k-th frame so that about 512 MiB is read; shape and dtype always.
 """
@@ -27,6 +29,7 @@ from typing import Any
 import numpy as np
 
 SAMPLE = 1 << 20  # bytes read at each of three places of a file
+FOLDER_SAMPLE = 4 << 10  # bytes read at each of three places of every image of a folder
 ARRAY_BUDGET = 512 << 20  # bytes of an array hashed in full; larger arrays are sampled by frame
 
 
@@ -34,13 +37,13 @@ def _h():
     return hashlib.blake2b(digest_size=16)
 
 
-def _file_digest(path: Path, h) -> None:
+def _file_digest(path: Path, h, sample: int = SAMPLE) -> None:
     size = path.stat().st_size
     h.update(str(size).encode())
     with open(path, "rb") as f:
-        for off in sorted({0, max(0, size // 2 - SAMPLE // 2), max(0, size - SAMPLE)}):
+        for off in sorted({0, max(0, size // 2 - sample // 2), max(0, size - sample)}):
             f.seek(off)
-            h.update(f.read(SAMPLE))
+            h.update(f.read(sample))
 
 
 def _array_digest(array: Any, h) -> None:
@@ -65,12 +68,16 @@ def source_identity(source: Any) -> dict:
     if isinstance(source, (str, os.PathLike)):
         p = Path(source).resolve()
         if p.is_dir():
-            files = sorted((e for e in os.scandir(p) if e.is_file()), key=lambda e: e.name)
-            h.update(repr([(e.name, e.stat().st_size) for e in files]).encode())
             if (p / "zarr.json").exists() or (p / ".zarray").exists() or (p / ".zgroup").exists():
                 _zarr_digest(p, h)
-            for e in {id(x): x for x in (files[:1] + files[len(files) // 2:len(files) // 2 + 1] + files[-1:])}.values():
-                _file_digest(Path(e.path), h)
+                return {"path": str(p), "kind": "folder", "content": h.hexdigest()}
+            from samtrack.io.readers.image_folder import IMAGE_EXTENSIONS
+
+            files = sorted((e for e in os.scandir(p) if e.is_file() and not e.name.startswith(".")
+                            and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS), key=lambda e: e.name)
+            for e in files:
+                h.update(repr((e.name, e.stat().st_size)).encode())
+                _file_digest(Path(e.path), h, sample=FOLDER_SAMPLE)
             return {"path": str(p), "kind": "folder", "content": h.hexdigest()}
         _file_digest(p, h)
         return {"path": str(p), "kind": "file", "content": h.hexdigest()}

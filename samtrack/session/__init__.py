@@ -101,7 +101,10 @@ def open_session(source: Any, *, model: str = "sam2.1_hiera_tiny", checkpoint=No
     if backend is not None:
         spec, ckpt, image_size = backend.spec, backend.checkpoint, backend.image_size
     else:
+        from samtrack.session.backends.sam2_backend import pick_device
+
         spec = get_model(model)
+        device = pick_device(device)  # a device this machine lacks: an error before any work
         ckpt = resolve_checkpoint(spec, checkpoint, download=download)
     if workdir is None:
         workdir = default_workdir(source, spec, image_size)

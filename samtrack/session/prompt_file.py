@@ -25,6 +25,10 @@ from samtrack.errors import PromptError, SamtrackError
 from samtrack.session.prompts import check_box, make_mask, make_points
 
 
+MAX_OBJECT_ID = 2**31 - 1  # object ids are stored as int32 / written as uint32 labels
+_PROMPT_KEYS = {"frame", "points", "labels", "box", "mask", "label", "threshold"}
+
+
 class PromptFileError(PromptError):
     """A prompt file that cannot be used; the message names the field and the object."""
 
@@ -40,9 +44,12 @@ class ObjectPrompts:
 def load_prompt_file(path, *, n_frames: int, width: int, height: int) -> list[ObjectPrompts]:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise PromptFileError(f"{path}: cannot read the prompt file ({e})") from e
+    except UnicodeDecodeError as e:
+        raise PromptFileError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start}); save it as UTF-8 "
+                              "JSON or YAML") from e
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
@@ -61,8 +68,8 @@ def load_prompt_file(path, *, n_frames: int, width: int, height: int) -> list[Ob
         if not isinstance(obj, dict) or "id" not in obj:
             raise PromptFileError(f"{where}: missing \"id\" (a positive integer)")
         oid = obj["id"]
-        if not isinstance(oid, int) or isinstance(oid, bool) or oid < 1:
-            raise PromptFileError(f"{where}: \"id\" must be a positive integer, got {oid!r}")
+        if not isinstance(oid, int) or isinstance(oid, bool) or not 1 <= oid <= MAX_OBJECT_ID:
+            raise PromptFileError(f"{where}: \"id\" must be an integer from 1 to {MAX_OBJECT_ID}, got {oid!r}")
         if oid in seen:
             raise PromptFileError(f"{where}: duplicate id {oid}")
         seen.add(oid)
@@ -74,6 +81,11 @@ def load_prompt_file(path, *, n_frames: int, width: int, height: int) -> list[Ob
         if not isinstance(prompts, list) or not prompts:
             raise PromptFileError(f"{where}: needs a non-empty \"prompts\" list")
         checked = tuple(_check_prompt(p, j, where, path.parent, n_frames, width, height) for j, p in enumerate(prompts))
+        frames = [c["frame"] for c in checked]
+        dup = sorted({f for f in frames if frames.count(f) > 1})
+        if dup:
+            raise PromptFileError(f"{where}: several prompts on frame {dup[0]}; give one per frame (a box may carry "
+                                  "refining points)")
         out.append(ObjectPrompts(oid, obj.get("name"), parent, checked))
     ids = {o.obj_id for o in out}
     for o in out:
@@ -87,8 +99,14 @@ def _check_prompt(p, j, where, base: Path, n_frames, width, height) -> dict:
     if not isinstance(p, dict) or "frame" not in p:
         raise PromptFileError(f"{w}: missing \"frame\"")
     f = p["frame"]
-    if not isinstance(f, int) or isinstance(f, bool) or not 0 <= f < n_frames:
+    if not isinstance(f, int) or isinstance(f, bool):
+        raise PromptFileError(f"{w}: \"frame\" must be a whole number (0-based frame index), got {f!r}")
+    if not 0 <= f < n_frames:
         raise PromptFileError(f"{w}: frame {f!r} is out of range 0..{n_frames - 1}")
+    unknown = sorted(set(p) - _PROMPT_KEYS)
+    if unknown:
+        raise PromptFileError(f"{w}: unknown key(s) {unknown}; a prompt has \"frame\" and \"points\" (+ \"labels\"), "
+                              "\"box\" or \"mask\" (+ \"label\" or \"threshold\")")
     kinds = [k for k in ("points", "box", "mask") if k in p]
     if not kinds or ("mask" in kinds and len(kinds) > 1):
         raise PromptFileError(f"{w}: give \"points\" (with \"labels\"), a \"box\" (optionally with points), or a \"mask\"")
@@ -118,7 +136,10 @@ def _mask_prompt(p: dict, w: str, base: Path, width: int, height: int) -> np.nda
     label, threshold = p.get("label"), p.get("threshold")
     if label is not None and threshold is not None:
         raise PromptFileError(f"{w}: give \"label\" or \"threshold\", not both")
-    img = read_label_image(mpath)
+    try:
+        img = read_label_image(mpath)
+    except (OSError, SamtrackError) as e:  # not an image (PIL's UnidentifiedImageError is an OSError)
+        raise PromptFileError(f"{w}: mask {mpath.name} is not a readable image ({e}); give a PNG or TIFF") from e
     if threshold is not None:
         if not isinstance(threshold, (int, float)) or isinstance(threshold, bool):
             raise PromptFileError(f"{w}: \"threshold\" must be a number (pixels above it are the object)")

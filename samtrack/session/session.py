@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from samtrack.errors import (FrameIndexError, InvalidOptionError, NoPromptsError, OutOfMemoryError,
-                             PromptError, UnknownObjectError, UnreachableFramesError)
+                             PromptError, SessionClosedError, UnknownObjectError, UnreachableFramesError)
+from samtrack.io.feature_store import FeatureStore
 from samtrack.io.frame_store import FrameStore
 from samtrack.io.result_store import ResultStore, Status
 from samtrack.memory.bank import MemoryBank
@@ -75,6 +76,10 @@ class TrackingSession:
                                host_budget_bytes=self.config.host_budget_bytes)
         if signature is not None:
             sign_job(self.workdir, signature)
+        self.features: FeatureStore | None = None  # image features on disk (a cache, signed like the job)
+        if signature is not None and self.config.feature_store and hasattr(backend, "features_to_store"):
+            self.features = FeatureStore(self.workdir / "features.zarr", self.n_frames, signature=signature,
+                                         disk_budget_bytes=self.config.feature_disk_budget_bytes)
         self._objects: dict[int, _Object] = {}
         self._features: collections.OrderedDict[int, object] = collections.OrderedDict()
         self._cancel = threading.Event()
@@ -115,14 +120,16 @@ class TrackingSession:
         return sorted(self._objects)
 
     def add_object(self, obj_id: int, *, name: str | None = None, parent: int | None = None, color=None) -> None:
-        if not isinstance(obj_id, (int, np.integer)) or obj_id < 1:
-            raise PromptError(f"object ids are positive integers, got {obj_id!r}")
+        self._check_open()
+        if not isinstance(obj_id, (int, np.integer)) or not 1 <= obj_id <= 2**31 - 1:
+            raise PromptError(f"object ids are integers from 1 to 2**31 - 1, got {obj_id!r}")
         obj_id = int(obj_id)
         if obj_id not in self._objects:
             self._objects[obj_id] = _Object(obj_id, visited=np.full(self.n_frames, -1, np.int8))
         self.results.add_object(obj_id, name=name, parent=parent, color=color)
 
     def remove_object(self, obj_id: int) -> None:
+        self._check_open()
         self._obj(obj_id)
         del self._objects[obj_id]
         self.bank.drop_object(obj_id)
@@ -284,6 +291,7 @@ class TrackingSession:
         side): say "backward"/"both", or add a prompt. :meth:`cancel` from another
         thread stops at the next frame; everything computed so far is kept.
         """
+        self._check_open()
         if direction not in ("forward", "backward", "both"):
             raise InvalidOptionError(f"direction={direction!r}: use forward, backward or both")
         lo = 0 if start is None else self._check_frame(start)
@@ -305,6 +313,8 @@ class TrackingSession:
                 sweep = self._sweep(d, steps, {f: ids for (i, f), ids in plan.yields.items() if i == si}, objs)
                 try:
                     for res in sweep:
+                        if self._closed:  # closed under a running propagation: stop, the close wrote it
+                            return
                         self._flusher.tick()  # every 32 frames or 2 s, written while tracking goes on
                         if res is not None:
                             done += 1
@@ -317,7 +327,10 @@ class TrackingSession:
                 finally:
                     sweep.close()  # stores the frame still in flight before the final flush
         finally:
-            self.flush()
+            if not self._closed:
+                self.flush()
+                if self.features is not None:
+                    self.features.flush()
 
     def plan(self, direction: str, lo: int, hi: int, objs) -> Plan:
         """The :class:`~samtrack.session.planner.Plan` of ``propagate(direction, lo, hi)`` for ``objs``."""
@@ -357,6 +370,8 @@ class TrackingSession:
         held = None  # the frame in flight: (frame, object ids to report, launched step)
         try:
             for step in steps:
+                if self._closed:  # closed under a running propagation: the frame in flight is not stored
+                    return
                 f = step.frame
                 for oid in step.started:
                     o = by_id[oid]
@@ -375,7 +390,7 @@ class TrackingSession:
                 done, held = held, None
                 yield self._finish(*done)
         finally:
-            if held is not None:  # closed early (cancel): what was computed is still stored
+            if held is not None and not self._closed:  # closed early (cancel): what was computed is still stored
                 self._finish(*held)
 
     def _finish(self, f: int, ids: tuple, launched) -> FrameResult | None:
@@ -488,18 +503,57 @@ class TrackingSession:
 
     # -- plumbing ------------------------------------------------------------------
     def _frame_features(self, f: int):
+        """Frame ``f``'s image features: from RAM, else from the feature store, else encoded (and stored)."""
         feats = self._features.get(f)
-        if feats is None:
+        if feats is not None:
+            self._features.move_to_end(f)
+            return feats
+        rows = self.features.get(f) if self.features is not None else None
+        if rows is not None:
+            feats = self.backend.features_from_store(
+                {k: _from_numpy(v, self.features.dtype(k)) for k, v in rows.items()}, f)
+        else:
             img = self.frames.model_input(f, self.backend.image_size, self.backend.device)
             feats = self.backend.encode_image(img, f)
-            self._features[f] = feats
-            while len(self._features) > self.config.feature_cache_frames:
-                self._features.popitem(last=False)
-        else:
-            self._features.move_to_end(f)
+            if self.features is not None:
+                rows = {k: _to_numpy(t) for k, t in self.backend.features_to_store(feats).items()}
+                self.features.put(f, {k: v for k, (v, _) in rows.items()}, {k: d for k, (_, d) in rows.items()})
+        self._features[f] = feats
+        while len(self._features) > self.config.feature_cache_frames:
+            self._features.popitem(last=False)
         return feats
 
+    def precompute_features(self, start: int = 0, stop: int | None = None, *,
+                            progress: Callable[[int, int], None] | None = None) -> int:
+        """Encode frames ``start..stop`` (inclusive) that the feature store lacks, ahead of prompting and
+        tracking (as micro-sam precomputes embeddings); returns how many were encoded.
+        ``progress(done, total)`` counts the frames of the range. Needs ``SessionConfig(feature_store=True)``."""
+        if self.features is None:
+            raise InvalidOptionError("this session keeps no feature store: open it with "
+                                     "SessionConfig(feature_store=True) and a backend that supports one")
+        lo, hi = self._check_frame(start), self.n_frames - 1 if stop is None else self._check_frame(stop)
+        encoded = 0
+        for i, f in enumerate(range(lo, hi + 1)):
+            if f not in self.features:
+                img = self.frames.model_input(f, self.backend.image_size, self.backend.device)
+                rows = {k: _to_numpy(t) for k, t in self.backend.features_to_store(
+                    self.backend.encode_image(img, f)).items()}
+                self.features.put(f, {k: v for k, (v, _) in rows.items()}, {k: d for k, (_, d) in rows.items()})
+                encoded += 1
+            if progress:
+                progress(i + 1, hi - lo + 1)
+            if self._cancel.is_set():
+                break
+        self.features.flush()
+        return encoded
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SessionClosedError(f"the session on {self.workdir} is closed: open it again with open_session(..., "
+                                     f"workdir={str(self.workdir)!r}) to go on (everything is saved there)")
+
     def _check_frame(self, frame) -> int:
+        self._check_open()
         if not isinstance(frame, (int, np.integer)) or not 0 <= int(frame) < self.n_frames:
             raise FrameIndexError(f"frame {frame!r} is out of range: the video has {self.n_frames} frames (0..{self.n_frames - 1})")
         return int(frame)
@@ -532,7 +586,9 @@ class TrackingSession:
         self._closed = True
         first: BaseException | None = None
         for step in (self.flush, self._flusher.close, self.bank.close, self.results.close, self._features.clear,
-                     self.frames.close):
+                     self.features.close if self.features is not None else None, self.frames.close):
+            if step is None:
+                continue
             try:
                 step()
             except BaseException as e:  # keep closing the rest; report the first failure
@@ -550,3 +606,16 @@ class TrackingSession:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _to_numpy(t: torch.Tensor) -> tuple[np.ndarray, str]:
+    """(host array, logical dtype): bfloat16 travels as its int16 bits (numpy has no bfloat16)."""
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).cpu().numpy(), "bfloat16"
+    return t.cpu().numpy(), str(t.dtype).removeprefix("torch.")
+
+
+def _from_numpy(a: np.ndarray, dtype: str) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    return t.view(torch.bfloat16) if dtype == "bfloat16" else t

@@ -121,7 +121,11 @@ def atomic_output(path: Path, *, force: bool):
     """Yield a temporary path next to ``path``; move it into place on success."""
     path = Path(path)
     if path.exists() and not force:
-        raise ExportError(f"{path} exists: pass --force (force=True) to replace it")
+        raise ExportError(f"{path} exists: pass force=True to replace it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"cannot create the folder {path.parent} for {path.name} ({e}); choose another output") from e
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
@@ -151,14 +155,21 @@ def export(store: ResultStore, fmt: str, output, *, force: bool = False, allow_i
         if bad:
             detail = "; ".join(f"object {o}: frames {ranges(f)}" for o, f in bad.items())
             raise ExportError(f"frames not computed or stale ({detail}); propagate them first, or pass "
-                              "--allow-incomplete to export them as empty")
+                              "allow_incomplete=True to export them as empty")
     mod = importlib.import_module(f"samtrack.io.export.{FORMATS[fmt]}")
     output = Path(output)
     notes = ExportLog()
     if not store.object_ids:
         notes.warn("the result has no objects: every exported frame is empty")
-    with atomic_output(output, force=force) as tmp:
-        mod.write(store, tmp, log=notes, progress=progress, frames=frames, force=force, **options)
+    try:
+        with atomic_output(output, force=force) as tmp:
+            mod.write(store, tmp, log=notes, progress=progress, frames=frames, force=force, **options)
+    except PermissionError as e:
+        raise ExportError(f"cannot write {output} ({e}); choose a folder you can write to") from e
+    except OSError as e:
+        if isinstance(e, SamtrackError):
+            raise
+        raise ExportError(f"writing {output} failed ({e}); check the path and free disk space") from e
     report = ExportReport(output, fmt, store.n_frames, len(store.object_ids), notes.hidden_frames(),
                           notes.all_warnings())
     for w in report.warnings:

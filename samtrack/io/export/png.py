@@ -30,8 +30,9 @@ def write(store, path, *, log, progress=None, **_):
     from PIL import Image
 
     if max(store.object_ids, default=0) > 255:
-        raise ExportError(f"palette PNG holds object ids up to 255, this result has id {max(store.object_ids)}; "
-                          "export as tiff, zarr or npy instead")
+        top = max(store.object_ids)
+        other = "tiff, zarr or npy" if top <= 65535 else "zarr or npy (32-bit labels), or ctc (renumbered)"
+        raise ExportError(f"palette PNG holds object ids up to 255, this result has id {top}; export as {other} instead")
     Path(path).mkdir(parents=True)
     pal = davis_palette()
     for t, flat in flat_frames(store, log, progress=progress):

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from samtrack.errors import CheckpointError
+from samtrack.errors import CheckpointError, InvalidOptionError
 from samtrack.session.backends.base import FrameFeatures, MemoryEntry, MemoryView, StepOutput, TrackRequest
 from samtrack.session.checkpoints import check_state_dict, load_state_dict
 from samtrack.session.models import ModelSpec
@@ -63,8 +63,21 @@ def build_model(spec: ModelSpec, *, image_size: int | None = None, extra_overrid
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" (CUDA, then Apple MPS, then CPU), "cpu", "cuda", "cuda:N" or "mps"; a device this machine
+    lacks is an :class:`InvalidOptionError` that says what it has."""
     if str(device) != "auto":
-        return torch.device(device)
+        try:
+            d = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise InvalidOptionError(f"device={device!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from e
+        has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+        n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        ok = {"cpu": True, "cuda": n_cuda > (d.index or 0), "mps": has_mps}.get(d.type, False)
+        if not ok:
+            here = ["cpu"] + [f"cuda:{i}" for i in range(n_cuda)] + (["mps"] if has_mps else [])
+            raise InvalidOptionError(f"device={device!r} is not available here (this machine has "
+                                     f"{', '.join(here)}); use device='auto' or one of those")
+        return d
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -95,6 +108,7 @@ class Sam2Backend:
         self.stride = int(model.memory_temporal_stride_for_eval)
         self.autocast = self.device.type == "cuda"  # bf16 on CUDA, as upstream's notebooks run it
         self._pos_enc: list[torch.Tensor] | None = None
+        self._fpn_pos_cache: dict[tuple, list[torch.Tensor]] = {}
         self._holes_ok = True
         self.calls: dict = {"encode_image": collections.Counter(), "track": collections.Counter(),
                             "prompt": collections.Counter(), "encode_memory": collections.Counter()}
@@ -113,7 +127,35 @@ class Sam2Backend:
         self.calls["encode_image"][frame_idx] += 1
         with self._ctx():
             out = self.model.forward_image(image.to(self.device, non_blocking=True).float()[None])
+        key = tuple((tuple(t.shape[-2:]), t.dtype) for t in out["backbone_fpn"])
+        self._fpn_pos_cache.setdefault(key, out["vision_pos_enc"])
         return FrameFeatures(frame_idx, out)
+
+    # -- stored features (the session's FeatureStore keeps what this returns) --------
+    def features_to_store(self, feats: FrameFeatures) -> dict[str, torch.Tensor]:
+        """The rows worth keeping of a frame's features: the three FPN levels (batch dimension
+        dropped), as the encoder produced them, so that a frame read back tracks exactly as a fresh
+        one: float32 on the CPU, bfloat16 under CUDA autocast. At 1024 px: (32, 256, 256),
+        (64, 128, 128), (256, 64, 64). Position encodings depend on the shapes only: not stored."""
+        return {f"fpn{i}": t[0] for i, t in enumerate(feats.data["backbone_fpn"])}
+
+    def features_from_store(self, rows: dict[str, torch.Tensor], frame_idx: int) -> FrameFeatures:
+        """Inverse of :meth:`features_to_store` (rows on any device; moved to this backend's)."""
+        fpn = [rows[f"fpn{i}"][None].to(self.device, non_blocking=True) for i in range(len(rows))]
+        return FrameFeatures(frame_idx, {"vision_features": fpn[-1], "vision_pos_enc": self._fpn_pos(fpn),
+                                         "backbone_fpn": fpn})
+
+    def _fpn_pos(self, fpn: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The neck's position encodings of FPN levels of these shapes (sine encodings: shape only)."""
+        key = tuple((tuple(t.shape[-2:]), t.dtype) for t in fpn)
+        pos = self._fpn_pos_cache.get(key)
+        if pos is None:
+            neck = self.model.image_encoder.neck
+            with torch.inference_mode():
+                pos = [neck.position_encoding(torch.zeros(1, neck.d_model, *t.shape[-2:], device=self.device)).to(t.dtype)
+                       for t in fpn]
+            self._fpn_pos_cache[key] = pos
+        return pos
 
     def _features(self, feats: FrameFeatures, batch: int):
         bo = feats.data
