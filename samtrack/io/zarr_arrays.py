@@ -28,15 +28,17 @@ def written_whole(array):
     return with_config({"write_empty_chunks": True}) if with_config is not None else array
 
 
-def create_frame_array(group, name: str, *, n_frames: int, frame_shape: tuple[int, ...], dtype: str) -> None:
+def create_frame_array(group, name: str, *, n_frames: int, frame_shape: tuple[int, ...], dtype: str,
+                       shard_frames: int = SHARD_FRAMES) -> None:
     """An (n_frames, *frame_shape) array in ``group``: shards of SHARD_FRAMES frames, one inner chunk per
     frame, fill value zero. Masks (bool) are compressed with zstd level 1: a 1080p disc mask is 1.4 KB,
     0.7 ms to encode, 0.3 ms to decode (blosc lz4: 11.7 KB, 1.1 ms, 0.6 ms; 2-core VM). float32 logits
     with blosc lz4 after a byte shuffle (0.6 ms and 0.04 ms per 256x256 frame; zstd level 3 saves
-    ~20 % of bytes for 4x the encode time on the flush thread)."""
+    ~20 % of bytes for 4x the encode time on the flush thread). ``shard_frames``: frames per shard file
+    (fewer for large rows, such as image features)."""
     from zarr.codecs import BloscCodec, ZstdCodec
 
-    f = max(1, min(SHARD_FRAMES, n_frames))
+    f = max(1, min(shard_frames, n_frames))
     if np.dtype(dtype) == np.bool_:
         codec = ZstdCodec(level=1)
     else:

@@ -16,12 +16,20 @@ class SessionConfig:
     corrections are made). ``overlap_rule``: who owns frames between two
     keyframes (nearer / forward / backward). ``host_budget_bytes``: RAM for the
     memory bank's host tier. ``feature_cache_frames``: image embeddings kept
-    (prompting the same frame again does not re-encode it)."""
+    in RAM (prompting the same frame again does not re-encode it).
+    ``feature_store``: keep every frame's image features on disk in the
+    workdir (``features.zarr``), so that re-propagation after a correction,
+    prompting a revisited frame and a reopened job never run the image
+    encoder on a frame twice; ``feature_disk_budget_bytes`` caps it (least
+    recently used shards are removed; None: no cap). Stored in the dtype the
+    encoder produced (exact)."""
 
     max_keyframes_in_attention: int | None = 8
     overlap_rule: str = "nearer"
     host_budget_bytes: int = 2 * 2**30
     feature_cache_frames: int = 8
+    feature_store: bool = True
+    feature_disk_budget_bytes: int | None = 20 * 2**30
 
     def __post_init__(self):
         if self.overlap_rule not in RULES:

@@ -1,0 +1,195 @@
+"""FeatureStore: a frame's image-encoder output, computed once per video, model, checkpoint and size.
+
+Layout of ``<workdir>/features.zarr`` (zarr v3): one array per named feature
+(``(N, *row shape)``, the row's own dtype; bfloat16 rows are stored as their int16
+bits and tagged ``bfloat16`` in the attributes, so they come back bit for bit),
+shards of a few frames (about 32 MiB per shard file), one inner chunk per frame;
+``present`` (N,) uint8, written after the data; attributes ``signature`` (the job
+signature: source identity, reader options, model, checkpoint hash, image size),
+``dtypes``. A store whose signature differs is rebuilt: features are a cache.
+
+Rows are queued in memory and written shard by shard (each shard rewritten to a
+temporary file and renamed: a kill never tears one) when a shard's frames are all
+in hand, or at :meth:`flush`. Beyond ``disk_budget_bytes`` the least recently used
+shards are removed (those frames are encoded again when needed). One writer: the
+session's thread; not thread-safe.
+
+The store knows arrays, not models: what a frame's features are, and in which
+dtype, is the backend's business (``features_to_store`` / ``features_from_store``).
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from samtrack.io.identity import normalise
+from samtrack.io.shards import shard_path
+from samtrack.io.zarr_arrays import FrameArray, create_frame_array
+
+log = logging.getLogger(__name__)
+SHARD_BYTES = 32 << 20
+
+
+class FeatureStore:
+    """Per-frame named arrays on disk, with a signature, an LRU disk budget and a write queue."""
+
+    def __init__(self, path: str | os.PathLike, n_frames: int, *, signature: dict,
+                 disk_budget_bytes: int | None = 20 * 2**30):
+        import zarr
+
+        self._zarr = zarr
+        self.path = Path(path)
+        self.n_frames = int(n_frames)
+        self.signature = normalise(signature)
+        self.disk_budget_bytes = disk_budget_bytes
+        root = None
+        if self.path.exists():
+            try:
+                root = zarr.open_group(self.path, mode="r+")
+                if root.attrs.get("signature") != self.signature:
+                    log.info("image features in %s were computed for another job: rebuilding", self.path)
+                    root = None
+            except Exception as e:  # unreadable metadata: never trust it
+                log.warning("feature store %s unreadable (%s): rebuilding", self.path, e)
+                root = None
+            if root is None:
+                shutil.rmtree(self.path, ignore_errors=True)
+        if root is None:
+            root = zarr.open_group(self.path, mode="w")
+            root.create_array("present", shape=(self.n_frames,), chunks=(min(self.n_frames, 4096),), dtype="uint8",
+                              fill_value=0)
+            root.attrs.update({"signature": self.signature, "dtypes": {}})
+        self._root = root
+        self._present_arr = root["present"]
+        self._present = np.asarray(self._present_arr[:]).astype(bool)
+        self._dtypes: dict[str, str] = dict(root.attrs.get("dtypes", {}))
+        self._arrays: dict[str, FrameArray] = {}
+        self._pending: dict[int, dict[str, np.ndarray]] = {}
+        self._lru: collections.OrderedDict[int, None] = collections.OrderedDict()  # shards, oldest first
+        self._shard_frames = int(root.attrs.get("shard_frames", 0)) or None
+        self.stats = {"hits": 0, "misses": 0, "evicted_shards": 0}
+
+    # -- public --------------------------------------------------------------------
+    def __contains__(self, frame: int) -> bool:
+        return bool(self._present[frame]) or frame in self._pending
+
+    @property
+    def cached_frames(self) -> int:
+        return int(self._present.sum()) + sum(1 for f in self._pending if not self._present[f])
+
+    def get(self, frame: int) -> dict[str, np.ndarray] | None:
+        """The rows stored for ``frame`` ({name: array in its stored dtype, bfloat16 as int16 bits}, with
+        :meth:`dtype` telling which), or None when the frame has none."""
+        rows = self._pending.get(frame)
+        if rows is not None:
+            self.stats["hits"] += 1
+            return rows
+        if not self._present[frame]:
+            self.stats["misses"] += 1
+            return None
+        self._touch(frame // self._shard_frames)
+        self.stats["hits"] += 1
+        return {name: self._array(name).read(frame) for name in self._dtypes}
+
+    def dtype(self, name: str) -> str:
+        """The logical dtype of array ``name`` (e.g. ``"bfloat16"`` for rows given as int16 bits)."""
+        return self._dtypes[name]
+
+    def put(self, frame: int, rows: dict[str, np.ndarray], dtypes: dict[str, str] | None = None) -> None:
+        """Queue ``frame``'s rows ({name: array}); ``dtypes`` tags names whose logical dtype differs from
+        the array's (bfloat16 given as int16 bits). Written when its shard is complete, or at flush."""
+        if not self._dtypes:
+            self._create(rows, dtypes or {})
+        elif set(rows) != set(self._dtypes):
+            raise ValueError(f"feature rows {sorted(rows)} differ from the store's {sorted(self._dtypes)}")
+        self._pending[frame] = {k: np.ascontiguousarray(v) for k, v in rows.items()}
+        k = frame // self._shard_frames
+        lo, hi = k * self._shard_frames, min(self.n_frames, (k + 1) * self._shard_frames)
+        if all(self._present[f] or f in self._pending for f in range(lo, hi)):
+            self._write({f: self._pending.pop(f) for f in range(lo, hi) if f in self._pending})
+
+    def flush(self) -> None:
+        """Write every queued row."""
+        if self._pending:
+            pending, self._pending = self._pending, {}
+            self._write(pending)
+
+    def close(self) -> None:
+        self.flush()
+
+    # -- internals ---------------------------------------------------------------------
+    def _create(self, rows: dict[str, np.ndarray], dtypes: dict[str, str]) -> None:
+        frame_bytes = sum(v.nbytes for v in rows.values())
+        self._shard_frames = int(np.clip(SHARD_BYTES // max(frame_bytes, 1), 1, 32))
+        for name, v in rows.items():
+            if name not in self._root:
+                create_frame_array(self._root, name, n_frames=self.n_frames, frame_shape=tuple(v.shape),
+                                   dtype=str(v.dtype), shard_frames=self._shard_frames)
+            self._dtypes[name] = dtypes.get(name, str(v.dtype))
+        self._root.attrs.update({"dtypes": self._dtypes, "shard_frames": self._shard_frames})
+
+    def _array(self, name: str) -> FrameArray:
+        a = self._arrays.get(name)
+        if a is None:
+            a = self._arrays[name] = FrameArray(self._root[name], self.path / name)
+        return a
+
+    def _write(self, rows: dict[int, dict[str, np.ndarray]]) -> None:
+        for name in self._dtypes:  # data first, then the frames' presence
+            self._array(name).write_rows({f: r[name] for f, r in rows.items()})
+        frames = sorted(rows)
+        self._present[frames] = True
+        lo, hi = frames[0], frames[-1] + 1
+        self._present_arr[lo:hi] = self._present[lo:hi].astype(np.uint8)
+        for k in sorted({f // self._shard_frames for f in frames}):
+            self._touch(k)
+        self._enforce_budget(keep={f // self._shard_frames for f in frames})
+
+    def _touch(self, k: int) -> None:
+        self._lru[k] = None
+        self._lru.move_to_end(k)
+
+    def _shard_bytes(self, k: int) -> int:
+        total = 0
+        for name in self._dtypes:
+            p = shard_path(self.path / name, k, len(self._root[name].shape) - 1)
+            total += os.path.getsize(p) if os.path.exists(p) else 0
+        return total
+
+    def disk_bytes(self) -> int:
+        return sum(self._shard_bytes(k) for k in {int(f) // self._shard_frames for f in np.flatnonzero(self._present)})
+
+    def _enforce_budget(self, keep: set[int]) -> None:
+        if self.disk_budget_bytes is None:
+            return
+        shards = sorted({int(f) // self._shard_frames for f in np.flatnonzero(self._present)})
+        for k in shards:  # shards written by earlier runs are the oldest
+            if k not in self._lru:
+                self._lru[k] = None
+                self._lru.move_to_end(k, last=False)
+        total = sum(self._shard_bytes(k) for k in shards)
+        for k in list(self._lru):
+            if total <= self.disk_budget_bytes:
+                break
+            if k in keep:
+                continue
+            total -= self._evict(k)
+
+    def _evict(self, k: int) -> int:
+        size = self._shard_bytes(k)
+        lo, hi = k * self._shard_frames, min(self.n_frames, (k + 1) * self._shard_frames)
+        self._present[lo:hi] = False
+        self._present_arr[lo:hi] = np.zeros(hi - lo, np.uint8)  # absent first, then the data goes
+        for name in self._dtypes:
+            p = shard_path(self.path / name, k, len(self._root[name].shape) - 1)
+            if os.path.exists(p):
+                os.remove(p)
+        self._lru.pop(k, None)
+        self.stats["evicted_shards"] += 1
+        log.debug("feature shard %d evicted (%d bytes)", k, size)
+        return size
