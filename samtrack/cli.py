@@ -113,13 +113,29 @@ def info(source: Path = typer.Argument(..., help="video file, image folder, TIFF
 def cache(source: Path = typer.Argument(..., help="video file, image folder, TIFF stack or zarr"),
           workdir: Optional[Path] = typer.Option(None, "--workdir", help="where the cache lives (default under "
                                                                           "~/.cache/samtrack; a job's --out)"),
+          features: bool = typer.Option(False, "--features", help="also run the image encoder on every frame and "
+                                        "keep its features (a later session or track in this folder never encodes "
+                                        "a frame again)"),
+          model: str = MODEL, checkpoint: Optional[str] = CKPT, image_size: Optional[int] = SIZE, device: str = DEV,
           z: Optional[int] = Z, channel: Optional[List[int]] = CH, time_axis: Optional[str] = TA,
           reader: Optional[str] = RD, stream: Optional[int] = ST) -> None:
-    """Decode a source once into the zarr frame cache (resumes an interrupted build)."""
+    """Decode a source once into the zarr frame cache (resumes an interrupted build); with --features,
+    precompute the model's image features too (on whatever device is free, ahead of a session)."""
     import samtrack
     from samtrack.progress import progress_bar
 
     opts = _reader_options(z, channel, time_axis, reader, stream)
+    if features:
+        s = samtrack.open_session(source, model=model, checkpoint=checkpoint, image_size=image_size, device=device,
+                                  workdir=workdir, **opts)
+        try:
+            with progress_bar("image features", total=s.n_frames, unit="frames") as update:
+                n = s.precompute_features(progress=update)
+            console.print(f"encoded {n} frame(s); {s.features.cached_frames} of {s.n_frames} frames' features in "
+                          f"{s.features.path} (open a session or --out with this folder to use them)")
+        finally:
+            s.close()
+        return
     with samtrack.open_video(source, workdir=workdir, **opts) as fs:
         with progress_bar("caching frames", total=len(fs), unit="frames") as update:
             fs.build(progress=update)
@@ -141,6 +157,8 @@ def track(source: Path = typer.Argument(..., help="video file, image folder, TIF
           write_frames: bool = typer.Option(False, "--write-frames", help="--export coco/ytvis of a video: also write "
                                             "the frames the JSON names (<stem>/<index>.jpg) beside it"),
           force: bool = typer.Option(False, "--force", help="recompute everything; replace another job's folder"),
+          features: bool = typer.Option(False, "--features", help="encode every frame first (image features kept "
+                                        "in the job folder; corrections later never re-encode)"),
           config: Optional[Path] = typer.Option(None, "--config", help="YAML preset (see configs/)"),
           z: Optional[int] = Z, channel: Optional[List[int]] = CH, time_axis: Optional[str] = TA,
           reader: Optional[str] = RD, stream: Optional[int] = ST) -> None:
@@ -172,6 +190,9 @@ def track(source: Path = typer.Argument(..., help="video file, image folder, TIF
             msg += (f"; computing {start.to_compute} frame(s): {start.frames_text}" if start.to_compute
                     else "; nothing left to compute")
             console.print(escape(msg), highlight=False)
+        if features and session.features is not None:
+            with progress_bar("image features", total=session.n_frames, unit="frames") as update:
+                session.precompute_features(progress=update)
         if start.to_compute:
             with progress_bar("tracking", total=start.progress_total, unit="frames", show_memory=True) as update:
                 for _ in session.propagate(direction, progress=update):

@@ -1,0 +1,106 @@
+"""Image features stored once per video, model, checkpoint and size: tracking from stored features
+equals tracking from fresh ones (exactly: stored in the encoder's own dtype), and a correction in a
+reopened job runs the image encoder on no frame whose features are stored (encoder calls counted)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import samtrack
+from samtrack.io.feature_store import FeatureStore
+from samtrack.session import SessionConfig
+from tests import media
+from tests import model_utils as mu
+
+N = 16
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("feat")
+    return mu.make_checkpoint(tmp / "ck.pt", image_size=128), media.write_video(tmp / "v.mp4", N, w=128, h=96)
+
+
+def _open(assets, wd, **cfg):
+    ck, vid = assets
+    return samtrack.open_session(vid, checkpoint=ck, image_size=128, device="cpu", workdir=wd,
+                                 config=SessionConfig(**cfg) if cfg else None)
+
+
+def _track(s) -> dict:
+    s.add_points(0, 1, [[40, 50]], [1])
+    s.add_box(N - 1, 2, [60, 30, 110, 80])
+    return {(r.frame_idx, o): r.logits[i].copy() for r in s.propagate("both") for i, o in enumerate(r.obj_ids)}
+
+
+def test_tracking_from_stored_features_equals_fresh_encoding(assets, tmp_path):
+    with _open(assets, tmp_path / "fresh", feature_store=False) as s:
+        fresh = _track(s)
+        assert s.features is None and s.backend.calls["encode_image"].total() >= N  # RAM keeps 8: some twice
+    with _open(assets, tmp_path / "stored") as s:
+        assert s.precompute_features() == N and s.features.cached_frames == N
+        s.backend.calls["encode_image"].clear()
+        stored = _track(s)
+        assert s.backend.calls["encode_image"].total() == 0  # every frame read back from the store
+    assert fresh.keys() == stored.keys()
+    for k in fresh:  # float32 on the CPU, stored as float32: the same logits, bit for bit
+        np.testing.assert_array_equal(stored[k], fresh[k], err_msg=str(k))
+
+
+def test_a_correction_in_a_reopened_job_encodes_no_stored_frame(assets, tmp_path):
+    with _open(assets, tmp_path / "w") as s:
+        s.add_points(0, 1, [[40, 50]], [1])
+        list(s.propagate("forward"))
+    with _open(assets, tmp_path / "w") as s:  # a new session: RAM caches are empty
+        s.add_points(9, 1, [[80, 40]], [1])  # prompting a revisited frame: no encoder either
+        list(s.propagate("both"))
+        assert s.backend.calls["track"].total() > 0
+        assert s.backend.calls["encode_image"].total() == 0
+
+
+def test_a_disk_budget_evicts_least_recently_used_shards(assets, tmp_path, monkeypatch):
+    import samtrack.io.feature_store as fsm
+
+    monkeypatch.setattr(fsm, "SHARD_BYTES", 600_000)  # 2 frames of 128 px features per shard
+    with _open(assets, tmp_path / "w", feature_disk_budget_bytes=1) as s:
+        s.precompute_features()
+        assert s.features._shard_frames == 2
+        assert s.features.stats["evicted_shards"] > 0 and s.features.cached_frames < N
+        cached = s.features.cached_frames
+        s.add_points(0, 1, [[40, 50]], [1])
+        r = list(s.propagate("forward"))
+        assert len(r) == N and cached <= N
+
+
+def test_a_store_of_another_job_is_rebuilt_not_served(tmp_path):
+    rows = {"a": np.arange(12, dtype=np.float32).reshape(3, 4)}
+    fs = FeatureStore(tmp_path / "f.zarr", 4, signature={"source": 1})
+    fs.put(0, rows)
+    fs.flush()
+    assert 0 in FeatureStore(tmp_path / "f.zarr", 4, signature={"source": 1})
+    other = FeatureStore(tmp_path / "f.zarr", 4, signature={"source": 2})
+    assert 0 not in other and other.get(0) is None
+
+
+def test_cli_cache_features_then_track_encodes_nothing(assets, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    ck, vid = assets
+    job = tmp_path / "job"
+    r = subprocess.run([sys.executable, "-m", "samtrack.cli", "cache", str(vid), "--features", "--workdir", str(job),
+                        "--checkpoint", str(ck), "--image-size", "128", "--device", "cpu"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert f"{N} of {N} frames' features" in " ".join(r.stderr.split())
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps({"objects": [{"id": 1, "prompts": [{"frame": 0, "points": [[40, 50]]}]}]}))
+    from samtrack.job import start_track
+
+    s, _ = start_track(vid, p, job, checkpoint=ck, image_size=128, device="cpu")
+    try:
+        list(s.propagate("both"))
+        assert s.backend.calls["encode_image"].total() == 0 and s.backend.calls["track"].total() == N - 1
+    finally:
+        s.close()
