@@ -513,14 +513,20 @@ class TrackingSession:
             feats = self.backend.features_from_store(
                 {k: _from_numpy(v, self.features.dtype(k)) for k, v in rows.items()}, f)
         else:
-            img = self.frames.model_input(f, self.backend.image_size, self.backend.device)
-            feats = self.backend.encode_image(img, f)
-            if self.features is not None:
-                rows = {k: _to_numpy(t) for k, t in self.backend.features_to_store(feats).items()}
-                self.features.put(f, {k: v for k, (v, _) in rows.items()}, {k: d for k, (_, d) in rows.items()})
+            feats = self._encode(f)
         self._features[f] = feats
         while len(self._features) > self.config.feature_cache_frames:
             self._features.popitem(last=False)
+        return feats
+
+    def _encode(self, f: int):
+        """Run the image encoder on frame ``f``; its features go to the feature store too.
+        (On a GPU the copy to the host waits for the encoder: SessionConfig(feature_store=False)
+        avoids it where nothing is ever revisited.)"""
+        feats = self.backend.encode_image(self.frames.model_input(f, self.backend.image_size, self.backend.device), f)
+        if self.features is not None:
+            rows = {k: _to_numpy(t) for k, t in self.backend.features_to_store(feats).items()}
+            self.features.put(f, {k: v for k, (v, _) in rows.items()}, {k: d for k, (_, d) in rows.items()})
         return feats
 
     def precompute_features(self, start: int = 0, stop: int | None = None, *,
@@ -532,13 +538,11 @@ class TrackingSession:
             raise InvalidOptionError("this session keeps no feature store: open it with "
                                      "SessionConfig(feature_store=True) and a backend that supports one")
         lo, hi = self._check_frame(start), self.n_frames - 1 if stop is None else self._check_frame(stop)
+        self._cancel.clear()
         encoded = 0
         for i, f in enumerate(range(lo, hi + 1)):
             if f not in self.features:
-                img = self.frames.model_input(f, self.backend.image_size, self.backend.device)
-                rows = {k: _to_numpy(t) for k, t in self.backend.features_to_store(
-                    self.backend.encode_image(img, f)).items()}
-                self.features.put(f, {k: v for k, (v, _) in rows.items()}, {k: d for k, (_, d) in rows.items()})
+                self._encode(f)
                 encoded += 1
             if progress:
                 progress(i + 1, hi - lo + 1)
