@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, random_checkpoint
+from _common import random_checkpoint
 
 CLICK = [[0.5, 0.5]]  # relative (x, y) of the object's first click
 FIX = [[0.55, 0.45]]  # relative (x, y) of the correction

@@ -22,14 +22,13 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from samtrack.io.identity import normalise
 from samtrack.io.shards import shard_path
-from samtrack.io.zarr_arrays import FrameArray, create_frame_array
+from samtrack.io.zarr_arrays import FrameArray, create_frame_array, open_signed
 
 log = logging.getLogger(__name__)
 SHARD_BYTES = 32 << 20
@@ -47,18 +46,7 @@ class FeatureStore:
         self.n_frames = int(n_frames)
         self.signature = normalise(signature)
         self.disk_budget_bytes = disk_budget_bytes
-        root = None
-        if self.path.exists():
-            try:
-                root = zarr.open_group(self.path, mode="r+")
-                if root.attrs.get("signature") != self.signature:
-                    log.info("image features in %s were computed for another job: rebuilding", self.path)
-                    root = None
-            except Exception as e:  # unreadable metadata: never trust it
-                log.warning("feature store %s unreadable (%s): rebuilding", self.path, e)
-                root = None
-            if root is None:
-                shutil.rmtree(self.path, ignore_errors=True)
+        root = open_signed(self.path, self.signature, "image feature store")
         if root is None:
             root = zarr.open_group(self.path, mode="w")
             root.create_array("present", shape=(self.n_frames,), chunks=(min(self.n_frames, 4096),), dtype="uint8",

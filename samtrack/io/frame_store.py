@@ -38,7 +38,7 @@ from samtrack.io.info import VideoInfo
 from samtrack.io.cache_meta import default_cache_root, default_chunk_frames, source_signature  # noqa: F401
 from samtrack.io.model_input import to_model_input
 from samtrack.io.shards import ShardReader, ShardWriter
-from samtrack.io.zarr_arrays import written_whole
+from samtrack.io.zarr_arrays import open_signed, written_whole
 from samtrack.io.normalize import DisplayMapping, Intensity, resolve_mapping
 from samtrack.io.readers.base import Reader
 
@@ -114,18 +114,7 @@ class FrameStore(ChunkWriter):
     def _open_cache(self, BloscCodec) -> None:
         zarr = self._zarr
         sig = self.signature = source_signature(self.source, self._reader, self.intensity)  # identity: io/identity.py
-        root = None
-        if self.path.exists():
-            try:
-                root = zarr.open_group(self.path, mode="r+")
-                if root.attrs.get("signature") != sig:
-                    log.info("frame cache %s was built from something else: rebuilding", self.path)
-                    root = None
-            except Exception as e:  # unreadable metadata: never trust it
-                log.warning("frame cache %s unreadable (%s): rebuilding", self.path, e)
-                root = None
-            if root is None:
-                shutil.rmtree(self.path, ignore_errors=True)
+        root = open_signed(self.path, sig, "frame cache")
         info = self._reader.info
         if root is None:
             self.mapping = resolve_mapping(self._reader, self.intensity)

@@ -1,11 +1,14 @@
 """zarr settings and per-frame arrays shared by samtrack's caches (frames, results, memory bank)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from samtrack.io.shards import ShardReader, ShardWriter
+
+log = logging.getLogger(__name__)
 
 # Frames per shard file of a per-frame array (result masks, logits). One file per
 # frame per array was ~100,000 files per object-hour at 30 fps; 32 frames per file
@@ -26,6 +29,29 @@ def written_whole(array):
     """
     with_config = getattr(array, "with_config", None)
     return with_config({"write_empty_chunks": True}) if with_config is not None else array
+
+
+def open_signed(path: str | Path, signature: dict, what: str):
+    """The zarr group at ``path`` opened for writing when its ``signature`` attribute equals
+    ``signature``; otherwise (another source or job, or unreadable metadata, which is never trusted)
+    the folder is removed and None is returned, so the caller builds it anew. The one rule every
+    signed cache follows (frame cache, image features)."""
+    import shutil
+
+    import zarr
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        root = zarr.open_group(path, mode="r+")
+        if root.attrs.get("signature") == signature:
+            return root
+        log.info("%s %s was made from something else: rebuilding", what, path)
+    except Exception as e:  # noqa: BLE001  (zarr raises several types for damaged metadata)
+        log.warning("%s %s unreadable (%s): rebuilding", what, path, e)
+    shutil.rmtree(path, ignore_errors=True)
+    return None
 
 
 def create_frame_array(group, name: str, *, n_frames: int, frame_shape: tuple[int, ...], dtype: str,
