@@ -86,7 +86,12 @@ def read_label_source(path) -> tuple[int, Callable[[int], np.ndarray]]:
 
         files = [f for f in list_images(p) if f.suffix.lower() == ".png"]
         if not files:
-            raise UnsupportedSourceError(f"{p}: no PNG label images (DAVIS style), results.zarr or label zarr here")
+            hint = ""
+            if p.name in ("TRA", "SEG") and p.parent.name.endswith("_GT"):
+                hint = f"; for Cell Tracking Challenge ground truth pass the {p.parent.name} folder itself"
+            elif list(p.glob("man_track*.tif")) or list(p.glob("mask*.tif")):
+                hint = "; this looks like a CTC folder: pass the ..._GT folder (with TRA/ and SEG/) as ground truth"
+            raise UnsupportedSourceError(f"{p}: no PNG label images (DAVIS style), results.zarr or label zarr here{hint}")
         return len(files), lambda t: np.asarray(Image.open(files[t]))
     raise UnsupportedSourceError(f"{p}: give a folder of palette PNGs, a samtrack job directory or a label zarr")
 
