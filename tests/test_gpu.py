@@ -57,3 +57,30 @@ def test_cuda_offload_matches_upstream_under_bf16(tmp_path, n_obj):
     assert worst <= 0.25, (worst, agree)
     assert agree > 0.995, (worst, agree)
     s.close()
+
+
+def test_cuda_tracking_from_stored_bf16_features_equals_fresh(tmp_path):
+    """Features are stored in the dtype the encoder produced under autocast (bf16), copied to the
+    host asynchronously: tracking from them gives the logits of fresh encoding, bit for bit."""
+    from samtrack.session import SessionConfig
+
+    ck = mu.make_checkpoint(tmp_path / "ck.pt", image_size=256)
+    vid = media.write_video(tmp_path / "v.mp4", 24, w=160, h=120)
+
+    def run(wd, **cfg):
+        s = samtrack.open_session(vid, checkpoint=ck, image_size=256, device="cuda", workdir=wd,
+                                  config=SessionConfig(**cfg))
+        if s.features is not None:
+            s.precompute_features()
+            s.backend.calls["encode_image"].clear()
+        s.add_points(0, 1, [POINTS[0]], [1])
+        out = {r.frame_idx: r.logits[0].copy() for r in s.propagate("forward")}
+        encoded = s.backend.calls["encode_image"].total()
+        s.close()
+        return out, encoded
+
+    fresh, _ = run(tmp_path / "a", feature_store=False)
+    stored, encoded = run(tmp_path / "b")
+    assert encoded == 0 and fresh.keys() == stored.keys()
+    for f in fresh:
+        np.testing.assert_array_equal(stored[f], fresh[f], err_msg=str(f))

@@ -77,6 +77,7 @@ class TrackingSession:
         if signature is not None:
             sign_job(self.workdir, signature)
         self.features: FeatureStore | None = None  # image features on disk (a cache, signed like the job)
+        self._features_in_flight: tuple | None = None  # (frame, host tensors, CUDA event): being copied
         if signature is not None and self.config.feature_store and hasattr(backend, "features_to_store"):
             self.features = FeatureStore(self.workdir / "features.zarr", self.n_frames, signature=signature,
                                          disk_budget_bytes=self.config.feature_disk_budget_bytes)
@@ -330,6 +331,7 @@ class TrackingSession:
             if not self._closed:
                 self.flush()
                 if self.features is not None:
+                    self._store_features()
                     self.features.flush()
 
     def plan(self, direction: str, lo: int, hi: int, objs) -> Plan:
@@ -520,14 +522,28 @@ class TrackingSession:
         return feats
 
     def _encode(self, f: int):
-        """Run the image encoder on frame ``f``; its features go to the feature store too.
-        (On a GPU the copy to the host waits for the encoder: SessionConfig(feature_store=False)
-        avoids it where nothing is ever revisited.)"""
+        """Run the image encoder on frame ``f``; its features go to the feature store too. On a GPU
+        the copy to the host is asynchronous (pinned memory and an event) and is stored when the
+        next frame is encoded, so the loop never waits for it; on the CPU it is stored at once."""
         feats = self.backend.encode_image(self.frames.model_input(f, self.backend.image_size, self.backend.device), f)
         if self.features is not None:
-            rows = {k: _to_numpy(t) for k, t in self.backend.features_to_store(feats).items()}
-            self.features.put(f, {k: v for k, (v, _) in rows.items()}, {k: d for k, (_, d) in rows.items()})
+            self._store_features()  # the previous frame's copy has had a whole frame to finish
+            host, event = to_host(self.backend.features_to_store(feats))
+            self._features_in_flight = (f, host, event)
+            if event is None:
+                self._store_features()
         return feats
+
+    def _store_features(self) -> None:
+        """Put the features copied to the host last into the feature store."""
+        if self._features_in_flight is None:
+            return
+        f, host, event = self._features_in_flight
+        self._features_in_flight = None
+        if event is not None:
+            event.synchronize()
+        rows = {k: _to_numpy(t) for k, t in host.items()}
+        self.features.put(f, {k: v for k, (v, _) in rows.items()}, {k: d for k, (_, d) in rows.items()})
 
     def precompute_features(self, start: int = 0, stop: int | None = None, *,
                             progress: Callable[[int, int], None] | None = None) -> int:
@@ -548,6 +564,7 @@ class TrackingSession:
                 progress(i + 1, hi - lo + 1)
             if self._cancel.is_set():
                 break
+        self._store_features()
         self.features.flush()
         return encoded
 
@@ -590,7 +607,8 @@ class TrackingSession:
         self._closed = True
         first: BaseException | None = None
         for step in (self.flush, self._flusher.close, self.bank.close, self.results.close, self._features.clear,
-                     self.features.close if self.features is not None else None, self.frames.close):
+                     self._store_features, self.features.close if self.features is not None else None,
+                     self.frames.close):
             if step is None:
                 continue
             try:
