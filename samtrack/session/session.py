@@ -30,6 +30,7 @@ from samtrack.memory.bank import MemoryBank
 from samtrack.session.backends.base import MemoryEntry, MemoryView, TrackRequest
 from samtrack.session.flusher import Flusher, flush_now
 from samtrack.session.job_identity import check_job, sign_job
+from samtrack.session.features import FeatureSource
 from samtrack.session.inflight import Launched, to_host
 from samtrack.io.export import ranges as ranges_text
 from samtrack.session.planner import Plan, Step, Track, frames_to_recompute, plan_propagation, stale_frames
@@ -55,7 +56,7 @@ class _Object:
         return sorted(set(self.prompts) - self.pending)
 
 
-class TrackingSession:
+class TrackingSession(FeatureSource):
     """Prompt keyframes, propagate, correct, re-propagate. Not thread-safe except :meth:`cancel`."""
 
     def __init__(self, frames: FrameStore, backend, *, workdir: str | Path, config: SessionConfig | None = None,
@@ -504,70 +505,6 @@ class TrackingSession:
         return masks
 
     # -- plumbing ------------------------------------------------------------------
-    def _frame_features(self, f: int):
-        """Frame ``f``'s image features: from RAM, else from the feature store, else encoded (and stored)."""
-        feats = self._features.get(f)
-        if feats is not None:
-            self._features.move_to_end(f)
-            return feats
-        rows = self.features.get(f) if self.features is not None else None
-        if rows is not None:
-            feats = self.backend.features_from_store(
-                {k: _from_numpy(v, self.features.dtype(k)) for k, v in rows.items()}, f)
-        else:
-            feats = self._encode(f)
-        self._features[f] = feats
-        while len(self._features) > self.config.feature_cache_frames:
-            self._features.popitem(last=False)
-        return feats
-
-    def _encode(self, f: int):
-        """Run the image encoder on frame ``f``; its features go to the feature store too. On a GPU
-        the copy to the host is asynchronous (pinned memory and an event) and is stored when the
-        next frame is encoded, so the loop never waits for it; on the CPU it is stored at once."""
-        feats = self.backend.encode_image(self.frames.model_input(f, self.backend.image_size, self.backend.device), f)
-        if self.features is not None:
-            self._store_features()  # the previous frame's copy has had a whole frame to finish
-            host, event = to_host(self.backend.features_to_store(feats))
-            self._features_in_flight = (f, host, event)
-            if event is None:
-                self._store_features()
-        return feats
-
-    def _store_features(self) -> None:
-        """Put the features copied to the host last into the feature store."""
-        if self._features_in_flight is None:
-            return
-        f, host, event = self._features_in_flight
-        self._features_in_flight = None
-        if event is not None:
-            event.synchronize()
-        rows = {k: _to_numpy(t) for k, t in host.items()}
-        self.features.put(f, {k: v for k, (v, _) in rows.items()}, {k: d for k, (_, d) in rows.items()})
-
-    def precompute_features(self, start: int = 0, stop: int | None = None, *,
-                            progress: Callable[[int, int], None] | None = None) -> int:
-        """Encode frames ``start..stop`` (inclusive) that the feature store lacks, ahead of prompting and
-        tracking (as micro-sam precomputes embeddings); returns how many were encoded.
-        ``progress(done, total)`` counts the frames of the range. Needs ``SessionConfig(feature_store=True)``."""
-        if self.features is None:
-            raise InvalidOptionError("this session keeps no feature store: open it with "
-                                     "SessionConfig(feature_store=True) and a backend that supports one")
-        lo, hi = self._check_frame(start), self.n_frames - 1 if stop is None else self._check_frame(stop)
-        self._cancel.clear()
-        encoded = 0
-        for i, f in enumerate(range(lo, hi + 1)):
-            if f not in self.features:
-                self._encode(f)
-                encoded += 1
-            if progress:
-                progress(i + 1, hi - lo + 1)
-            if self._cancel.is_set():
-                break
-        self._store_features()
-        self.features.flush()
-        return encoded
-
     def _check_open(self) -> None:
         if self._closed:
             raise SessionClosedError(f"the session on {self.workdir} is closed: open it again with open_session(..., "
@@ -628,16 +565,3 @@ class TrackingSession:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _to_numpy(t: torch.Tensor) -> tuple[np.ndarray, str]:
-    """(host array, logical dtype): bfloat16 travels as its int16 bits (numpy has no bfloat16)."""
-    t = t.detach()
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).cpu().numpy(), "bfloat16"
-    return t.cpu().numpy(), str(t.dtype).removeprefix("torch.")
-
-
-def _from_numpy(a: np.ndarray, dtype: str) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(a))
-    return t.view(torch.bfloat16) if dtype == "bfloat16" else t
