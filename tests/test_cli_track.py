@@ -66,11 +66,15 @@ def test_killed_track_resumes_to_the_same_result(job_assets):
 
 
 def test_other_job_in_out_dir_needs_force(job_assets, tmp_path):
-    tmp, ck, vid, prompts = job_assets
+    _, ck, _, _ = job_assets
+    n = 6  # short clips: this is about identity, not tracking
+    vid = media.write_video(tmp_path / "v.mp4", n, w=128, h=96)
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps({"objects": [{"id": 1, "prompts": [{"frame": 0, "points": [[30, 40]]}]}]}))
     out = tmp_path / "job"
     assert subprocess.run(track_cmd(vid, prompts, out, ck, "--direction", "forward"), capture_output=True).returncode == 0
-    other = media.write_video(tmp_path / "other.mp4", N, w=128, h=96,
-                              frames=[media.frame_pattern(i, 96, 128, seed=2) for i in range(N)])
+    other = media.write_video(tmp_path / "other.mp4", n, w=128, h=96,
+                              frames=[media.frame_pattern(i, 96, 128, seed=2) for i in range(n)])
     r = subprocess.run(track_cmd(other, prompts, out, ck), capture_output=True, text=True)
     assert r.returncode == 2 and "--force" in r.stderr and "another video" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run(track_cmd(other, prompts, out, ck, "--force"), capture_output=True, text=True)
