@@ -97,3 +97,14 @@ def test_stale_marks_are_exactly_what_the_next_propagation_recomputes(s):
         assert stale, "a keyframe change must make some frames stale"
         assert _recomputed_after(s, 1) == stale
         assert not (s.status(1) == Status.STALE).any()
+
+
+def test_a_prompt_only_affects_the_span_between_its_neighbouring_keyframes(s):
+    s.add_points(0, 1, [[30, 40]], [1])
+    s.add_points(16, 1, [[30, 40]], [1])
+    list(s.propagate("forward"))  # 9..15 come from keyframe 0 (forward only), though 16 is nearer
+    before = s.status(1).copy()
+    s.add_points(24, 1, [[40, 40]], [1])  # beyond keyframe 16: nothing before 16 can change
+    st = s.status(1)
+    assert (st[:16] == before[:16]).all() and (st[17:21] == before[17:21]).all()
+    assert (st[21:24] == Status.STALE).all() and (st[25:] == Status.STALE).all()  # 21..23: nearer 24 than 16

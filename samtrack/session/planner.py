@@ -238,12 +238,15 @@ def plan_propagation(direction: str, lo: int, hi: int, tracks: dict[int, Track],
     return plan
 
 
-def frames_to_recompute(track: Track, *, rule: str) -> np.ndarray:
-    """Frames computed now (PROPAGATED) that a full propagation ("both", whole video) would compute
-    again with the track's current keyframes: the frames a changed keyframe makes stale."""
+def frames_to_recompute(track: Track, c: int, *, rule: str) -> np.ndarray:
+    """Frames computed now (PROPAGATED) that a propagation in both directions would compute again
+    after a keyframe change on frame ``c``: ownership changes only between ``c``'s neighbouring
+    keyframes, so only that span is planned (the cost does not grow with the video's length)."""
     before = track.status.copy()
+    prev_k, next_k = neighbours(track.keyframes, c)
+    lo, hi = (0 if prev_k is None else prev_k), (len(before) - 1 if next_k is None else next_k)
     t = Track(track.keyframes, track.status.copy(), track.sources.copy())
-    plan = plan_propagation("both", 0, len(before) - 1, {0: t}, rule=rule)
+    plan = plan_propagation("both", lo, hi, {0: t}, rule=rule)
     done = {s.frame for _, steps in plan.sweeps for s in steps if s.compute}
     return np.array(sorted(f for f in done if before[f] == Status.PROPAGATED), dtype=int)
 

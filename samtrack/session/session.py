@@ -266,7 +266,7 @@ class TrackingSession(FeatureSource):
         st, src = self.results.status(obj_id), self.results.sources(obj_id)
         stale = stale_frames(frame, st, src)
         st[stale] = Status.STALE
-        owned = frames_to_recompute(Track(sorted(self._objects[obj_id].prompts), st, src),
+        owned = frames_to_recompute(Track(sorted(self._objects[obj_id].prompts), st, src), frame,
                                     rule=self.config.overlap_rule)
         self.results.set_status(obj_id, np.union1d(stale, owned), Status.STALE)
 
