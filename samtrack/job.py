@@ -103,8 +103,7 @@ def start_track(source, prompts, out_dir, *, model: str = "sam2.1_hiera_tiny", c
                                              "model": session.backend.spec.name, "image_size": session.backend.image_size,
                                              "direction": direction, "video_options": video_options}
         shutil.copy(prompts, out_dir / ("prompts" + Path(prompts).suffix))
-        objs = [session._obj(o) for o in session.obj_ids]
-        plan = session.plan(direction, 0, session.n_frames - 1, [o for o in objs if o.prompts])
+        plan = session.plan(direction)
         first = next((s.frame for _, steps in plan.sweeps for s in steps if s.compute), None)
         computed = sorted({s.frame for _, steps in plan.sweeps for s in steps if s.compute})
         start = JobStart(out_dir, resumed, session.n_frames, done_before, len(computed), first, changed,

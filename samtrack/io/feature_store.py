@@ -60,6 +60,7 @@ class FeatureStore:
         self._pending: dict[int, dict[str, np.ndarray]] = {}
         self._lru: collections.OrderedDict[int, None] = collections.OrderedDict()  # shards, oldest first
         self._shard_frames = int(root.attrs.get("shard_frames", 0)) or None
+        self._sizes: dict[int, int] | None = None  # shard -> bytes on disk (see _shard_sizes)
         self.stats = {"hits": 0, "misses": 0, "evicted_shards": 0}
 
     # -- public --------------------------------------------------------------------
@@ -134,9 +135,12 @@ class FeatureStore:
         self._present[frames] = True
         lo, hi = frames[0], frames[-1] + 1
         self._present_arr[lo:hi] = self._present[lo:hi].astype(np.uint8)
-        for k in sorted({f // self._shard_frames for f in frames}):
+        written = {f // self._shard_frames for f in frames}
+        sizes = self._shard_sizes()
+        for k in sorted(written):
             self._touch(k)
-        self._enforce_budget(keep={f // self._shard_frames for f in frames})
+            sizes[k] = self._shard_bytes(k)
+        self._enforce_budget(keep=written)
 
     def _touch(self, k: int) -> None:
         self._lru[k] = None
@@ -149,27 +153,31 @@ class FeatureStore:
             total += os.path.getsize(p) if os.path.exists(p) else 0
         return total
 
-    def disk_bytes(self) -> int:
-        return sum(self._shard_bytes(k) for k in {int(f) // self._shard_frames for f in np.flatnonzero(self._present)})
+    def _shard_sizes(self) -> dict[int, int]:
+        """{shard: bytes on disk}, read from the files once (shards of earlier runs count as the least
+        recently used), then kept up to date by writes and evictions: no stat per shard per write."""
+        if self._sizes is None:
+            self._sizes = {}
+            for k in sorted({int(f) // self._shard_frames for f in np.flatnonzero(self._present)}):
+                self._sizes[k] = self._shard_bytes(k)
+                if k not in self._lru:
+                    self._lru[k] = None
+                    self._lru.move_to_end(k, last=False)
+        return self._sizes
 
     def _enforce_budget(self, keep: set[int]) -> None:
         if self.disk_budget_bytes is None:
             return
-        shards = sorted({int(f) // self._shard_frames for f in np.flatnonzero(self._present)})
-        for k in shards:  # shards written by earlier runs are the oldest
-            if k not in self._lru:
-                self._lru[k] = None
-                self._lru.move_to_end(k, last=False)
-        total = sum(self._shard_bytes(k) for k in shards)
+        sizes = self._shard_sizes()
+        total = sum(sizes.values())
         for k in list(self._lru):
             if total <= self.disk_budget_bytes:
                 break
-            if k in keep:
-                continue
-            total -= self._evict(k)
+            if k not in keep:
+                total -= self._evict(k)
 
     def _evict(self, k: int) -> int:
-        size = self._shard_bytes(k)
+        size = self._shard_sizes().pop(k, 0)
         lo, hi = k * self._shard_frames, min(self.n_frames, (k + 1) * self._shard_frames)
         self._present[lo:hi] = False
         self._present_arr[lo:hi] = np.zeros(hi - lo, np.uint8)  # absent first, then the data goes

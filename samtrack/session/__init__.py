@@ -70,8 +70,8 @@ def default_workdir(source, spec: ModelSpec, image_size) -> Path:
     from samtrack.io.frame_store import default_cache_root
     from samtrack.io.identity import source_identity
 
-    ident = source_identity(source)
-    where = ident["path"] or ident["content"]
+    # a path: its resolved spelling (the job signature checks its content); an array: its content
+    where = str(Path(source).resolve()) if isinstance(source, (str, os.PathLike)) else source_identity(source)["content"]
     key = hashlib.sha1(f"{where}|{spec.name}|{image_size}".encode()).hexdigest()[:16]
     return default_cache_root() / "sessions" / key
 

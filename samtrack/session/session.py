@@ -306,7 +306,7 @@ class TrackingSession(FeatureSource):
             raise NoPromptsError("no prompts yet: add points, a box or a mask on at least one frame")
         self._cancel.clear()
         self._finalize_prompts(objs)
-        plan = self.plan(direction, lo, hi, objs)
+        plan = self._plan(direction, lo, hi, objs)
         if plan.unreachable:
             self._report_unreachable(plan, direction, objs)
         done, total = 0, plan.n_frames
@@ -335,8 +335,16 @@ class TrackingSession(FeatureSource):
                     self._store_features()
                     self.features.flush()
 
-    def plan(self, direction: str, lo: int, hi: int, objs) -> Plan:
-        """The :class:`~samtrack.session.planner.Plan` of ``propagate(direction, lo, hi)`` for ``objs``."""
+    def plan(self, direction: str = "both", start: int | None = None, stop: int | None = None, *,
+             obj_ids=None) -> Plan:
+        """What ``propagate(direction, start, stop, obj_ids=...)`` would compute, without running the model
+        (a :class:`~samtrack.session.planner.Plan`: its steps, the frames it yields, unreachable frames)."""
+        lo = 0 if start is None else self._check_frame(start)
+        hi = self.n_frames - 1 if stop is None else self._check_frame(stop)
+        objs = [self._obj(i) for i in (obj_ids if obj_ids is not None else self.obj_ids)]
+        return self._plan(direction, min(lo, hi), max(lo, hi), [o for o in objs if o.prompts])
+
+    def _plan(self, direction: str, lo: int, hi: int, objs) -> Plan:
         tracks = {o.obj_id: Track(sorted(o.prompts), self.results.status(o.obj_id), self.results.sources(o.obj_id))
                   for o in objs}
         return plan_propagation(direction, lo, hi, tracks, rule=self.config.overlap_rule)
