@@ -35,6 +35,7 @@ class CacheEntry:
     source: str | None
 
     def to_dict(self) -> dict:
+        """JSON-ready: kind, path, bytes, last_used (epoch seconds), source."""
         return {"kind": self.kind, "path": str(self.path), "bytes": self.bytes, "last_used": self.last_used,
                 "source": self.source}
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -19,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from samtrack import __version__
+from samtrack.cli_words import click_errors, cli_words
 from samtrack.errors import InvalidOptionError, SamtrackError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -439,52 +439,13 @@ def caches_clean(older_than: Optional[float] = typer.Option(None, "--older-than"
     console.print(f"{'would free' if dry_run else 'freed'} {_size(freed)} ({len(chosen)} entries)")
 
 
-# -- errors in CLI words ----------------------------------------------------------------------
-_OPTIONS = {"force": "--force", "reset": "--force", "allow_incomplete": "--allow-incomplete",
-            "checkpoint": "--checkpoint", "model": "--model", "image_size": "--image-size", "device": "--device",
-            "z": "--z", "channels": "--channel", "time_axis": "--time-axis", "stream": "--stream",
-            "reader": "--reader", "direction": "--direction", "workdir": "--workdir/--out"}
-_KW = re.compile(r"\b(" + "|".join(sorted(_OPTIONS, key=len, reverse=True)) + r")=(\[[^\]]*\]|'[^']*'|\"[^\"]*\"|[^\s,;)]+)")
-
-
-def cli_words(message: str) -> str:
-    """A library message with Python keywords turned into CLI options: ``force=True`` -> ``--force``,
-    ``z=0..4`` -> ``--z 0..4``, ``checkpoint='untrained'`` -> ``--checkpoint untrained``,
-    ``channels=[i, ...]`` -> ``--channel I`` (repeatable)."""
-    def sub(m: re.Match) -> str:
-        opt, val = _OPTIONS[m.group(1)], m.group(2)
-        if val == "True":
-            return opt
-        if m.group(1) == "channels":
-            vals = [v.strip() for v in val.strip("[]").split(",") if v.strip()]
-            if all(v.isdigit() for v in vals) and vals:
-                return " ".join(f"{opt} {v}" for v in vals)
-            return f"{opt} N (repeatable)"
-        return f"{opt} {val.strip(chr(39) + chr(34))}"
-
-    text = _KW.sub(sub, message)
-    return re.sub(r"(--[a-z-]+) \(\1\)", r"\1", text)  # "--force (--force)" from messages that gave both
-
-
-def _click_errors():
-    """(usage errors, aborts, exits) of click and of the click that typer bundles (typer >= 0.20)."""
-    import click
-
-    usage, abort, exits = [click.exceptions.ClickException], [click.exceptions.Abort, typer.Abort], \
-        [click.exceptions.Exit, typer.Exit]
-    try:
-        import typer._click.exceptions as tclick
-
-        usage.append(tclick.ClickException)
-    except ImportError:
-        pass
-    return tuple(usage), tuple(abort), tuple(exits)
-
-
 def main(argv: Optional[list] = None) -> None:
+    """The ``samtrack`` entry point: runs the command in ``argv`` (default ``sys.argv``) and exits with its
+    status: 0, 2 for a user's mistake (a one-line ``error:`` in CLI words, or click's usage message), 130
+    after Ctrl-C."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("samtrack.io.export").setLevel(logging.ERROR)  # export warnings: printed from the report
-    usage, abort, exits = _click_errors()
+    usage, abort, exits = click_errors()
     try:
         rc = app(args=argv, standalone_mode=False, prog_name="samtrack")
     except SamtrackError as e:

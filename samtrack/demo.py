@@ -64,6 +64,8 @@ BANNER = """
 
 
 def main(argv=None) -> int:
+    """``make demo``: cache, track and export a generated sample (or --video with --prompts); returns the
+    exit status (0, or 2 with one error line)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--video")
     ap.add_argument("--prompts")

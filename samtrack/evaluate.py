@@ -26,6 +26,8 @@ class EvaluationError(SamtrackError, ValueError):
 
 
 def region_j(pred: np.ndarray, gt: np.ndarray) -> float:
+    """DAVIS region similarity J: intersection over union of two (H, W) bool masks; 1.0 when both are
+    empty (Perazzi et al., CVPR 2016, as the DAVIS toolkit computes it)."""
     union = np.logical_or(pred, gt).sum()
     return 1.0 if union == 0 else float(np.logical_and(pred, gt).sum() / union)
 
@@ -47,6 +49,8 @@ def boundary(mask: np.ndarray) -> np.ndarray:
 
 
 def boundary_f(pred: np.ndarray, gt: np.ndarray, bound_th: float = 0.008) -> float:
+    """DAVIS contour accuracy F of two (H, W) bool masks: boundary precision/recall within a tolerance of
+    ``bound_th`` x the image diagonal (pixels), as the DAVIS 2017 toolkit's ``f_measure``."""
     import cv2
 
     h, w = gt.shape
@@ -97,6 +101,10 @@ def read_label_source(path) -> tuple[int, Callable[[int], np.ndarray]]:
 
 
 def davis_jf(pred, gt, *, skip_first_last: bool = False, progress=None) -> dict:
+    """J, F and J&F per object and their means over frames, prediction against ground truth (job folder,
+    label zarr or DAVIS PNG folders, flattened by the exports' rule). ``skip_first_last``: the DAVIS
+    challenge protocol. Returns {"objects": {id: {"J", "F", "JF"}}, "J", "F", "JF", "frames"}; raises
+    :class:`EvaluationError` when the two cannot be compared (frame counts, sizes)."""
     n_p, read_p = read_label_source(pred)
     n_g, read_g = read_label_source(gt)
     if n_p != n_g:

@@ -32,21 +32,26 @@ class AxesPlan:
 
     @property
     def n_frames(self) -> int:
+        """Frames along the time axis (1 without one)."""
         return 1 if self.time_axis is None else self.shape[self.time_axis]
 
     @property
     def height(self) -> int:
+        """Size of the Y axis, pixels."""
         return self.shape[self.axes.index("Y")]
 
     @property
     def width(self) -> int:
+        """Size of the X axis, pixels."""
         return self.shape[self.axes.index("X")]
 
     @property
     def n_channels(self) -> int:
+        """Channels per frame after selection."""
         return len(self.channels) if self.channels else 1
 
     def index(self, t: int) -> tuple:
+        """The N-d index that cuts frame ``t`` (and the chosen Z plane) out of the array."""
         idx: list = []
         for a, (name, size) in enumerate(zip(self.axes, self.shape)):
             if a == self.time_axis:
@@ -73,6 +78,7 @@ class AxesPlan:
         return np.ascontiguousarray(out)
 
     def as_options(self) -> dict:
+        """The reader options this plan stands for (part of the frame cache's signature)."""
         return {"axes": self.axes, "time_axis": None if self.time_axis is None else self.axes[self.time_axis],
                 "z": self.z if self.z_axis is not None else None, "channels": list(self.channels)}
 
@@ -100,6 +106,7 @@ class AxisChoice:
 
     @property
     def option(self) -> str:
+        """The CLI option that makes this choice (``--z``, ``--channel``...)."""
         return CLI_OPTIONS[self.keyword]
 
     def to_dict(self) -> dict:

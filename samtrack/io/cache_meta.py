@@ -16,6 +16,8 @@ CACHE_FORMAT = 2  # 2: content identity instead of modification times
 
 
 def default_cache_root() -> Path:
+    """``$SAMTRACK_CACHE_DIR``, else ``~/.cache/samtrack``: where default frame caches, sessions and
+    checkpoints live."""
     return Path(os.environ.get("SAMTRACK_CACHE_DIR", Path.home() / ".cache" / "samtrack"))
 
 
