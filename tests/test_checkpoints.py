@@ -13,7 +13,8 @@ import torch
 import samtrack
 from samtrack.errors import CheckpointError, OutOfMemoryError
 from samtrack.io.result_store import Status
-from samtrack.session.checkpoints import download_checkpoint, find_checkpoint, guess_model, load_state_dict
+from samtrack.session.backends import recognise as guess_model
+from samtrack.session.checkpoints import download_checkpoint, find_checkpoint, load_state_dict
 from samtrack.session.models import MODELS, get_model
 from tests import media
 from tests import model_utils as mu

@@ -231,9 +231,11 @@ class FrameStore(ChunkWriter):
         """One name per frame (an image folder's file names, in frame order); None for other sources."""
         return self._reader.frame_names()
 
-    def model_input(self, index: int, image_size: int, device="cpu"):
-        """float32 tensor (3, S, S): frame ``index`` resized and normalized with SAM's mean/std."""
-        return to_model_input(self.read(index), image_size, device)
+    def model_input(self, index: int, spec, device="cpu"):
+        """float32 tensor (3, S, S): frame ``index`` prepared by ``spec`` (an
+        :class:`~samtrack.io.model_input.InputSpec`: the backend's size, mean and std; an int
+        means SAM2's statistics at that size)."""
+        return to_model_input(self.read(index), spec, device)
 
     def build(self, *, progress: Progress | None = None, cancel: threading.Event | None = None) -> None:
         """Decode every frame into the cache (resumes a partial cache)."""

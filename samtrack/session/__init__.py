@@ -41,7 +41,7 @@ def resolve_checkpoint(spec: ModelSpec, checkpoint, *, download: bool = True):
 def load_model(model: str = "sam2.1_hiera_tiny", *, checkpoint=None, image_size: int | None = None,
                device: str = "auto", download: bool = True):
     """Build ``model`` once, to pass as ``open_session(..., backend=...)`` for several videos."""
-    from samtrack.session.backends.sam2_backend import load_backend
+    from samtrack.session.backends import load_backend
 
     spec = get_model(model)
     return load_backend(spec, resolve_checkpoint(spec, checkpoint, download=download), image_size=image_size,
@@ -96,12 +96,12 @@ def open_session(source: Any, *, model: str = "sam2.1_hiera_tiny", checkpoint=No
     rebuilt on its own when the video changed).
     """
     from samtrack.io import open_video
-    from samtrack.session.backends.sam2_backend import load_backend
+    from samtrack.session.backends import load_backend
 
     if backend is not None:
         spec, ckpt, image_size = backend.spec, backend.checkpoint, backend.image_size
     else:
-        from samtrack.session.backends.sam2_backend import pick_device
+        from samtrack.session.devices import pick_device
 
         spec = get_model(model)
         device = pick_device(device)  # a device this machine lacks: an error before any work

@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import urllib.request
 from pathlib import Path
 from typing import Callable
@@ -144,31 +143,3 @@ def load_state_dict(path: str | os.PathLike) -> dict:
     if not isinstance(sd, dict) or not sd:
         raise CheckpointError(f"{path}: expected {{'model': state_dict}} or a state dict")
     return sd
-
-
-def guess_model(sd: dict) -> str | None:
-    """Which registered model a state dict looks like (by Hiera depth, width and 2.0/2.1 keys)."""
-    blocks = {int(m.group(1)) for k in sd if (m := re.match(r"image_encoder\.trunk\.blocks\.(\d+)\.", k))}
-    w = sd.get("image_encoder.trunk.patch_embed.proj.weight")
-    if not blocks or w is None:
-        return None
-    n, dim = max(blocks) + 1, int(w.shape[0])
-    family = "sam2.1" if "no_obj_embed_spatial" in sd else "sam2"
-    for spec in MODELS.values():
-        if spec.family == family and spec.trunk_blocks == n and spec.embed_dim == dim:
-            return spec.name
-    return f"an unregistered Hiera ({n} blocks, width {dim}, {family})"
-
-
-def check_state_dict(sd: dict, model_sd: dict, spec: ModelSpec, path) -> None:
-    """Raise a CheckpointError naming the model the checkpoint looks like when keys/shapes differ."""
-    missing = [k for k in model_sd if k not in sd]
-    unexpected = [k for k in sd if k not in model_sd]
-    shape = [k for k in model_sd if k in sd and tuple(sd[k].shape) != tuple(model_sd[k].shape)
-             and not k.endswith(("pos_embed", "pos_embed_window"))]
-    if missing or unexpected or shape:
-        looks = guess_model(sd)
-        hint = f"it looks like {looks}: pass model={looks!r}" if looks and looks != spec.name else "it is not a SAM2 checkpoint of this architecture"
-        raise CheckpointError(
-            f"{path} does not match {spec.name} ({len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(shape)} mis-shaped tensors, e.g. {(missing + unexpected + shape)[:2]}); {hint}")

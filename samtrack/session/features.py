@@ -38,7 +38,7 @@ class FeatureSource:
         """Run the image encoder on frame ``f``; its features go to the feature store too. On a GPU
         the copy to the host is asynchronous (pinned memory and an event) and is stored when the
         next frame is encoded, so the loop never waits for it; on the CPU it is stored at once."""
-        feats = self.backend.encode_image(self.frames.model_input(f, self.backend.image_size, self.backend.device), f)
+        feats = self.backend.encode_image(self.frames.model_input(f, self.backend.input_spec, self.backend.device), f)
         if self.features is not None:
             self._store_features()  # the previous frame's copy has had a whole frame to finish
             host, event = to_host(self.backend.features_to_store(feats))

@@ -30,6 +30,11 @@ class ModelSpec:
     trunk_blocks: int = 0  # Hiera blocks: identifies a checkpoint's size
     embed_dim: int = 0
 
+    @property
+    def backend(self) -> str:
+        """The backend family key (``samtrack.session.backends.FAMILIES``): "sam2" serves SAM2 and SAM2.1."""
+        return {"sam2": "sam2", "sam2.1": "sam2"}.get(self.family, self.family)
+
 
 MODELS: dict[str, ModelSpec] = {m.name: m for m in (
     ModelSpec("sam2.1_hiera_tiny", "sam2.1", "tiny", "configs/sam2.1/sam2.1_hiera_t.yaml", "sam2.1_hiera_tiny.pt",

@@ -129,8 +129,10 @@ def _some(values) -> str:
     return ", ".join(map(str, v)) + (", ..." if len(values) > 5 else "")
 
 
-def to_model_points(p: Points, width: int, height: int, image_size: int):
-    """(P, 2) float32 coordinates in model pixels and (P,) int labels; a box is two points labelled 2, 3."""
+def to_model_points(p: Points, width: int, height: int, map_points):
+    """(P, 2) float32 coordinates in model pixels and (P,) int32 labels; a box is two points labelled 2
+    (top-left) and 3 (bottom-right) before the clicks, SAM's prompt-encoder convention (sam2 and sam3).
+    ``map_points``: the backend's (N, 2) video pixels -> model pixels mapping."""
     import torch
 
     pts = np.asarray(p.points, np.float32).reshape(-1, 2)
@@ -138,4 +140,4 @@ def to_model_points(p: Points, width: int, height: int, image_size: int):
     if p.box is not None:
         pts = np.concatenate([np.asarray(p.box, np.float32).reshape(2, 2), pts])
         lab = np.concatenate([np.array([2, 3], np.int32), lab])
-    return torch.from_numpy(pts) / torch.tensor([width, height], dtype=torch.float32) * image_size, torch.from_numpy(lab)
+    return map_points(pts, width, height), torch.from_numpy(lab)

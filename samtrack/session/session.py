@@ -36,7 +36,6 @@ from samtrack.session.prompts import Mask, Points, make_mask, make_points, to_mo
 from samtrack.session.types import FrameResult, SessionConfig  # re-exported
 
 log = logging.getLogger(__name__)
-NO_OBJ_LOGIT = -1024.0  # upstream's NO_OBJ_SCORE: "no mask here"
 
 
 @dataclass
@@ -219,7 +218,7 @@ class TrackingSession(Propagation, FeatureSource):
         view = self._view(o, frame, reverse) if tracked else None
         kw: dict = {}
         if isinstance(prompt, Points):
-            kw["points"], kw["labels"] = to_model_points(prompt, self.width, self.height, self.backend.image_size)
+            kw["points"], kw["labels"] = to_model_points(prompt, self.width, self.height, self.backend.map_points)
             prev = self.bank.get(obj_id, frame)
             if prev is not None:
                 kw["prev_logits"] = prev.mask_logits
@@ -290,11 +289,11 @@ class TrackingSession(Propagation, FeatureSource):
             return FrameResult(frame, ids, self._exact_masks(frame, ids, logits), logits,
                                np.array([v[1] for v in vals], np.float32), np.array([v[2] for v in vals], np.float32))
         lows, scores, ious = [], [], []
-        s = self.backend.image_size // 4
+        s = self.backend.low_res_size
         for oid in ids:
             e = self.bank.get(oid, frame)
             if e is None:
-                lows.append(torch.full((1, s, s), NO_OBJ_LOGIT))
+                lows.append(torch.full((1, s, s), float(self.backend.no_object_logit)))
                 scores.append(np.nan)
                 ious.append(np.nan)
             else:

@@ -1,15 +1,39 @@
-"""What the session needs from a model family (SAM2/SAM2.1 now, SAM3's tracker next).
+"""The seam between the session and a model family: the :class:`Backend` protocol.
 
-The session speaks in frames, objects and :class:`MemoryEntry` records; how
-a family turns them into its own state is the adapter's business.
+The session speaks in frames, objects, prompts and :class:`MemoryEntry` records;
+how a family (SAM2/SAM2.1 through ``sam2``, SAM3 through ``sam3``) turns them into
+its own state is the adapter's business, and only modules in this package import
+a model package or name its state-dict keys (``tests/test_layers.py`` checks).
+
+Conventions every backend keeps (``tests/test_backend_conformance.py`` checks them
+against every registered backend, the fake one included):
+
+- ``S`` = ``image_size`` (the square model input), ``s`` = ``low_res_size`` (the
+  side of the low-resolution mask logits, S/4 for SAM2 and SAM3), ``B`` = objects
+  in one batch, ``C`` = pointer width, ``Cm`` = memory channels.
+- Frames reach a backend as ``(3, S, S)`` float32 tensors made by
+  :func:`samtrack.io.model_input.to_model_input` with the backend's
+  :class:`InputSpec` (its resize and normalisation); they may be on any device.
+- Point prompts reach a backend in model input pixels (x, y) in ``[0, S]``,
+  made by :meth:`Backend.map_points` from video pixels; mask prompts as
+  ``(H, W)`` bool tensors at video resolution.
+- Outputs are on ``backend.device``; logits are float32; ``maskmem`` is in the
+  backend's storage dtype (bfloat16 for SAM2 and SAM3, as upstream stores it).
+- Errors: a state dict of another model is a :class:`samtrack.errors.CheckpointError`
+  naming the nearest registered model; a missing model package is a
+  :class:`~samtrack.errors.CheckpointError` saying what to install; an optional
+  capability a family lacks (``detect`` for a text prompt on SAM2) is a
+  :class:`~samtrack.errors.PromptError` saying which model family has it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
+import numpy as np
 import torch
 
+from samtrack.io.model_input import InputSpec  # noqa: F401  (re-exported: the backend's preprocessing)
 from samtrack.memory.entry import MemoryEntry  # noqa: F401  (the record the session and the bank share)
 
 
@@ -40,25 +64,86 @@ class TrackRequest:
 class StepOutput:
     """Per-object results of one frame, batch-first."""
 
-    mask_logits: torch.Tensor  # (B, 1, s, s) low-res output (after post-processing)
-    mem_logits: torch.Tensor  # (B, 1, s, s) what memory is encoded from
-    obj_ptr: torch.Tensor  # (B, C)
-    object_score: torch.Tensor  # (B, 1)
-    iou: torch.Tensor  # (B,)
-    maskmem: torch.Tensor | None  # (B, Cm, h, w) or None
+    mask_logits: torch.Tensor  # (B, 1, s, s) float32 low-res output (after post-processing)
+    mem_logits: torch.Tensor  # (B, 1, s, s) what memory is encoded from (the same tensor when equal)
+    obj_ptr: torch.Tensor  # (B, C) float32
+    object_score: torch.Tensor  # (B, 1) float32 logit: > 0 means the object is present
+    iou: torch.Tensor  # (B,) float32 predicted IoU of the chosen mask
+    maskmem: torch.Tensor | None  # (B, Cm, h, w) storage dtype, or None (encoded later)
     entries: list[MemoryEntry] = field(default_factory=list)
 
 
+@dataclass
+class FrameHistory:
+    """Per-frame scores of one object's stored non-keyframe entries, for families whose memory
+    attention picks earlier frames by score (SAM3's memory selection). Arrays of length
+    ``n_frames``, float32, NaN where the object has no entry on that frame."""
+
+    object_score: np.ndarray  # object-score logit per frame
+    iou: np.ndarray  # predicted IoU per frame
+
+
+@dataclass(frozen=True)
+class DetectRequest:
+    """An object-creating prompt on one frame.
+
+    ``text``: a noun phrase ("cell"); ``boxes``: (K, 4) float (x0, y0, x1, y1) exemplar
+    boxes in video pixels with ``box_labels`` (K,) 1 = positive, 0 = negative;
+    ``everything``: segment every object (SAM2's automatic mask generator);
+    ``threshold``: keep detections whose score is at least this (0..1);
+    ``options``: family-specific settings (e.g. ``points_per_side``)."""
+
+    text: str | None = None
+    boxes: np.ndarray | None = None
+    box_labels: np.ndarray | None = None
+    everything: bool = False
+    threshold: float = 0.5
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Detection:
+    """One detected object on a frame: ``mask`` (H, W) bool at video resolution, ``box``
+    (x0, y0, x1, y1) in video pixels, ``score`` in 0..1, ``logits`` the family's raw mask
+    logits (any resolution; for fidelity checks), or None."""
+
+    mask: np.ndarray
+    box: tuple[float, float, float, float]
+    score: float
+    logits: torch.Tensor | None = None
+
+
 class Backend(Protocol):
-    image_size: int
+    """What the session needs from one loaded model (not thread-safe: one session drives it)."""
+
+    family: str  # registry key: "sam2" (SAM2 and SAM2.1), "sam3", "fake"
+    spec: Any  # the registry row (samtrack.session.models.ModelSpec)
+    checkpoint: Any  # path of the loaded checkpoint, None for untrained weights
+    image_size: int  # S
+    input_spec: InputSpec  # how frames are resized and normalised for this model
+    low_res_size: int  # s
+    no_object_logit: float  # the logit that means "no mask here" (upstream's NO_OBJ_SCORE, -1024)
     num_maskmem: int
     max_obj_ptrs: int
     device: torch.device
-    calls: dict
+    calls: dict  # Counter per method name ("encode_image", "track", "prompt", "encode_memory"): frame -> calls
+
+    def map_points(self, points: np.ndarray, width: int, height: int) -> torch.Tensor:
+        """(N, 2) float (x, y) video pixels -> (N, 2) float32 model input pixels in [0, S]."""
+        ...
 
     def encode_image(self, image: torch.Tensor, frame_idx: int) -> FrameFeatures: ...
 
-    def frames_read(self, frame_idx: int, reverse: bool, cond_frames: Sequence[int], n_frames: int) -> list[int]: ...
+    def features_to_store(self, feats: FrameFeatures) -> dict[str, torch.Tensor]: ...
+
+    def features_from_store(self, rows: dict[str, torch.Tensor], frame_idx: int) -> FrameFeatures: ...
+
+    def frames_read(self, frame_idx: int, reverse: bool, cond_frames: Sequence[int], n_frames: int,
+                    history: Callable[[], FrameHistory] | None = None) -> list[int]:
+        """Non-keyframe frame indices whose memory or pointer the step at ``frame_idx`` may read
+        (those absent from the bank are skipped). ``history`` gives the object's per-frame scores
+        for a family that selects memories by score; others ignore it."""
+        ...
 
     def track(self, feats: FrameFeatures, req: TrackRequest, n_frames: int) -> StepOutput: ...
 
@@ -69,3 +154,6 @@ class Backend(Protocol):
                       from_prompt: bool) -> torch.Tensor: ...
 
     def to_video_res(self, logits: torch.Tensor, height: int, width: int) -> torch.Tensor: ...
+
+    # optional: families that create objects (SAM3 text / exemplars, SAM2 "everything")
+    # def detect(self, frame: np.ndarray, feats: FrameFeatures | None, request: DetectRequest) -> list[Detection]

@@ -17,21 +17,42 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from samtrack.session.backends.base import FrameFeatures, MemoryView, StepOutput, TrackRequest
+import numpy as np
+
+from samtrack.io.model_input import InputSpec
+from samtrack.session.backends.base import DetectRequest, Detection, FrameFeatures, MemoryView, StepOutput, TrackRequest
 from samtrack.session.models import get_model
+
+FAMILY = "fake"
+
+
+def recognise(sd: dict) -> str | None:
+    """A fake backend has no checkpoints."""
+    return None
+
+
+def load(spec, checkpoint, *, image_size: int | None = None, device: str = "auto", **kw) -> "FakeBackend":
+    """The registry's entry point (``checkpoint`` is ignored: outputs are precomputed)."""
+    from samtrack.session.devices import pick_device
+
+    return FakeBackend(image_size or 1024, device=str(pick_device(device)))
 
 
 class FakeBackend:
     """Precomputed outputs of SAM2.1 tiny's shapes; ``calls`` counts what the session asked for."""
 
+    family = FAMILY
     num_maskmem = 7
     max_obj_ptrs = 16
     stride = 1
+    no_object_logit = -1024.0
 
     def __init__(self, image_size: int = 1024, device: str = "cpu"):
         self.spec = dataclasses.replace(get_model("sam2.1_hiera_tiny"), name="fake")
         self.checkpoint = None
         self.image_size = int(image_size)
+        self.input_spec = InputSpec(self.image_size)
+        self.low_res_size = self.image_size // 4
         self.device = torch.device(device)
         s, h = self.image_size // 4, self.image_size // 16
         yy, xx = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
@@ -43,11 +64,37 @@ class FakeBackend:
         self._video: dict[tuple, torch.Tensor] = {}
         self.calls: dict = {k: collections.Counter() for k in ("encode_image", "track", "prompt", "encode_memory")}
 
+    def map_points(self, points: np.ndarray, width: int, height: int) -> torch.Tensor:
+        """(N, 2) video pixels -> model pixels (x / W * S, y / H * S)."""
+        pts = torch.as_tensor(np.asarray(points, dtype=np.float32).reshape(-1, 2))
+        return pts / torch.tensor([width, height], dtype=torch.float32) * self.image_size
+
     def encode_image(self, image: torch.Tensor, frame_idx: int) -> FrameFeatures:
         self.calls["encode_image"][frame_idx] += 1
         return FrameFeatures(frame_idx, None)
 
-    def frames_read(self, frame_idx: int, reverse: bool, cond_frames: Sequence[int], n_frames: int) -> list[int]:
+    def features_to_store(self, feats: FrameFeatures) -> dict[str, torch.Tensor]:
+        """One tiny row per frame, so the feature store's round trip runs (the frame index, float32)."""
+        return {"frame": torch.tensor([float(feats.frame_idx)])}
+
+    def features_from_store(self, rows: dict[str, torch.Tensor], frame_idx: int) -> FrameFeatures:
+        return FrameFeatures(frame_idx, None)
+
+    def detect(self, frame: np.ndarray, feats: FrameFeatures | None, request: DetectRequest) -> list[Detection]:
+        """Objects for any object-creating prompt: one rectangle per ``request.options["squares"]`` entry
+        ((x0, y0, x1, y1) video pixels, score 0.9), so tests choose what is "found"."""
+        self.calls.setdefault("detect", collections.Counter())[feats.frame_idx if feats else -1] += 1
+        h, w = frame.shape[:2]
+        out = []
+        for x0, y0, x1, y1 in request.options.get("squares", ()):
+            m = np.zeros((h, w), bool)
+            m[int(y0):int(y1), int(x0):int(x1)] = True
+            if m.any():
+                out.append(Detection(m, (float(x0), float(y0), float(x1), float(y1)), 0.9))
+        return [d for d in out if d.score >= request.threshold]
+
+    def frames_read(self, frame_idx: int, reverse: bool, cond_frames: Sequence[int], n_frames: int,
+                    history=None) -> list[int]:
         """SAM2's read set (stride 1): the 6 previous frames' memory and 15 previous pointers."""
         step = 1 if reverse else -1
         out = [frame_idx + step * d for d in range(1, self.max_obj_ptrs)]

@@ -17,10 +17,19 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+import re
+
+import numpy as np
+
 from samtrack.errors import CheckpointError, InvalidOptionError
+from samtrack.io.model_input import SAM_MEAN, SAM_STD, InputSpec
 from samtrack.session.backends.base import FrameFeatures, MemoryEntry, MemoryView, StepOutput, TrackRequest
-from samtrack.session.checkpoints import check_state_dict, load_state_dict
-from samtrack.session.models import ModelSpec
+from samtrack.session.checkpoints import load_state_dict
+from samtrack.session.devices import pick_device  # noqa: F401  (re-exported for earlier callers)
+from samtrack.session.models import MODELS, ModelSpec
+
+FAMILY = "sam2"
+NO_OBJ_SCORE = -1024.0  # sam2/modeling/sam2_base.py NO_OBJ_SCORE: the logit of "no mask here"
 
 log = logging.getLogger(__name__)
 
@@ -62,31 +71,43 @@ def build_model(spec: ModelSpec, *, image_size: int | None = None, extra_overrid
     return instantiate(cfg.model, _recursive_=True)
 
 
-def pick_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" (CUDA, then Apple MPS, then CPU), "cpu", "cuda", "cuda:N" or "mps"; a device this machine
-    lacks is an :class:`InvalidOptionError` that says what it has."""
-    if str(device) != "auto":
-        try:
-            d = torch.device(device)
-        except (RuntimeError, TypeError) as e:
-            raise InvalidOptionError(f"device={device!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from e
-        has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-        n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        ok = {"cpu": True, "cuda": n_cuda > (d.index or 0), "mps": has_mps}.get(d.type, False)
-        if not ok:
-            here = ["cpu"] + [f"cuda:{i}" for i in range(n_cuda)] + (["mps"] if has_mps else [])
-            raise InvalidOptionError(f"device={device!r} is not available here (this machine has "
-                                     f"{', '.join(here)}); use device='auto' or one of those")
-        return d
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+def recognise(sd: dict) -> str | None:
+    """Which registered SAM2/SAM2.1 model a state dict is (by Hiera depth, width and the 2.1-only
+    ``no_obj_embed_spatial``), a description of an unregistered Hiera, or None when it is not SAM2."""
+    blocks = {int(m.group(1)) for k in sd if (m := re.match(r"image_encoder\.trunk\.blocks\.(\d+)\.", k))}
+    w = sd.get("image_encoder.trunk.patch_embed.proj.weight")
+    if not blocks or w is None:
+        return None
+    n, dim = max(blocks) + 1, int(w.shape[0])
+    family = "sam2.1" if "no_obj_embed_spatial" in sd else "sam2"
+    for spec in MODELS.values():
+        if spec.family == family and spec.trunk_blocks == n and spec.embed_dim == dim:
+            return spec.name
+    return f"an unregistered Hiera ({n} blocks, width {dim}, {family})"
+
+
+def check_state_dict(sd: dict, model_sd: dict, spec: ModelSpec, path) -> None:
+    """Raise a CheckpointError naming the model the checkpoint looks like when keys/shapes differ."""
+    missing = [k for k in model_sd if k not in sd]
+    unexpected = [k for k in sd if k not in model_sd]
+    shape = [k for k in model_sd if k in sd and tuple(sd[k].shape) != tuple(model_sd[k].shape)
+             and not k.endswith(("pos_embed", "pos_embed_window"))]
+    if missing or unexpected or shape:
+        from samtrack.session.backends import recognise as recognise_any
+
+        looks = recognise_any(sd)
+        hint = (f"it looks like {looks}: pass model={looks!r}" if looks and looks != spec.name
+                else "it is not a SAM2 checkpoint of this architecture")
+        raise CheckpointError(
+            f"{path} does not match {spec.name} ({len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(shape)} mis-shaped tensors, e.g. {(missing + unexpected + shape)[:2]}); {hint}")
 
 
 class Sam2Backend:
     """Adapter of one loaded SAM2/SAM2.1 model. Not thread-safe: one session drives it."""
+
+    family = FAMILY
+    no_object_logit = NO_OBJ_SCORE
 
     def __init__(self, spec: ModelSpec, checkpoint, *, image_size: int | None = None, device="auto",
                  extra_overrides: Sequence[str] = ()):
@@ -103,6 +124,8 @@ class Sam2Backend:
             model.load_state_dict(sd, strict=True)
         self.model = model.to(self.device).eval()
         self.image_size = int(model.image_size)
+        self.input_spec = InputSpec(self.image_size, SAM_MEAN, SAM_STD)  # sam2/utils/misc.py load_video_frames
+        self.low_res_size = self.image_size // 4  # the mask decoder's output: 4x the stride-16 features
         self.num_maskmem = int(model.num_maskmem)
         self.max_obj_ptrs = int(model.max_obj_ptrs_in_encoder)
         self.stride = int(model.memory_temporal_stride_for_eval)
@@ -112,6 +135,13 @@ class Sam2Backend:
         self._holes_ok = True
         self.calls: dict = {"encode_image": collections.Counter(), "track": collections.Counter(),
                             "prompt": collections.Counter(), "encode_memory": collections.Counter()}
+
+    # -- prompts ------------------------------------------------------------
+    def map_points(self, points: np.ndarray, width: int, height: int) -> torch.Tensor:
+        """(N, 2) (x, y) video pixels -> model input pixels, as upstream's ``add_new_points_or_box``
+        with ``normalize_coords=True`` (x / W * S, y / H * S)."""
+        pts = torch.as_tensor(np.asarray(points, dtype=np.float32).reshape(-1, 2))
+        return pts / torch.tensor([width, height], dtype=torch.float32) * self.image_size
 
     # -- frames -------------------------------------------------------------
     def _ctx(self):
@@ -165,8 +195,10 @@ class Sam2Backend:
         return vision_feats, vision_pos, sizes
 
     # -- which frames attention reads (mirrors _prepare_memory_conditioned_features) --
-    def frames_read(self, frame_idx: int, reverse: bool, cond_frames: Sequence[int], n_frames: int) -> list[int]:
-        """Non-keyframe frame indices this step may read (memory and object pointers)."""
+    def frames_read(self, frame_idx: int, reverse: bool, cond_frames: Sequence[int], n_frames: int,
+                    history=None) -> list[int]:
+        """Non-keyframe frame indices this step may read (memory and object pointers); SAM2's rule
+        depends on positions only, so ``history`` is not used."""
         out, s = [], self.stride
         for t_pos in range(1, self.num_maskmem):
             t_rel = self.num_maskmem - t_pos
@@ -311,9 +343,13 @@ class Sam2Backend:
         return x[:, 0]
 
 
-def load_backend(spec: ModelSpec, checkpoint, **kw) -> Sam2Backend:
+def load(spec: ModelSpec, checkpoint, **kw) -> Sam2Backend:
+    """The registry's entry point: ``Sam2Backend(spec, checkpoint, image_size=, device=, extra_overrides=)``."""
     try:
         return Sam2Backend(spec, checkpoint, **kw)
     except ImportError as e:
         raise CheckpointError(f"the sam2 package is not installed ({e}): run `make setup` or "
                               "`SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2==1.1.0`") from e
+
+
+load_backend = load  # the name earlier releases exported
