@@ -342,6 +342,26 @@ class Sam2Backend:
             x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
         return x[:, 0]
 
+    def detect(self, frame: np.ndarray, feats: FrameFeatures | None, request) -> list:
+        """Object-creating prompt (a ``base.DetectRequest``) on one frame -> ``list[base.Detection]``.
+
+        SAM2 has "everything" only (``request.everything``): sam2's automatic mask generator on
+        ``frame``, (H, W, 3) uint8 RGB; see :func:`sam2_everything.segment_everything` for options,
+        threshold, box convention and order. ``feats`` is not used (the generator encodes the frame
+        through sam2's own image transforms, as upstream). A text or exemplar-box request raises
+        :class:`~samtrack.errors.PromptError` (those need SAM3), as does a request asking for nothing."""
+        from samtrack.errors import PromptError
+        from samtrack.session.backends.sam2_everything import segment_everything
+
+        if request.text is not None or request.boxes is not None:
+            raise PromptError(f"{self.spec.name} is a SAM2 model: text and exemplar-box prompts need a SAM3 model "
+                              '(open the session with model="sam3"); with SAM2, "everything" (segment every '
+                              "object on a frame) works")
+        if not request.everything:
+            raise PromptError('an empty detect request: give everything=True (SAM2), or text / exemplar boxes '
+                              '(SAM3, model="sam3")')
+        return segment_everything(self.model, frame, request, autocast=self.autocast)
+
 
 def load(spec: ModelSpec, checkpoint, **kw) -> Sam2Backend:
     """The registry's entry point: ``Sam2Backend(spec, checkpoint, image_size=, device=, extra_overrides=)``."""
