@@ -219,6 +219,14 @@ class ResultStore:
             prompts[str(obj_id)] = per
             self.root.attrs["prompts"] = prompts
 
+    def save_concepts(self, records: list[dict]) -> None:
+        """Replace the job's object-creating prompts (plain JSON records, see session.prompts)."""
+        with self._lock:
+            self.root.attrs["concepts"] = list(records)
+
+    def load_concepts(self) -> list[dict]:
+        return list(self.root.attrs.get("concepts", []))
+
     def load_prompts(self) -> dict[int, dict[int, tuple[dict, np.ndarray | None]]]:
         out: dict = {}
         for oid, per in self.root.attrs.get("prompts", {}).items():

@@ -34,6 +34,119 @@ class Mask:
 Prompt = Points | Mask
 
 
+# -- object-creating prompts ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Concept:
+    """"Find every <text>" on a frame, optionally with exemplar boxes (SAM3's concept prompt).
+
+    ``text``: a noun phrase ("cell"), or None with exemplars only; ``boxes``: exemplar boxes
+    (x0, y0, x1, y1) in video pixels; ``box_labels``: 1 = an example of the concept, 0 = not;
+    ``threshold``: detections scoring at least this (0..1) become objects."""
+
+    text: str | None = None
+    boxes: tuple[tuple[float, float, float, float], ...] = ()
+    box_labels: tuple[int, ...] = ()
+    threshold: float = 0.5
+
+    kind = "concept"
+
+    @property
+    def label(self) -> str:
+        """What the objects it creates are named after."""
+        return self.text or "exemplar"
+
+
+@dataclass(frozen=True)
+class Everything:
+    """Segment every object on a frame (SAM2's automatic mask generator); ``threshold`` is the
+    predicted-IoU a mask needs; ``options`` family-specific settings as (name, value) pairs."""
+
+    threshold: float = 0.8
+    options: tuple[tuple[str, object], ...] = ()
+
+    kind = "everything"
+    label = "object"
+
+
+ObjectQuery = Concept | Everything
+
+
+@dataclass(frozen=True)
+class PromptKind:
+    """How one kind of prompt is stored in a job's records and read back."""
+
+    kind: str
+    cls: type
+    to_record: object  # prompt -> (dict, mask array | None)
+    from_record: object  # (dict, mask array | None) -> prompt
+    creates_objects: bool = False
+
+
+PROMPT_KINDS: dict[str, PromptKind] = {}
+
+
+def register_prompt_kind(kind: PromptKind) -> None:
+    """Add a kind of prompt (its record format): the session stores and reopens any registered kind."""
+    PROMPT_KINDS[kind.kind] = kind
+
+
+def prompt_record(prompt) -> tuple[dict, np.ndarray | None]:
+    """The stored record of a prompt: (JSON-able dict with ``"kind"``, mask array or None)."""
+    for pk in PROMPT_KINDS.values():
+        if isinstance(prompt, pk.cls):
+            rec, mask = pk.to_record(prompt)
+            return {"kind": pk.kind, **rec}, mask
+    raise PromptError(f"no registered prompt kind for {type(prompt).__name__}")
+
+
+def prompt_from_record(rec: dict, mask: np.ndarray | None = None):
+    """Inverse of :func:`prompt_record`; an unknown kind raises :class:`PromptError`."""
+    pk = PROMPT_KINDS.get(rec.get("kind"))
+    if pk is None:
+        raise PromptError(f"a stored prompt of unknown kind {rec.get('kind')!r}; known: {', '.join(PROMPT_KINDS)}")
+    return pk.from_record(rec, mask)
+
+
+register_prompt_kind(PromptKind(
+    "points", Points,
+    lambda p: ({"points": [list(x) for x in p.points], "labels": list(p.labels),
+                "box": list(p.box) if p.box else None}, None),
+    lambda r, m: Points(tuple(map(tuple, r["points"])), tuple(r["labels"]), tuple(r["box"]) if r.get("box") else None)))
+register_prompt_kind(PromptKind("mask", Mask, lambda p: ({}, p.mask), lambda r, m: Mask(np.asarray(m, bool))))
+register_prompt_kind(PromptKind(
+    "concept", Concept,
+    lambda p: ({"text": p.text, "boxes": [list(b) for b in p.boxes], "box_labels": list(p.box_labels),
+                "threshold": p.threshold}, None),
+    lambda r, m: Concept(r.get("text"), tuple(tuple(b) for b in r.get("boxes", ())), tuple(r.get("box_labels", ())),
+                         float(r.get("threshold", 0.5))), creates_objects=True))
+register_prompt_kind(PromptKind(
+    "everything", Everything,
+    lambda p: ({"threshold": p.threshold, "options": [list(o) for o in p.options]}, None),
+    lambda r, m: Everything(float(r.get("threshold", 0.8)), tuple(tuple(o) for o in r.get("options", ()))),
+    creates_objects=True))
+
+
+def make_concept(text=None, boxes=None, box_labels=None, *, width: int, height: int, threshold: float = 0.5) -> Concept:
+    """A validated :class:`Concept`: a non-empty text and/or exemplar boxes (clipped to the frame,
+    labels default to 1). Raises :class:`PromptError` for an empty query, bad boxes or labels, or a
+    threshold outside 0..1."""
+    if text is not None and (not isinstance(text, str) or not text.strip()):
+        raise PromptError(f"text={text!r}: give a noun phrase such as 'cell', or exemplar boxes")
+    bs = [] if boxes is None else [check_box(b, width, height) for b in np.asarray(boxes, float).reshape(-1, 4)]
+    labs = [1] * len(bs) if box_labels is None else [int(x) for x in np.asarray(box_labels).reshape(-1)]
+    if len(labs) != len(bs):
+        raise PromptError(f"{len(bs)} exemplar boxes but {len(labs)} labels: one label (1 positive, 0 negative) per box")
+    if any(x not in (0, 1) for x in labs):
+        raise PromptError(f"exemplar labels are 1 (positive) or 0 (negative), got {sorted(set(labs))}")
+    if text is None and not bs:
+        raise PromptError("a concept prompt needs a text ('cell') or at least one exemplar box")
+    if text is None and not any(labs):
+        raise PromptError("exemplar boxes without text need at least one positive box (label 1)")
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise PromptError(f"threshold={threshold}: a detection score threshold is between 0 and 1")
+    return Concept(text.strip() if text else None, tuple(bs), tuple(labs), float(threshold))
+
+
 def make_points(points, labels, width: int, height: int, *, box=None) -> Points:
     pts = np.asarray(points if points is not None else np.zeros((0, 2)), dtype=np.float64)
     if pts.ndim == 1 and pts.size == 2:

@@ -30,9 +30,11 @@ from samtrack.session.backends.base import MemoryEntry
 from samtrack.session.flusher import Flusher, flush_now
 from samtrack.session.job_identity import check_job, sign_job
 from samtrack.session.features import FeatureSource
+from samtrack.session.finding import FoundObjects, ObjectFinding  # noqa: F401  (FoundObjects re-exported)
 from samtrack.session.propagation import Propagation
 from samtrack.session.planner import Track, frames_to_recompute, stale_frames
-from samtrack.session.prompts import Mask, Points, make_mask, make_points, to_model_points
+from samtrack.session.prompts import (Mask, Points, make_mask, make_points, prompt_from_record, prompt_record,
+                                      to_model_points)
 from samtrack.session.types import FrameResult, SessionConfig  # re-exported
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,7 @@ class _Object:
         return sorted(set(self.prompts) - self.pending)
 
 
-class TrackingSession(Propagation, FeatureSource):
+class TrackingSession(ObjectFinding, Propagation, FeatureSource):
     """Prompt keyframes, propagate, correct, re-propagate. Not thread-safe except :meth:`cancel`."""
 
     def __init__(self, frames: FrameStore, backend, *, workdir: str | Path, config: SessionConfig | None = None,
@@ -92,6 +94,7 @@ class TrackingSession(Propagation, FeatureSource):
 
         Prompts whose memory never reached the disk (added, not yet propagated)
         are run again: a prompt is deterministic, so nothing changes."""
+        self._restore_concepts()
         saved = self.results.load_prompts()
         for oid in self.results.object_ids:
             o = _Object(oid, visited=np.full(self.n_frames, -1, np.int8))
@@ -100,8 +103,7 @@ class TrackingSession(Propagation, FeatureSource):
             tracked = (st == Status.PROPAGATED) | (st == Status.STALE)
             o.visited[tracked] = self.bank.reverse_flags(oid)[tracked]
             for f, (rec, mask) in sorted(saved.get(oid, {}).items()):
-                prompt = Mask(mask) if rec["kind"] == "mask" else Points(
-                    tuple(map(tuple, rec["points"])), tuple(rec["labels"]), tuple(rec["box"]) if rec.get("box") else None)
+                prompt = prompt_from_record(rec, mask)
                 e = self.bank.get(oid, f)
                 if e is not None and e.keyframe:
                     o.prompts[f] = prompt
@@ -206,6 +208,8 @@ class TrackingSession(Propagation, FeatureSource):
         """Forget every object, prompt and result (the frame cache stays)."""
         for oid in list(self._objects):
             self.remove_object(oid)
+        self._concepts = []
+        self.results.save_concepts([])
         self._features.clear()
 
     def _prompt(self, frame: int, obj_id: int, prompt) -> FrameResult:
@@ -243,13 +247,8 @@ class TrackingSession(Propagation, FeatureSource):
 
     def _save_prompt(self, obj_id: int, frame: int, prompt) -> None:
         visited = int(self._objects[obj_id].visited[frame])
-        if isinstance(prompt, Mask):
-            self.results.save_prompt(obj_id, frame, {"kind": "mask", "visited": visited}, prompt.mask)
-        else:
-            self.results.save_prompt(obj_id, frame, {"kind": "points", "points": [list(p) for p in prompt.points],
-                                                     "labels": list(prompt.labels),
-                                                     "box": list(prompt.box) if prompt.box else None,
-                                                     "visited": visited})
+        rec, mask = prompt_record(prompt)
+        self.results.save_prompt(obj_id, frame, {**rec, "visited": visited}, mask)
 
     def flush(self) -> None:
         """Make results durable: memory first, then results (a frame that reads as computed
