@@ -334,48 +334,86 @@ def view(source: Optional[Path] = typer.Argument(None, help="video file, image f
     widget.close_session()  # the window is closed: stop a running propagation, write what is queued
 
 
-models_app = typer.Typer(help="Supported models and their checkpoints.", invoke_without_command=True)
+models_app = typer.Typer(help="Supported models: what is here, download, the default.", invoke_without_command=True)
 app.add_typer(models_app, name="models")
+
+
+def _memory(row, dtype: str) -> str:
+    m = (row.memory or {}).get(dtype)
+    return _size(m["peak_rss_bytes"]) if m else "not measured"
 
 
 @models_app.callback()
 def models(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
-    """List models: family, size, parameters, checkpoint, where samtrack looks, present or not."""
+    """List models: family, size, parameters, checkpoint file, present or not (and where), size on disk,
+    memory measured by bench/model_memory.py (fp32, bf16), the default (*)."""
     if ctx.invoked_subcommand is not None:
         return
-    from samtrack.session.checkpoints import checkpoint_dirs, find_checkpoint
-    from samtrack.session.models import MODELS
+    from samtrack.session.checkpoints import checkpoint_dirs
+    from samtrack.session.models import model_table, settings_path
 
-    rows = []
-    for m in MODELS.values():
-        found = find_checkpoint(m)
-        rows.append({"name": m.name, "family": m.family, "size": m.size, "params_m": m.params_m,
-                     "checkpoint": m.checkpoint, "url": m.url, "hf_id": m.hf_id, "present": found is not None,
-                     "path": str(found) if found else None, "approx_memory_gb": m.approx_memory_gb,
-                     "search": [str(d) for d in checkpoint_dirs()]})
+    rows = model_table()
     if as_json:
-        out.print_json(json.dumps(rows))
+        out.print_json(json.dumps([r.to_dict() for r in rows]))
         return
     from rich.table import Table
 
-    t = Table("model", "family", "size", "params (M)", "checkpoint", "present", "~memory (GB)")
+    t = Table("model", "family", "size", "params", "checkpoint", "present", "on disk", "memory fp32", "memory bf16")
     for r in rows:
-        t.add_row(r["name"], r["family"], r["size"], f"{r['params_m']:.1f}", r["checkpoint"],
-                  "[green]yes[/green]" if r["present"] else "no", f"{r['approx_memory_gb']:.1f}")
+        s = r.spec
+        name = f"{s.name} *" if r.default else s.name
+        where = f"[green]yes[/green] {escape(str(r.path))}" if r.present else ("no (gated)" if s.gated else "no")
+        t.add_row(name, s.family, s.size, f"{s.params_m:.1f}M", s.checkpoint, where,
+                  _size(r.disk_bytes) if r.disk_bytes is not None else "-", _memory(r, "fp32"), _memory(r, "bf16"))
     out.print(t)
-    out.print(f"searched: {', '.join(rows[0]['search'])}")
+    stored = f"stored in {settings_path()}; " if settings_path().is_file() else ""
+    out.print(f"* default model ({stored}change it with `samtrack models default NAME`)", highlight=False)
+    out.print(f"searched: {', '.join(map(str, checkpoint_dirs()))}, and the Hugging Face cache", highlight=False)
+    out.print("memory: peak RSS building the model on the CPU and encoding one frame at its input size "
+              "(bench/model_memory.py; bf16 = fp32 weights, bf16 autocast as on CUDA)", highlight=False)
+    for r in rows:
+        if r.spec.gated and not r.present:
+            out.print(f"{r.spec.name} is gated: accept its licence at {r.spec.model_page} while logged in, then "
+                      f"`samtrack models download {r.spec.name} --token YOUR_TOKEN` (or set HF_TOKEN)",
+                      highlight=False)
 
 
 @models_app.command("download")
-def models_download(name: str = typer.Argument(..., help="model name (see `samtrack models`)")) -> None:
-    """Download a model's official checkpoint (resumable, verified when a sha256 is known)."""
+def models_download(name: str = typer.Argument(..., help="model name (see `samtrack models`)"),
+                    token: Optional[str] = typer.Option(None, "--token", help="Hugging Face token (default: "
+                                                        "$HF_TOKEN or the stored `hf auth login`); gated models "
+                                                        "(sam3) need one whose account accepted the licence")) -> None:
+    """Download a model's checkpoint from the Hugging Face hub ($SAMTRACK_MIRROR or $HF_ENDPOINT for a mirror):
+    verified against the hub's sha256, a dropped connection resumed, safe to run twice at once."""
     from samtrack.progress import progress_bar
-    from samtrack.session.checkpoints import download_checkpoint
+    from samtrack.session.checkpoints import download_checkpoint, find_checkpoint
     from samtrack.session.models import get_model
 
-    with progress_bar(f"download {name}", unit="bytes") as update:
-        path = download_checkpoint(get_model(name), progress=update)
-    console.print(f"saved {path}")
+    spec = get_model(name)
+    have = find_checkpoint(spec)
+    if have is not None:
+        console.print(f"{spec.name} is already here: {have}", highlight=False)
+        return
+    with progress_bar(f"download {spec.checkpoint}", unit="bytes") as update:
+        path = download_checkpoint(spec, progress=update, token=token)
+    console.print(f"saved {path}", highlight=False)
+
+
+@models_app.command("default")
+def models_default(name: Optional[str] = typer.Argument(None, help="model name (see `samtrack models`); "
+                                                        "without it, print the current default")) -> None:
+    """Set the model used when a command or open_session names none (stored under $SAMTRACK_CACHE_DIR)."""
+    from samtrack.session.checkpoints import find_checkpoint
+    from samtrack.session.models import default_model, set_default_model, settings_path
+
+    if name is None:
+        out.print(default_model(), highlight=False)
+        return
+    spec = set_default_model(name)
+    console.print(f"default model: {spec.name} (stored in {settings_path()})", highlight=False)
+    if find_checkpoint(spec) is None:
+        console.print(f"[yellow]its checkpoint is not here yet: run `samtrack models download {spec.name}`[/yellow]",
+                      highlight=False)
 
 
 caches_app = typer.Typer(help="samtrack's caches under ~/.cache/samtrack ($SAMTRACK_CACHE_DIR): list and remove.",

@@ -12,7 +12,7 @@ import typer
 _OPTIONS = {"force": "--force", "reset": "--force", "allow_incomplete": "--allow-incomplete",
             "checkpoint": "--checkpoint", "model": "--model", "image_size": "--image-size", "device": "--device",
             "z": "--z", "channels": "--channel", "time_axis": "--time-axis", "stream": "--stream",
-            "reader": "--reader", "direction": "--direction", "workdir": "--workdir/--out"}
+            "reader": "--reader", "direction": "--direction", "workdir": "--workdir/--out", "token": "--token"}
 _KW = re.compile(r"\b(" + "|".join(sorted(_OPTIONS, key=len, reverse=True)) + r")=(\[[^\]]*\]|'[^']*'|\"[^\"]*\"|[^\s,;)]+)")
 
 

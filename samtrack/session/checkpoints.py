@@ -1,9 +1,12 @@
-"""Find, download (resumable, verified) and read SAM checkpoints.
+"""Find, download (through the Hugging Face hub, verified) and read SAM checkpoints.
 
 A checkpoint is ``{"model": state_dict}`` as published (a bare state dict is
-accepted too). Lookup order: an explicit path; ``$SAMTRACK_CHECKPOINTS``; the
-cache directory ``~/.cache/samtrack/checkpoints``; then a download when the
-network allows.
+accepted too). Lookup order (:func:`find_checkpoint`): an explicit path;
+``$SAMTRACK_CHECKPOINTS``; the cache folder ``<cache>/checkpoints`` (``$SAMTRACK_CACHE_DIR``,
+default ``~/.cache/samtrack``), both as plain files and as a hub cache (what
+:func:`download_checkpoint` writes); ``./checkpoints``; the user's own Hugging Face cache
+(``~/.cache/huggingface/hub``, where the ``sam3`` package puts ``facebook/sam3``); then a
+download when the network allows (:mod:`samtrack.session.hub`).
 """
 from __future__ import annotations
 
@@ -11,17 +14,19 @@ import hashlib
 import json
 import logging
 import os
-import urllib.request
 from pathlib import Path
 from typing import Callable
 
 from samtrack.errors import CheckpointError
+from samtrack.session import hub
 from samtrack.session.models import MODELS, ModelSpec
 
 log = logging.getLogger(__name__)
 
 
 def checkpoint_dirs() -> list[Path]:
+    """Folders searched for a checkpoint file by its official name, in order: ``$SAMTRACK_CHECKPOINTS``
+    (when set), ``<cache>/checkpoints`` (also where downloads go: ``[-2]``), ``./checkpoints``."""
     dirs = []
     if os.environ.get("SAMTRACK_CHECKPOINTS"):
         dirs.append(Path(os.environ["SAMTRACK_CHECKPOINTS"]))
@@ -30,66 +35,94 @@ def checkpoint_dirs() -> list[Path]:
     return dirs
 
 
+def download_dir() -> Path:
+    """``<cache>/checkpoints``: the hub cache :func:`download_checkpoint` writes
+    (``models--facebook--<repo>/snapshots/<commit>/<file>``)."""
+    return checkpoint_dirs()[-2]
+
+
 def find_checkpoint(spec: ModelSpec) -> Path | None:
+    """``spec``'s checkpoint on this machine, or None. Local files only (never the network): each of
+    :func:`checkpoint_dirs` as a plain ``<dir>/<file name>`` and as a hub cache, then the user's
+    Hugging Face cache (:func:`samtrack.session.hub.user_cache_dir`)."""
     for d in checkpoint_dirs():
         p = d / spec.checkpoint
         if p.is_file():
             return p
-    return None
+        found = hub.cached_file(spec.hf_id, spec.checkpoint, d)
+        if found:
+            return found
+    return hub.cached_file(spec.hf_id, spec.checkpoint, hub.user_cache_dir())
 
 
 def checkpoint_url(spec: ModelSpec) -> str:
-    """The download URL: the official one, or ``$SAMTRACK_MIRROR/<file name>`` when a lab mirror is set."""
-    mirror = os.environ.get("SAMTRACK_MIRROR")
-    return f"{mirror.rstrip('/')}/{spec.checkpoint}" if mirror else spec.url
+    """Where :func:`download_checkpoint` gets the file: ``<hub>/<hf_id>/resolve/main/<file name>``, the hub
+    being ``$SAMTRACK_MIRROR`` (a lab's hub mirror), ``$HF_ENDPOINT`` or huggingface.co."""
+    return hub.file_url(spec.hf_id, spec.checkpoint)
 
 
 def how_to_get(spec: ModelSpec) -> str:
     """What a user can do without the checkpoint (library words; the CLI turns them into options)."""
-    return (f"get it with `samtrack models download {spec.name}` (on a machine with internet, then copy it to "
-            f"{checkpoint_dirs()[-2]}), pass checkpoint=PATH to a file you have, or checkpoint='untrained' for a "
-            "pipeline check with random weights (masks are then meaningless)")
+    gated = (f"{spec.name} is gated: first accept its licence at {spec.model_page} while logged in to Hugging "
+             "Face and set HF_TOKEN to a read token; " if spec.gated else "")
+    return (f"get it with `samtrack models download {spec.name}` ({gated}or, on a machine with internet, download "
+            f"{spec.url} and copy {spec.checkpoint} to {download_dir()}), pass checkpoint=PATH to a file you have, "
+            "or checkpoint='untrained' for a pipeline check with random weights (masks are then meaningless)")
 
 
 def download_checkpoint(spec: ModelSpec, *, dest_dir: Path | None = None,
-                        progress: Callable[[int, int], None] | None = None, timeout: float = 5.0) -> Path:
-    """Download ``spec``'s checkpoint, resuming a partial ``.part`` file; verify sha256 when known.
+                        progress: Callable[[int, int], None] | None = None, timeout: float = 5.0,
+                        token: str | None = None, endpoint: str | None = None) -> Path:
+    """Download ``spec``'s checkpoint (and its ``hf_files``) from the hub into the hub cache ``dest_dir``
+    (default :func:`download_dir`) and return the checkpoint's path; a file already there is returned
+    without touching the network.
 
-    ``timeout``: seconds to connect and between received blocks, so an offline machine fails
-    in seconds. Raises :class:`CheckpointError` saying how to get the file otherwise (and
-    mentioning the partial download only when there is one)."""
-    dest_dir = Path(dest_dir or checkpoint_dirs()[-2])
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    dest = dest_dir / spec.checkpoint
-    part = dest.with_suffix(dest.suffix + ".part")
-    have = part.stat().st_size if part.exists() else 0
-    url = checkpoint_url(spec)
-    req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    Goes through :func:`samtrack.session.hub.download_file`: verified against the hub's sha256
+    (and ``spec.sha256`` when known), a dropped connection resumed, safe when several processes
+    download the same file at once. ``progress(done, total)``: bytes of the checkpoint.
+    ``timeout``: seconds for the first answer, so an offline machine fails in seconds.
+    ``token``: a Hugging Face token (default ``$HF_TOKEN`` or the stored login); ``endpoint``:
+    another hub (default ``$SAMTRACK_MIRROR``, ``$HF_ENDPOINT``, huggingface.co).
+
+    Raises :class:`CheckpointError` saying what to do: access for a gated model (401/403),
+    how to get the file otherwise (:func:`how_to_get`)."""
+    cache = Path(dest_dir) if dest_dir is not None else download_dir()
+    common = dict(cache_dir=cache, token=token, endpoint=endpoint, timeout=timeout, gated=spec.gated,
+                  how_to_get=how_to_get(spec))
+    path = hub.download_file(spec.hf_id, spec.checkpoint, progress=progress, expected_sha256=spec.sha256, **common)
+    for extra in spec.hf_files:
+        hub.download_file(spec.hf_id, extra, **common)
+    log.info("%s: %s", spec.name, path)
+    return path
+
+
+def model_for_checkpoint(path: str | os.PathLike) -> ModelSpec:
+    """The registered model a checkpoint file belongs to, recognised from its state dict by
+    :func:`samtrack.session.backends.recognise` (every family whose package imports).
+
+    The file is memory-mapped, not read. Raises :class:`CheckpointError` for a missing or
+    unreadable file, a model of a known family that is not registered (the message describes it),
+    or a state dict no family recognises."""
+    import torch
+
+    from samtrack.session.backends import recognise
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {p} does not exist")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            if have and r.status != 206:  # server ignored the range: start again
-                have = 0
-                part.unlink(missing_ok=True)
-            total = have + int(r.headers.get("Content-Length") or 0)
-            with open(part, "ab") as f:
-                while chunk := r.read(1 << 20):
-                    f.write(chunk)
-                    have += len(chunk)
-                    if progress:
-                        progress(have, total)
-            if have < total:  # the connection dropped: urllib returns a short read without raising
-                raise OSError(f"connection closed after {have} of {total} bytes")
-    except OSError as e:
-        kept = part.stat().st_size if part.exists() else 0
-        partial = (f" The partial download ({kept / 2**20:.1f} MiB, {part}) is resumed next time." if kept else "")
-        raise CheckpointError(f"cannot download {spec.checkpoint} from {url} ({e}); {how_to_get(spec)}.{partial}") from e
-    if spec.sha256:
-        digest = sha256_file(part)
-        if digest != spec.sha256:
-            part.unlink()
-            raise CheckpointError(f"{spec.checkpoint}: sha256 {digest} does not match {spec.sha256}; the download was removed, try again")
-    part.rename(dest)
-    return dest
+        obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        sd = obj.get("model", obj) if isinstance(obj, dict) else None
+    except Exception:  # not the zip format mmap needs (or damaged): read it whole, with its errors
+        sd = load_state_dict(p)
+    found = recognise(sd) if isinstance(sd, dict) and sd else None
+    if found in MODELS:
+        return MODELS[found]
+    if found:
+        raise CheckpointError(f"{p} holds {found}, which samtrack has no registry row for; models it knows: "
+                              f"{', '.join(MODELS)}")
+    raise CheckpointError(f"{p} is not a checkpoint of any model family samtrack knows (SAM2, SAM2.1, SAM3, "
+                          "checked by their state-dict keys); pass model=NAME to say which model it is")
 
 
 def checkpoint_identity(path) -> dict:
