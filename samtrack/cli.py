@@ -32,7 +32,8 @@ DEVICES = "auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps"
 def _model_help() -> str:
     from samtrack.session.models import MODELS
 
-    return "model name: " + ", ".join(MODELS) + " (see `samtrack models`)"
+    return ("model name: " + ", ".join(MODELS) + " (see `samtrack models`); default: the model a --checkpoint file "
+            "is, else the one set with `samtrack models default`")
 
 
 def _formats() -> str:
@@ -47,7 +48,7 @@ CH = typer.Option(None, "--channel", "-c", help="channel index of a multi-channe
 TA = typer.Option(None, "--time-axis", help="which stack axis is time when none is named T (e.g. Z)")
 RD = typer.Option(None, "--reader", help="force a reader: pyav, decord, images, tiff, zarr")
 ST = typer.Option(None, "--stream", help="video stream of a file with several (0-based; `samtrack info` lists them)")
-MODEL = typer.Option("sam2.1_hiera_tiny", "--model", help=_model_help())
+MODEL = typer.Option(None, "--model", help=_model_help())
 CKPT = typer.Option(None, "--checkpoint", help="checkpoint file (default: found in the checkpoint folders or "
                                                 "downloaded), or 'untrained' for random weights (pipeline checks)")
 SIZE = typer.Option(None, "--image-size", help="model input size in pixels, a multiple of 16 (default the "
@@ -328,6 +329,9 @@ def view(source: Optional[Path] = typer.Argument(None, help="video file, image f
     _, widget = open_view(source, result=result, workdir=workdir, model=model, checkpoint=checkpoint,
                           image_size=image_size, device=device, frame=frame, **opts)
     if widget.session is None and source is not None:
+        from samtrack.session.models import default_model
+
+        model = model or default_model()
         console.print(f"[yellow]read-only: no {model} weights. To prompt and track, run `samtrack models download "
                       f"{model}`, or pass --checkpoint PATH (--checkpoint untrained for a pipeline check)[/yellow]")
     napari.run()

@@ -343,3 +343,27 @@ def test_the_stored_default_is_used_when_no_model_is_named(tmp_path, monkeypatch
     models.settings_path().write_text('{"default": "gone_model"}')
     with pytest.raises(UnknownModelError, match="samtrack models default NAME"):
         models.get_model()
+
+
+def test_open_session_uses_the_default_and_recognises_a_checkpoints_model(tmp_path, monkeypatch):
+    import torch
+
+    import samtrack
+    from tests import media
+    from tests import model_utils as mu
+
+    monkeypatch.setenv("SAMTRACK_CACHE_DIR", str(tmp_path / "cache"))
+    models.set_default_model("sam2_hiera_tiny")
+    vid = media.write_video(tmp_path / "v.mp4", 3, w=64, h=48)
+    with samtrack.open_session(vid, checkpoint="untrained", image_size=128, device="cpu", workdir=tmp_path / "w1") as s:
+        assert s.backend.spec.name == "sam2_hiera_tiny"  # no model named: the stored default
+    tuned = mu.make_checkpoint(tmp_path / "my_finetune.pt", image_size=128)  # a SAM2.1 tiny under any file name
+    assert ck.model_for_checkpoint(tuned).name == "sam2.1_hiera_tiny"
+    with samtrack.open_session(vid, checkpoint=tuned, image_size=128, device="cpu", workdir=tmp_path / "w2") as s:
+        assert s.backend.spec.name == "sam2.1_hiera_tiny"  # the checkpoint's model, not the default
+    small = mu.make_checkpoint(tmp_path / "other.pt", model="sam2_hiera_small", image_size=128)
+    assert ck.resolve_model(None, small).name == "sam2_hiera_small"
+    assert ck.resolve_model("sam2.1_hiera_large", small).name == "sam2.1_hiera_large"  # a named model wins
+    torch.save({"model": {"backbone.weight": torch.zeros(2)}}, tmp_path / "alien.pt")
+    with pytest.raises(CheckpointError, match="not a checkpoint of any model family"):
+        ck.resolve_model(None, tmp_path / "alien.pt")

@@ -38,12 +38,14 @@ def resolve_checkpoint(spec: ModelSpec, checkpoint, *, download: bool = True):
     raise CheckpointError(f"no {spec.checkpoint} in {', '.join(map(str, checkpoint_dirs()))}; {how_to_get(spec)}")
 
 
-def load_model(model: str = "sam2.1_hiera_tiny", *, checkpoint=None, image_size: int | None = None,
+def load_model(model: str | None = None, *, checkpoint=None, image_size: int | None = None,
                device: str = "auto", download: bool = True):
-    """Build ``model`` once, to pass as ``open_session(..., backend=...)`` for several videos."""
+    """Build ``model`` once, to pass as ``open_session(..., backend=...)`` for several videos (``model``:
+    as :func:`open_session` takes it)."""
     from samtrack.session.backends import load_backend
+    from samtrack.session.checkpoints import resolve_model
 
-    spec = get_model(model)
+    spec = resolve_model(model, checkpoint)
     return load_backend(spec, resolve_checkpoint(spec, checkpoint, download=download), image_size=image_size,
                         device=device)
 
@@ -76,11 +78,13 @@ def default_workdir(source, spec: ModelSpec, image_size) -> Path:
     return default_cache_root() / "sessions" / key
 
 
-def open_session(source: Any, *, model: str = "sam2.1_hiera_tiny", checkpoint=None, image_size: int | None = None,
+def open_session(source: Any, *, model: str | None = None, checkpoint=None, image_size: int | None = None,
                  device: str = "auto", workdir: str | os.PathLike | None = None, config: SessionConfig | None = None,
                  download: bool = True, backend=None, reset: bool = False, **video_options) -> TrackingSession:
     """Open ``source`` (anything :func:`samtrack.open_video` takes) for tracking with ``model``.
 
+    ``model``: a registry name (``samtrack models``); None: the model a ``checkpoint`` file
+    is (recognised by its state dict), else the default (``samtrack models default``).
     ``checkpoint``: a path, None (look in the checkpoint folders, then download),
     or ``"untrained"`` (random weights). ``image_size``: the model's input size
     (default the model's 1024; lower is faster, e.g. 512). ``workdir``: where the
@@ -101,9 +105,10 @@ def open_session(source: Any, *, model: str = "sam2.1_hiera_tiny", checkpoint=No
     if backend is not None:
         spec, ckpt, image_size = backend.spec, backend.checkpoint, backend.image_size
     else:
+        from samtrack.session.checkpoints import resolve_model
         from samtrack.session.devices import pick_device
 
-        spec = get_model(model)
+        spec = resolve_model(model, checkpoint)
         device = pick_device(device)  # a device this machine lacks: an error before any work
         ckpt = resolve_checkpoint(spec, checkpoint, download=download)
     if workdir is None:

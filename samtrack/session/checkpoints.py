@@ -96,6 +96,18 @@ def download_checkpoint(spec: ModelSpec, *, dest_dir: Path | None = None,
     return path
 
 
+def resolve_model(model: str | None, checkpoint=None) -> ModelSpec:
+    """The registry row a session uses: ``model`` when named (a name or alias); else, for a checkpoint
+    file, the model that file is (:func:`model_for_checkpoint`: a fine-tuned checkpoint of any family);
+    else the default model (:func:`samtrack.session.models.default_model`). ``checkpoint``: a path,
+    None or "untrained". Raises UnknownModelError / CheckpointError saying what to do."""
+    from samtrack.session.models import get_model
+
+    if model is None and checkpoint is not None and str(checkpoint) != "untrained":
+        return model_for_checkpoint(checkpoint)
+    return get_model(model)
+
+
 def model_for_checkpoint(path: str | os.PathLike) -> ModelSpec:
     """The registered model a checkpoint file belongs to, recognised from its state dict by
     :func:`samtrack.session.backends.recognise` (every family whose package imports).

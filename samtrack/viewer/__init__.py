@@ -13,7 +13,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def open_for_viewing(source, *, result=None, workdir=None, model: str = "sam2.1_hiera_tiny", checkpoint=None,
+def open_for_viewing(source, *, result=None, workdir=None, model: str | None = None, checkpoint=None,
                      image_size=None, device: str = "auto", config=None, download: bool = True, **video_options):
     """(session or None, result store, frame store) for ``source``.
 
@@ -29,7 +29,7 @@ def open_for_viewing(source, *, result=None, workdir=None, model: str = "sam2.1_
         from samtrack.job import read_job
 
         job = read_job(result) or {}
-        model = job.get("model", model) if model == "sam2.1_hiera_tiny" else model
+        model = job.get("model", model) if model is None else model
         image_size = image_size if image_size is not None else job.get("image_size")
         video_options = {**job.get("video_options", {}), **video_options}
     try:
@@ -55,7 +55,7 @@ def open_for_viewing(source, *, result=None, workdir=None, model: str = "sam2.1_
     return None, ResultStore(Path(wd) / "results.zarr", n_frames=i.n_frames, height=i.height, width=i.width), frames
 
 
-def view(source=None, *, result=None, workdir=None, model: str = "sam2.1_hiera_tiny", checkpoint=None,
+def view(source=None, *, result=None, workdir=None, model: str | None = None, checkpoint=None,
          image_size=None, device: str = "auto", viewer=None, frame: int | None = None, config=None,
          download: bool = True, **video_options):
     """Open ``source`` in napari with the samtrack widget docked; returns ``(viewer, widget)``.
