@@ -1,10 +1,5 @@
-"""Checkpoint lookup, resumable verified download (loopback server), fine-tuned weights, OOM mid-run."""
+"""Checkpoint lookup, fine-tuned weights, OOM mid-run (downloads: tests/test_model_manager.py)."""
 from __future__ import annotations
-
-import dataclasses
-import hashlib
-import http.server
-import threading
 
 import numpy as np
 import pytest
@@ -14,72 +9,20 @@ import samtrack
 from samtrack.errors import CheckpointError, OutOfMemoryError
 from samtrack.io.result_store import Status
 from samtrack.session.backends import recognise as guess_model
-from samtrack.session.checkpoints import download_checkpoint, find_checkpoint, load_state_dict
+from samtrack.session.checkpoints import find_checkpoint, load_state_dict
 from samtrack.session.models import MODELS, get_model
 from tests import media
 from tests import model_utils as mu
 
 
-class _RangeHandler(http.server.BaseHTTPRequestHandler):
-    payload = b""
-    cut_after: int | None = None  # simulate a dropped connection once
-
-    def do_GET(self):  # noqa: N802
-        start = 0
-        rng = self.headers.get("Range")
-        if rng:
-            start = int(rng.split("=")[1].split("-")[0])
-            self.send_response(206)
-        else:
-            self.send_response(200)
-        body = self.payload[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if type(self).cut_after is not None:
-            self.wfile.write(body[: type(self).cut_after])
-            type(self).cut_after = None
-            self.wfile.flush()
-            self.connection.close()
-            return
-        self.wfile.write(body)
-
-    def log_message(self, *a):
-        pass
-
-
-@pytest.fixture
-def server():
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield srv
-    srv.shutdown()
-
-
 def test_registry_has_official_names():
-    assert len(MODELS) == 8
+    assert len(MODELS) == 9  # SAM2 and SAM2.1 in four sizes, SAM3
     tiny = get_model("sam2.1_hiera_t")
     assert tiny.checkpoint == "sam2.1_hiera_tiny.pt" and tiny.url.endswith("/092824/sam2.1_hiera_tiny.pt")
     assert tiny.hf_id == "facebook/sam2.1-hiera-tiny"
 
 
-def test_download_resumes_and_verifies(server, tmp_path):
-    payload = bytes(range(256)) * 4000
-    _RangeHandler.payload = payload
-    _RangeHandler.cut_after = 100_000
-    spec = dataclasses.replace(get_model("sam2.1_hiera_tiny"), url=f"http://127.0.0.1:{server.server_port}/ck.pt",
-                               sha256=hashlib.sha256(payload).hexdigest())
-    with pytest.raises(CheckpointError, match="partial download"):
-        download_checkpoint(spec, dest_dir=tmp_path, timeout=5)
-    part = tmp_path / (spec.checkpoint + ".part")
-    assert part.stat().st_size == 100_000
-    p = download_checkpoint(spec, dest_dir=tmp_path, timeout=5)  # resumes from byte 100,000
-    assert p.read_bytes() == payload and not part.exists()
-    bad = dataclasses.replace(spec, sha256="0" * 64)
-    p.unlink()
-    with pytest.raises(CheckpointError, match="sha256"):
-        download_checkpoint(bad, dest_dir=tmp_path, timeout=5)
-    assert not p.exists()
+# downloads (hub protocol, resume, verification, gated refusals, concurrency): tests/test_model_manager.py
 
 
 def test_checkpoint_found_in_cache_dir(tmp_path, monkeypatch):
