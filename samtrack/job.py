@@ -61,26 +61,37 @@ def read_job(out_dir) -> dict | None:
 
 def start_track(source, prompts, out_dir, *, model: str = "sam2.1_hiera_tiny", checkpoint=None, image_size=None,
                 device: str = "auto", direction: str = "both", force: bool = False, video_options: dict | None = None,
-                config=None):
+                config=None, finds=()):
     """Open (or reopen) the job in ``out_dir`` and apply the prompt file; returns (session, :class:`JobStart`).
+
+    ``prompts``: a prompt file, or None when ``finds`` alone prompt the job; ``finds``: extra
+    object-creating prompts as dicts of a prompt file's ``"find"`` list (``{"frame": 0, "text": "cell"}``),
+    e.g. from ``samtrack track --text cell``.
 
     Raises :class:`PromptFileError` for a bad prompt file (checked before any work),
     :class:`JobMismatchError` when ``out_dir`` holds another job and ``force`` is not set,
     :class:`CacheError` when ``out_dir`` is not a samtrack folder."""
     from samtrack.io.registry import open_reader
     from samtrack.session import open_session
-    from samtrack.session.prompt_file import PromptFileError, load_prompt_file
+    from samtrack.session.prompt_file import PromptFileError, PromptSet, _check_finds, load_prompt_file
 
     if direction not in ("forward", "backward", "both"):
         raise InvalidOptionError(f"direction {direction!r}: use forward, backward or both")
     video_options = dict(video_options or {})
     out_dir = Path(out_dir)
-    if not Path(prompts).is_file():
+    if prompts is None and not finds:
+        raise PromptFileError("nothing to track: give a prompt file (--prompts) or a text prompt (--text)")
+    if prompts is not None and not Path(prompts).is_file():
         raise PromptFileError(f"prompt file {prompts} not found")
     reader_opts = {k: v for k, v in video_options.items() if k != "intensity"}
     with open_reader(source, **reader_opts) as rd:  # validate the prompts before any work
         info = rd.info
-    objects = load_prompt_file(prompts, n_frames=info.n_frames, width=info.width, height=info.height)
+    if prompts is not None:
+        objects = load_prompt_file(prompts, n_frames=info.n_frames, width=info.width, height=info.height)
+    else:
+        objects = PromptSet()
+    if finds:
+        objects.finds += _check_finds(list(finds), Path("--text"), info.n_frames, info.width, info.height)
     if out_dir.exists() and any(out_dir.iterdir()):
         names = {p.name for p in out_dir.iterdir()}
         if not (names & OURS or force):
@@ -102,7 +113,8 @@ def start_track(source, prompts, out_dir, *, model: str = "sam2.1_hiera_tiny", c
         session.results.root.attrs["job"] = {"source": str(Path(source).resolve()) if isinstance(source, (str, Path)) else None,
                                              "model": session.backend.spec.name, "image_size": session.backend.image_size,
                                              "direction": direction, "video_options": video_options}
-        shutil.copy(prompts, out_dir / ("prompts" + Path(prompts).suffix))
+        if prompts is not None:
+            shutil.copy(prompts, out_dir / ("prompts" + Path(prompts).suffix))
         plan = session.plan(direction)
         first = next((s.frame for _, steps in plan.sweeps for s in steps if s.compute), None)
         computed = sorted({s.frame for _, steps in plan.sweeps for s in steps if s.compute})
@@ -118,11 +130,17 @@ def start_track(source, prompts, out_dir, *, model: str = "sam2.1_hiera_tiny", c
 
 
 def run_track(source, prompts, out_dir, *, direction: str = "both", progress: Callable[[int, int], None] | None = None,
-              **kw):
-    """:func:`start_track`, then propagate; returns the open session (the caller closes it)."""
+              redetect_every: int | None = None, **kw):
+    """:func:`start_track`, then propagate (with ``redetect_every=N``: the job's object-creating
+    prompts run again every N frames, see ``TrackingSession.propagate_and_redetect``); returns the
+    open session (the caller closes it)."""
     session, _ = start_track(source, prompts, out_dir, direction=direction, **kw)
     try:
-        for _ in session.propagate(direction, progress=progress):
+        if redetect_every:
+            run = session.propagate_and_redetect(redetect_every, direction, progress=progress)
+        else:
+            run = session.propagate(direction, progress=progress) if session.obj_ids else ()
+        for _ in run:
             pass
     except BaseException:
         session.close()
@@ -153,7 +171,12 @@ def apply_prompt_changes(session, objects) -> int:
     were added, changed or removed. Unchanged prompts are left alone (nothing becomes stale);
     changes are corrections: only the frames they affect are recomputed."""
     n = 0
-    wanted = {o.obj_id for o in objects}
+    finds = list(getattr(objects, "finds", ()))
+    for frame, query in list(session.concepts):  # object-creating prompts no longer in the file: their objects go
+        if (frame, query) not in finds:
+            session.remove_find(frame, query)
+            n += 1
+    wanted = {o.obj_id for o in objects} | session.find_objects_created()
     for oid in [o for o in session.obj_ids if o not in wanted]:
         session.remove_object(oid)
         n += 1
@@ -172,6 +195,11 @@ def apply_prompt_changes(session, objects) -> int:
                 session.add_box(f, o.obj_id, p["box"], points=p["points"], labels=p["labels"])
             else:
                 session.add_points(f, o.obj_id, np.asarray(p["points"], float), p["labels"])
+            n += 1
+    have = list(session.concepts)
+    for frame, query in finds:  # new object-creating prompts run after the file's objects exist (ids follow theirs)
+        if (frame, query) not in have:
+            session.find_objects(frame, query)
             n += 1
     return n
 

@@ -123,6 +123,25 @@ class ObjectFinding:
         found.result = self.frame_result(frame)
         return found
 
+    def remove_find(self, frame: int, query: Concept | Everything) -> list[int]:
+        """Forget an object-creating prompt given on ``frame`` and remove the objects it created
+        (those still present); returns their ids. Raises :class:`PromptError` when there is none."""
+        self._check_open()
+        rec, _ = prompt_record(query)
+        for i, r in enumerate(self._concepts):
+            if r["frame"] == frame and prompt_from_record(r) == query:
+                gone = [o for o in r.get("objects", []) if o in self.obj_ids]
+                for o in gone:
+                    self.remove_object(o)
+                del self._concepts[i]
+                self.results.save_concepts(self._concepts)
+                return gone
+        raise PromptError(f"no {rec['kind']} prompt like that on frame {frame}; see session.concepts")
+
+    def find_objects_created(self) -> set[int]:
+        """Ids of the objects that object-creating prompts made (still present or not)."""
+        return {o for r in self._concepts for o in r.get("objects", [])}
+
     @property
     def concepts(self) -> list[tuple[int, Concept | Everything]]:
         """The object-creating prompts of this job, as (frame, query), in the order they were given."""

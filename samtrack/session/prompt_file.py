@@ -5,6 +5,15 @@
                               {"frame": 40, "box": [x0, y0, x1, y1]},
                               {"frame": 90, "mask": "relative/path.png"}]}]}
 
+Object-creating prompts go in a top-level ``"find"`` list (then ``"objects"`` may be absent)::
+
+    {"find": [{"frame": 0, "text": "cell", "threshold": 0.5},
+              {"frame": 0, "boxes": [[x0, y0, x1, y1], ...], "box_labels": [1, 0]},
+              {"frame": 0, "everything": true}]}
+
+Each detection becomes an object numbered after the file's objects and named after the text
+("cell 1", "cell 2", ...); text and exemplar boxes need a SAM3 model, ``everything`` a SAM2 model.
+
 Points are (x, y) in video pixels; labels 1 positive / 0 negative (default all 1);
 a box may carry refining points (a box partly outside the frame is clipped to it);
 a mask is an image at video size, its path relative to the prompt file: a binary
@@ -29,8 +38,20 @@ MAX_OBJECT_ID = 2**31 - 1  # object ids are stored as int32 / written as uint32 
 _PROMPT_KEYS = {"frame", "points", "labels", "box", "mask", "label", "threshold"}
 
 
+_FIND_KEYS = {"frame", "text", "boxes", "box_labels", "threshold", "everything"}
+
+
 class PromptFileError(PromptError):
     """A prompt file that cannot be used; the message names the field and the object."""
+
+
+class PromptSet(list):
+    """The validated objects of a prompt file (a list of :class:`ObjectPrompts`), with ``finds``:
+    its object-creating prompts as ``(frame, Concept | Everything)`` pairs, in file order."""
+
+    def __init__(self, objects=(), finds=()):
+        super().__init__(objects)
+        self.finds: list[tuple[int, object]] = list(finds)
 
 
 @dataclass(frozen=True)
@@ -59,8 +80,14 @@ def load_prompt_file(path, *, n_frames: int, width: int, height: int) -> list[Ob
             data = json.loads(text)
     except Exception as e:  # json/yaml parser errors
         raise PromptFileError(f"{path}: not valid {'YAML' if path.suffix.lower() in ('.yaml', '.yml') else 'JSON'} ({e})") from e
-    if not isinstance(data, dict) or not isinstance(data.get("objects"), list) or not data["objects"]:
-        raise PromptFileError(f"{path}: needs a non-empty list under \"objects\"")
+    if not isinstance(data, dict):
+        raise PromptFileError(f"{path}: needs a non-empty list under \"objects\" or \"find\"")
+    finds = _check_finds(data.get("find"), path, n_frames, width, height)
+    if not finds or "objects" in data:
+        if not isinstance(data.get("objects"), list) or not data["objects"]:
+            raise PromptFileError(f"{path}: needs a non-empty list under \"objects\" (or \"find\" for "
+                                  "text / exemplar / everything prompts)")
+    data.setdefault("objects", [])
     seen: set[int] = set()
     out = []
     for i, obj in enumerate(data["objects"]):
@@ -91,6 +118,48 @@ def load_prompt_file(path, *, n_frames: int, width: int, height: int) -> list[Ob
     for o in out:
         if o.parent is not None and o.parent not in ids:
             raise PromptFileError(f"{path}: object {o.obj_id}: parent {o.parent} is not an object of this file")
+    return PromptSet(out, finds)
+
+
+def _check_finds(finds, path: Path, n_frames: int, width: int, height: int) -> list[tuple[int, object]]:
+    """Validated ``"find"`` entries as (frame, Concept | Everything)."""
+    from samtrack.session.prompts import Everything, make_concept
+
+    if finds is None:
+        return []
+    if not isinstance(finds, list) or not finds:
+        raise PromptFileError(f"{path}: \"find\" must be a non-empty list of {{\"frame\": N, \"text\": ...}}")
+    out = []
+    for j, p in enumerate(finds):
+        w = f"{path}: find[{j}]"
+        if not isinstance(p, dict) or "frame" not in p:
+            raise PromptFileError(f"{w}: missing \"frame\"")
+        f = p["frame"]
+        if not isinstance(f, int) or isinstance(f, bool) or not 0 <= f < n_frames:
+            raise PromptFileError(f"{w}: \"frame\" must be a frame index 0..{n_frames - 1}, got {f!r}")
+        unknown = sorted(set(p) - _FIND_KEYS)
+        if unknown:
+            raise PromptFileError(f"{w}: unknown key(s) {unknown}; a find prompt has \"frame\" and \"text\" and/or "
+                                  "\"boxes\" (+ \"box_labels\"), or \"everything\": true; optional \"threshold\"")
+        thr = p.get("threshold")
+        if thr is not None and (not isinstance(thr, (int, float)) or isinstance(thr, bool)):
+            raise PromptFileError(f"{w}: \"threshold\" must be a number between 0 and 1")
+        try:
+            if p.get("everything"):
+                if "text" in p or "boxes" in p:
+                    raise PromptFileError(f"{w}: \"everything\" takes no text or boxes")
+                if thr is not None and not 0 <= thr <= 1:
+                    raise PromptError("threshold must be between 0 and 1")
+                out.append((f, Everything(0.8 if thr is None else float(thr))))
+            else:
+                out.append((f, make_concept(p.get("text"), p.get("boxes"), p.get("box_labels"), width=width,
+                                            height=height, threshold=0.5 if thr is None else thr)))
+        except PromptFileError:
+            raise
+        except SamtrackError as e:
+            raise PromptFileError(f"{w}: {e}") from e
+        except (TypeError, ValueError) as e:
+            raise PromptFileError(f"{w}: malformed ({e})") from e
     return out
 
 
