@@ -137,3 +137,20 @@ def test_families_without_detection_say_which_has_it(tmp_path):
         with pytest.raises(PromptError, match="SAM3"):
             s.add_text(0, "cell")
         s.close()
+
+
+def test_rerunning_a_prompt_file_keeps_found_objects_and_drops_removed_finds(session):
+    from samtrack.job import apply_prompt_changes
+    from samtrack.session.prompt_file import ObjectPrompts, PromptSet
+
+    s, b = session({1: [(2, 2, 12, 12, 0.9), (30, 20, 40, 30, 0.8)]})
+    clicks = ObjectPrompts(7, "mine", None, ({"frame": 0, "kind": "points", "points": [[5, 5]], "labels": [1],
+                                               "box": None},))
+    cell, other = (1, Concept("cell", (), (), 0.5)), (1, Concept("nucleus", (), (), 0.5))
+    assert apply_prompt_changes(s, PromptSet([clicks], [cell])) == 2
+    assert s.obj_ids == [7, 8, 9]  # found objects are numbered after the file's
+    n_detect = len(b.requests)
+    assert apply_prompt_changes(s, PromptSet([clicks], [cell])) == 0  # unchanged: nothing runs again
+    assert len(b.requests) == n_detect and s.obj_ids == [7, 8, 9]
+    apply_prompt_changes(s, PromptSet([clicks], [other]))  # the "cell" find is replaced: its objects go
+    assert s.obj_ids == [7, 10, 11] and [q.text for _, q in s.concepts] == ["nucleus"]

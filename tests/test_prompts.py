@@ -97,3 +97,45 @@ def test_add_mask_takes_a_label_image_with_an_explicit_label():
     with pytest.raises(PromptError, match="label=N"):
         make_mask(_labels(), W, H)
     assert make_mask(_labels() == 2, W, H).mask.sum() == (_labels() == 2).sum()
+
+
+def _load(tmp_path, data: dict):
+    (tmp_path / "f.json").write_text(json.dumps(data))
+    return load_prompt_file(tmp_path / "f.json", n_frames=3, width=W, height=H)
+
+
+def test_find_prompts_in_a_prompt_file(tmp_path):
+    from samtrack.session.prompts import Concept, Everything
+
+    got = _load(tmp_path, {"find": [{"frame": 0, "text": "cell"},
+                                    {"frame": 2, "boxes": [[-3, 1, 20, 30], [30, 5, 50, 40]], "box_labels": [1, 0],
+                                     "threshold": 0.3},
+                                    {"frame": 1, "everything": True}]})
+    assert list(got) == []  # no "objects": only object-creating prompts
+    assert got.finds == [(0, Concept("cell", (), (), 0.5)),
+                         (2, Concept(None, ((0.0, 1.0, 20.0, 30.0), (30.0, 5.0, 50.0, 40.0)), (1, 0), 0.3)),
+                         (1, Everything(0.8))]
+    both = _load(tmp_path, {"objects": [{"id": 4, "prompts": [{"frame": 0, "points": [[3, 4]]}]}],
+                            "find": [{"frame": 1, "text": "nucleus"}]})
+    assert [o.obj_id for o in both] == [4] and both.finds[0][1].text == "nucleus"
+
+
+@pytest.mark.parametrize("entry, words", [
+    ({"frame": 0}, "needs a text"),
+    ({"frame": 0, "text": ""}, "noun phrase"),
+    ({"frame": 9, "text": "cell"}, "frame index 0..2"),
+    ({"frame": 0, "text": "cell", "colour": "red"}, "unknown key"),
+    ({"frame": 0, "boxes": [[1, 2, 3, 4]], "box_labels": [1, 1]}, "2 labels"),
+    ({"frame": 0, "boxes": [[1, 2, 3, 4]], "box_labels": [0]}, "positive"),
+    ({"frame": 0, "text": "cell", "threshold": "high"}, "number between 0 and 1"),
+    ({"frame": 0, "everything": True, "text": "cell"}, "no text"),
+])
+def test_bad_find_prompts_name_the_entry(tmp_path, entry, words):
+    with pytest.raises(PromptFileError, match="find\\[0\\]") as e:
+        _load(tmp_path, {"find": [entry]})
+    assert words in str(e.value)
+
+
+def test_a_file_without_objects_or_find_says_both(tmp_path):
+    with pytest.raises(PromptFileError, match='"find"'):
+        _load(tmp_path, {"objects": []})

@@ -218,8 +218,12 @@ class ObjectFinding:
         return out
 
     def _new_object_id(self) -> int:
-        used = set(self.obj_ids) | set(self.results.object_ids)
-        return max(used, default=0) + 1
+        """The next id after every id this job has used (a removed found object's id is not reused:
+        exports made before name it)."""
+        used = set(self.obj_ids) | set(self.results.object_ids) | {int(self.results.root.attrs.get("max_found_id", 0))}
+        new = max(used) + 1
+        self.results.root.attrs["max_found_id"] = new
+        return new
 
     def _object_name(self, label: str) -> str:
         names = {self.results.object_meta(o).get("name") for o in self.results.object_ids}
