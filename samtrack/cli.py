@@ -145,7 +145,8 @@ def cache(source: Path = typer.Argument(..., help="video file, image folder, TIF
 
 @app.command()
 def track(source: Path = typer.Argument(..., help="video file, image folder, TIFF stack or zarr"),
-          prompts: Path = typer.Option(..., "--prompts", "-p", help="prompt file (JSON/YAML; see the README)"),
+          prompts: Optional[Path] = typer.Option(None, "--prompts", "-p", help="prompt file (JSON/YAML; see the "
+                                                 "README); optional with --text"),
           out_dir: Path = typer.Option(..., "--out", "-o", help="job folder: results, resumable; run again to "
                                                                "resume or to apply an edited prompt file"),
           model: str = MODEL, checkpoint: Optional[str] = CKPT, image_size: Optional[int] = SIZE, device: str = DEV,
@@ -161,9 +162,22 @@ def track(source: Path = typer.Argument(..., help="video file, image folder, TIF
           features: bool = typer.Option(False, "--features", help="encode every frame first (image features kept "
                                         "in the job folder; corrections later never re-encode)"),
           config: Optional[Path] = typer.Option(None, "--config", help="YAML preset (see configs/)"),
+          text: Optional[List[str]] = typer.Option(None, "--text", help="find every instance of this text (\"cell\") "
+                                                   "and track each as an object (SAM3 models); repeatable"),
+          text_frame: int = typer.Option(0, "--text-frame", "--find-frame", help="the frame --text / --everything "
+                                         "look at"),
+          everything: bool = typer.Option(False, "--everything", help="segment every object on --text-frame and "
+                                          "track each (SAM2 models: the automatic mask generator)"),
+          threshold: Optional[float] = typer.Option(None, "--threshold", help="detection score an object needs, "
+                                                    "0..1 (default 0.5 for --text, 0.8 predicted IoU for "
+                                                    "--everything)"),
+          redetect_every: Optional[int] = typer.Option(None, "--redetect-every", help="run --text/--everything (and "
+                                                       "the prompt file's \"find\") again every N frames, adding "
+                                                       "objects that appear later"),
           z: Optional[int] = Z, channel: Optional[List[int]] = CH, time_axis: Optional[str] = TA,
           reader: Optional[str] = RD, stream: Optional[int] = ST) -> None:
-    """Track the prompted objects through the video into a job folder."""
+    """Track the prompted objects through the video into a job folder (objects from --prompts, or
+    found by --text / --everything)."""
     from samtrack.job import start_track
     from samtrack.progress import progress_bar
 
@@ -180,9 +194,17 @@ def track(source: Path = typer.Argument(..., help="video file, image folder, TIF
 
         session_config, opts = load_config(config)
     opts.update(_reader_options(z, channel, time_axis, reader, stream))
+    finds = [{"frame": text_frame, "text": t, **({"threshold": threshold} if threshold is not None else {})}
+             for t in text or []]
+    if everything:
+        finds.append({"frame": text_frame, "everything": True, **({"threshold": threshold} if threshold is not None else {})})
+    if prompts is None and not finds:
+        raise InvalidOptionError("nothing to track: give --prompts FILE, or --text WORD (SAM3) / --everything (SAM2)")
+    if redetect_every is not None and redetect_every < 1:
+        raise InvalidOptionError(f"--redetect-every {redetect_every}: give a number of frames, at least 1")
     session, start = start_track(source, prompts, out_dir, model=model, checkpoint=checkpoint, image_size=image_size,
                                  device=device, direction=direction, force=force, video_options=opts,
-                                 config=session_config)
+                                 config=session_config, finds=finds)
     try:
         if start.resumed:
             msg = f"resuming {out_dir}: {start.frames_done} of {start.n_frames} frames done"
@@ -194,10 +216,22 @@ def track(source: Path = typer.Argument(..., help="video file, image folder, TIF
         if features and session.features is not None:
             with progress_bar("image features", total=session.n_frames, unit="frames") as update:
                 session.precompute_features(progress=update)
-        if start.to_compute:
+        if finds or getattr(session, "concepts", None):
+            console.print(f"{len(session.obj_ids)} object(s): " + ", ".join(
+                session.results.object_meta(o)["name"] for o in session.obj_ids[:12]) +
+                (", ..." if len(session.obj_ids) > 12 else ""), highlight=False)
+        if redetect_every and session.concepts:
+            with progress_bar("tracking + re-detection", total=start.progress_total, unit="frames",
+                              show_memory=True) as update:
+                for _ in session.propagate_and_redetect(redetect_every, direction, progress=update):
+                    pass
+        elif start.to_compute:
             with progress_bar("tracking", total=start.progress_total, unit="frames", show_memory=True) as update:
                 for _ in session.propagate(direction, progress=update):
                     pass
+        elif not session.obj_ids:
+            console.print("[yellow]nothing was found to track: lower --threshold, or prompt objects with "
+                          "--prompts[/yellow]")
         console.print(f"results in {out_dir} ({len(session.obj_ids)} objects, {session.n_frames} frames)")
         for fmt in export_formats or []:  # the job's own exports: refreshed on every run
             extra = {"frames_dir": out_dir} if write_frames and fmt in ("coco", "ytvis") else {}
