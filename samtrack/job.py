@@ -61,12 +61,14 @@ def read_job(out_dir) -> dict | None:
 
 def start_track(source, prompts, out_dir, *, model: str = "sam2.1_hiera_tiny", checkpoint=None, image_size=None,
                 device: str = "auto", direction: str = "both", force: bool = False, video_options: dict | None = None,
-                config=None, finds=()):
+                config=None, finds=(), backend=None):
     """Open (or reopen) the job in ``out_dir`` and apply the prompt file; returns (session, :class:`JobStart`).
 
     ``prompts``: a prompt file, or None when ``finds`` alone prompt the job; ``finds``: extra
     object-creating prompts as dicts of a prompt file's ``"find"`` list (``{"frame": 0, "text": "cell"}``),
-    e.g. from ``samtrack track --text cell``.
+    e.g. from ``samtrack track --text cell``. ``backend``: a model built once by
+    :func:`samtrack.session.load_model` for several jobs (then ``model``, ``checkpoint``, ``image_size``
+    and ``device`` are the backend's).
 
     Raises :class:`PromptFileError` for a bad prompt file (checked before any work),
     :class:`JobMismatchError` when ``out_dir`` holds another job and ``force`` is not set,
@@ -101,7 +103,7 @@ def start_track(source, prompts, out_dir, *, model: str = "sam2.1_hiera_tiny", c
             shutil.rmtree(out_dir / name, ignore_errors=True)
     try:
         session = open_session(source, model=model, checkpoint=checkpoint, image_size=image_size, device=device,
-                               workdir=out_dir, config=config, **video_options)
+                               workdir=out_dir, config=config, backend=backend, **video_options)
     except JobMismatchError as e:
         what = str(e).split(": ", 1)[-1].split(". They are not used")[0]
         raise JobMismatchError(f"{out_dir} holds another job ({what}); choose another --out, or pass --force to "
