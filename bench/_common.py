@@ -29,6 +29,19 @@ def random_checkpoint(out: Path, image_size: int) -> Path:
     return ck
 
 
+def random_sam3_checkpoint(out: Path, image_size: int, width: str = "tiny") -> Path:
+    """A random-init SAM3 of a width preset, saved in the official layout (tests/sam3_models.py)."""
+    from tests import sam3_models
+
+    out.mkdir(parents=True, exist_ok=True)
+    ck = out / f"random_sam3_{width}_{image_size}.pt"
+    if not ck.exists():
+        if width != "tiny":
+            raise SystemExit("a random full-width SAM3 checkpoint is 3.4 GB: pass --checkpoint sam3.pt instead")
+        sam3_models.make_checkpoint(ck, image_size=image_size)
+    return ck
+
+
 def assets(out: Path, n_frames: int, image_size: int, w: int = 160, h: int = 120):
     from tests import media
 

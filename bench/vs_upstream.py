@@ -1,4 +1,5 @@
-"""samtrack vs upstream SAM2VideoPredictor on the same video, weights and prompts.
+"""samtrack vs upstream on the same video, weights and prompts: SAM2VideoPredictor for SAM2/SAM2.1,
+SAM3's tracker predictor (``Sam3TrackerPredictor``, fed by its own frame loader) for ``--model sam3``.
 
 For 1 and 3 objects prints, per implementation: time to the first mask (model
 build + video open + first prompt), tracking FPS over the whole video, peak
@@ -7,6 +8,11 @@ own subprocess; the model is built first (timed apart), then, on a GPU, a
 16-frame warm-up run as upstream's own benchmark does, then the timed run. CPU default: random-init sam2.1 tiny at 256 px on a generated
 160x120 clip. On a GPU: --device cuda --image-size 1024 --frames 1000
 --size 1280x720 --source jpeg (pass --checkpoint for real weights).
+
+``--model sam3``: without --checkpoint, a random-init SAM3 of the "tiny" width preset (tests/sam3_models.py;
+the full-width encoder takes ~25 s per frame on a 2-core CPU) at --image-size (default 112 on the CPU);
+upstream reads a JPEG folder (its loader decodes every frame first), samtrack the same folder.
+On a GPU with the real checkpoint: --model sam3 --checkpoint sam3.pt --width full --image-size 1008.
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import assets, jpeg_folder, peak_rss_mib, random_checkpoint
+from _common import assets, jpeg_folder, peak_rss_mib, random_checkpoint, random_sam3_checkpoint
 
 POINTS = [[40, 60], [100, 40], [120, 90], [60, 100], [20, 20]]
 
@@ -47,13 +53,24 @@ def _reset_peak(device):
         torch.cuda.reset_peak_memory_stats()
 
 
+def _load_samtrack(ck, a):
+    import samtrack.session as ss
+
+    if a.model != "sam3":
+        return ss.load_model(a.model, checkpoint=ck, image_size=a.image_size, device=a.device)
+    from samtrack.session.backends import load_backend
+    from samtrack.session.models import get_model
+
+    return load_backend(get_model("sam3"), ck, image_size=a.image_size, device=a.device, width=a.width)
+
+
 def run_samtrack(ck, vid, a, n_obj, warm_vid):
     import tempfile
 
     import samtrack.session as ss
 
     t0 = time.perf_counter()
-    backend = ss.load_model(a.model, checkpoint=ck, image_size=a.image_size, device=a.device)
+    backend = _load_samtrack(ck, a)
     _sync(a.device)
     load = time.perf_counter() - t0
 
@@ -82,7 +99,61 @@ def run_samtrack(ck, vid, a, n_obj, warm_vid):
             "device_peak_mib": _device_peak(a.device)}
 
 
+def run_upstream_sam3(ck, vid, a, n_obj, warm_vid):
+    """SAM3's tracker predictor as its users drive it: init_state(video_path=) decodes every frame,
+    one inference state holds every object (batched), propagate_in_video forward from frame 0."""
+    import contextlib
+
+    import numpy as np
+    import torch
+
+    from samtrack.session.backends import sam3_build, sam3_compat
+
+    t0 = time.perf_counter()
+    model = sam3_build.build_video_model(a.image_size, a.width)
+    sd = torch.load(ck, map_location="cpu", weights_only=True)["model"]
+    model.load_state_dict(sd, strict=True)
+    tracker = model.tracker
+    tracker.backbone = model.detector.backbone  # as build_tracker(with_backbone=True) has it
+    tracker = tracker.to(a.device).eval()
+    _sync(a.device)
+    load = time.perf_counter() - t0
+    on_cpu = a.device == "cpu"
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if a.device == "cuda" else contextlib.nullcontext()
+    compat = sam3_compat.upstream_on(a.device) if on_cpu else contextlib.nullcontext()
+
+    def prompt(v):
+        st = tracker.init_state(video_path=str(v), offload_video_to_cpu=on_cpu, offload_state_to_cpu=on_cpu)
+        h, w = st["video_height"], st["video_width"]
+        for k in range(n_obj):
+            x, y = _pts(k, w, h)[0]
+            tracker.add_new_points_or_box(st, 0, k + 1, points=np.array([[x / w, y / h]], np.float32),
+                                          labels=np.array([1], np.int32))
+        return st
+
+    def run(st):
+        return sum(1 for _ in tracker.propagate_in_video(st, 0, None, reverse=False, tqdm_disable=True,
+                                                         propagate_preflight=True))
+
+    with torch.inference_mode(), ctx, compat:
+        if warm_vid is not None:
+            run(prompt(warm_vid))
+        _reset_peak(a.device)
+        t0 = time.perf_counter()
+        st = prompt(vid)
+        _sync(a.device)
+        first = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        n = run(st)
+        _sync(a.device)
+        fps = n / (time.perf_counter() - t1)
+    return {"model_load_s": load, "first_mask_s": first, "fps": fps, "peak_rss_mib": peak_rss_mib(),
+            "device_peak_mib": _device_peak(a.device)}
+
+
 def run_upstream(ck, vid, a, n_obj, warm_vid):
+    if a.model == "sam3":
+        return run_upstream_sam3(ck, vid, a, n_obj, warm_vid)
     import contextlib
 
     import numpy as np
@@ -136,7 +207,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--objects", type=int, nargs="+", default=[1, 3])
-    ap.add_argument("--image-size", type=int, default=256)
+    ap.add_argument("--image-size", type=int, default=None, help="default 256 (sam2), 112 (sam3 tiny on the CPU)")
+    ap.add_argument("--width", default="tiny", help="sam3 only: width preset of a random-init model (tiny, full)")
     ap.add_argument("--size", default="160x120")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--model", default="sam2.1_hiera_tiny")
@@ -154,7 +226,13 @@ def main():
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as upstream's bench
     w, h = map(int, a.size.split("x"))
     warm = a.warmup if a.warmup is not None else (16 if a.device == "cuda" else 0)
-    ck = a.checkpoint or random_checkpoint(Path(a.out), a.image_size)
+    sam3 = a.model == "sam3"
+    if a.image_size is None:
+        a.image_size = (112 if a.device == "cpu" else 1008) if sam3 else 256
+    if sam3:
+        a.source = "jpeg"  # upstream's tracker predictor reads a JPEG folder (or an mp4 through decord)
+    ck = a.checkpoint or (random_sam3_checkpoint(Path(a.out), a.image_size, a.width) if sam3
+                          else random_checkpoint(Path(a.out), a.image_size))
     warm_vid = None
     if a.source == "jpeg":
         vid = jpeg_folder(Path(a.out), a.frames, w, h)
@@ -167,14 +245,15 @@ def main():
         fn = run_samtrack if who == "samtrack" else run_upstream
         print(json.dumps(fn(ck, vid, a, int(n_obj), warm_vid)))
         return
-    print(f"{a.frames} frames {w}x{h} ({a.source}), {a.model} at {a.image_size} px on {a.device}, "
+    what = f"{a.model} ({a.width} width)" if sam3 and not a.checkpoint else a.model
+    print(f"{a.frames} frames {w}x{h} ({a.source}), {what} at {a.image_size} px on {a.device}, "
           f"warm-up {warm} frames")
     for n_obj in a.objects:
         rows = {}
         for who in ("upstream", "samtrack"):
             args = [sys.executable, __file__, "--child", who, str(n_obj), "--frames", str(a.frames), "--image-size",
                     str(a.image_size), "--size", a.size, "--device", a.device, "--model", a.model, "--out", a.out,
-                    "--source", a.source, "--warmup", str(warm)]
+                    "--source", a.source, "--warmup", str(warm), "--width", a.width]
             if a.checkpoint:
                 args += ["--checkpoint", a.checkpoint]
             r = subprocess.run(args, capture_output=True, text=True)
