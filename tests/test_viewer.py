@@ -386,3 +386,203 @@ def test_paint_corrections_undo_and_redo_through_the_session(make_napari_viewer,
     np.testing.assert_array_equal(p8.mask, painted8)
     np.testing.assert_array_equal(w.results.mask(8, 1), painted8)
     w.close_session()
+
+
+# -- object-creating prompts and the model picker --------------------------------------------------
+class Scripted:
+    """The fake backend, whose detect() returns the squares (x0, y0, x1, y1, score) listed in ``plan``
+    per frame (key -1: an "everything" request, which gets no frame features) and records requests."""
+
+    def __init__(self, plan):
+        import dataclasses
+
+        from samtrack.session import backends
+        from samtrack.session.models import get_model
+
+        spec = dataclasses.replace(get_model("sam2.1_hiera_tiny"), name="fake", family="fake")
+        self.inner = backends.load_backend(spec, None, image_size=64, device="cpu")
+        self.plan = plan
+        self.requests: list = []  # (frame or -1, DetectRequest)
+
+    def __getattr__(self, k):
+        return getattr(self.inner, k)
+
+    def detect(self, frame, feats, request):
+        from samtrack.session.backends.base import Detection
+
+        f = feats.frame_idx if feats is not None else -1
+        self.requests.append((f, request))
+        out = []
+        for x0, y0, x1, y1, score in self.plan.get(f, []):
+            m = np.zeros(frame.shape[:2], bool)
+            m[y0:y1, x0:x1] = True
+            out.append(Detection(m, (x0, y0, x1, y1), score))
+        return out
+
+
+def _scripted(make_napari_viewer, assets, tmp_path, plan):
+    import samtrack
+
+    backend = Scripted(plan)
+    s = samtrack.open_session(assets[1], backend=backend, workdir=tmp_path / "job")
+    viewer = make_napari_viewer()
+    _, w = view(session=s, viewer=viewer)
+    return viewer, w, backend
+
+
+def _names(w):
+    return [w.objects.item(i).text() for i in range(w.objects.count())]
+
+
+def test_find_all_creates_objects_tracked_both_ways_with_redetection(make_napari_viewer, assets, tmp_path, qtbot):
+    plan = {5: [(4, 4, 24, 20, 0.9), (90, 60, 120, 90, 0.8), (50, 10, 60, 20, 0.3)],
+            11: [(100, 4, 124, 20, 0.9)],  # a cell that appears later: re-detection finds it
+            -1: [(4, 70, 20, 90, 0.95)]}
+    viewer, w, b = _scripted(make_napari_viewer, assets, tmp_path, plan)
+    s = w.session
+    w.goto(5)
+    w.find_text.setText("cell")
+    w.btn_find.click()
+    assert w.busy and not w.btn_both.isEnabled()  # runs in the worker thread
+    _wait(qtbot, w)
+    assert w.status.text() == "frame 5: found 2 new objects (0 already tracked)"
+    assert s.obj_ids == [1, 2] and _names(w) == ["cell 1", "cell 2"] and w.active == 1
+    f, req = b.requests[-1]
+    assert f == 5 and req.text == "cell" and req.threshold == 0.5 and req.boxes is None
+    lab = np.asarray(w.labels_layer.data)  # shown at once, each in its own label
+    assert (lab[4:20, 4:24] == 1).all() and (lab[60:90, 90:120] == 2).all() and not lab[10:20, 50:60].any()
+    w.btn_find.click()  # the same query again adds nothing twice
+    _wait(qtbot, w)
+    assert w.status.text() == "frame 5: found 0 new objects (2 already tracked)" and s.obj_ids == [1, 2]
+
+    w.spin_redetect.setValue(3)
+    w.btn_both.click()
+    _wait(qtbot, w)
+    assert s.obj_ids == [1, 2, 3] and _names(w) == ["cell 1", "cell 2", "cell 3"]
+    assert s.keyframes(3) == [11] and sorted({f for f, _ in b.requests if f not in (5,)}) == [2, 8, 11, 14, 17, 20, 23]
+    for oid in (1, 2, 3):  # each tracked over the whole video, both ways from where it was found
+        st = s.status(oid)
+        assert (st != Status.NOT_RUN).all() and (st != Status.STALE).all(), (oid, st)
+    w.goto(0)
+    np.testing.assert_array_equal(w.labels_layer.data, w.results.label_frame(0))
+    assert set(np.unique(w.labels_layer.data)) - {0}
+    w.goto(11)
+    assert (np.asarray(w.labels_layer.data)[4:20, 100:124] == 3).all()
+
+    w.goto(20)  # "everything" is the same kind of prompt
+    w.spin_find.setValue(0.9)
+    w.btn_everything.click()
+    _wait(qtbot, w)
+    req = b.requests[-1][1]
+    assert req.everything and req.threshold == 0.9 and req.text is None
+    assert w.status.text() == "frame 20: found 1 new object (0 already tracked)"
+    assert s.obj_ids == [1, 2, 3, 4] and _names(w)[-1] == "object 1" and s.keyframes(4) == [20]
+    w.close_session()
+
+
+def test_exemplar_boxes_drawn_in_exemplar_mode_reach_the_session(make_napari_viewer, assets, tmp_path, qtbot):
+    viewer, w, b = _scripted(make_napari_viewer, assets, tmp_path, {3: [(4, 4, 24, 20, 0.9)]})
+    s = w.session
+    w.goto(3)
+    w.btn_exemplar.click()
+    assert w.exemplar_mode
+    _drag(viewer, (10, 12), (40, 30))  # Shift-drag: a positive exemplar
+    _drag(viewer, (100, 80), (70, 50), modifiers=("Shift", "Control"))  # Shift-Ctrl-drag: negative (drawn backwards)
+    assert s.obj_ids == [] and not b.requests  # no object, no box prompt, no model work yet
+    assert len(w.exemplar_layer.data) == 2 and "1 positive, 1 negative" in w.status.text()
+    w.btn_find.click()  # no text: the exemplars alone
+    _wait(qtbot, w)
+    f, req = b.requests[-1]
+    assert f == 3 and req.text is None and req.threshold == 0.5
+    np.testing.assert_allclose(req.boxes, [[10, 12, 40, 30], [70, 50, 100, 80]])
+    assert req.box_labels.tolist() == [1, 0]
+    assert s.obj_ids == [1] and _names(w) == ["exemplar 1"]
+    w.find_text.setText("cell")  # with a text too
+    w.btn_find.click()
+    _wait(qtbot, w)
+    req = b.requests[-1][1]
+    assert req.text == "cell" and req.box_labels.tolist() == [1, 0] and len(req.boxes) == 2
+    w.goto(4)  # exemplars belong to their frame
+    assert len(w.exemplar_layer.data) == 0
+    w.find_text.setText("")
+    w.btn_find.click()  # nothing to find with on this frame: said in words
+    _wait(qtbot, w)
+    assert w.status.text().startswith("error:") and "exemplar box" in w.status.text()
+    w.goto(3)
+    w.btn_exemplar.click()  # off: the exemplars are forgotten and Shift-drag is a box prompt again
+    assert not w.exemplar_mode and w.exemplars == [] and len(w.exemplar_layer.data) == 0
+    _drag(viewer, (30, 30), (60, 50))
+    assert s.prompt_at(3, w.active).box == (30.0, 30.0, 60.0, 50.0)
+    w.close_session()
+
+
+def test_a_text_prompt_on_a_sam2_model_is_refused_in_words(make_napari_viewer, assets, tmp_path, qtbot):
+    viewer, w = _open(make_napari_viewer, assets, tmp_path / "session")
+    assert w.spin_find.value() == 0.8  # SAM2 has "everything", whose threshold is a predicted IoU
+    w.goto(2)
+    w.find_text.setText("cell")
+    w.btn_find.click()
+    _wait(qtbot, w)
+    text = w.status.text()
+    assert text.startswith("error:") and "SAM3" in text and "everything" in text, text
+    assert w.session.obj_ids == [] and w.objects.count() == 0 and w.btn_find.isEnabled()
+    # "everything" runs sam2's automatic mask generator (random weights: any number of objects, often none)
+    w.btn_everything.click()
+    _wait(qtbot, w)
+    import re
+
+    found = re.fullmatch(r"frame 2: found (\d+) new objects? \(0 already tracked\)", w.status.text())
+    assert found, w.status.text()
+    assert w.objects.count() == len(w.session.obj_ids) == int(found.group(1))
+    assert all(w.session.keyframes(o) == [2] for o in w.session.obj_ids)
+    w.close_session()
+
+
+def _pick(w, name):
+    i = w.model_box.findData(name)
+    assert i >= 0, name
+    w.model_box.setCurrentIndex(i)
+    w.model_box.activated.emit(i)  # what a user's choice in the list sends
+
+
+def test_model_picker_lists_every_family_and_switches_models(make_napari_viewer, assets, tmp_path, qtbot,
+                                                             monkeypatch):
+    from samtrack.session.models import MODELS, get_model
+
+    ck_dir = tmp_path / "checkpoints"
+    ck_dir.mkdir()
+    mu.make_checkpoint(ck_dir / "sam2_hiera_tiny.pt", model="sam2_hiera_tiny", image_size=S)
+    monkeypatch.setenv("SAMTRACK_CHECKPOINTS", str(ck_dir))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))  # no user's hub cache
+    viewer, w = _open(make_napari_viewer, assets, tmp_path / "session")
+    box = w.model_box
+    names = [box.itemData(i) for i in range(box.count())]
+    labels = dict(zip(names, (box.itemText(i) for i in range(box.count()))))
+    assert names == list(MODELS) and {get_model(n).family for n in names} == {"sam2", "sam2.1", "sam3"}
+    assert labels["sam3"] == "sam3 (not downloaded)"
+    assert labels["sam2.1_hiera_large"] == "sam2.1_hiera_large (not downloaded)"
+    assert labels["sam2_hiera_tiny"] == "sam2_hiera_tiny"  # present
+    assert labels["sam2.1_hiera_tiny"] == "sam2.1_hiera_tiny (default, open)"  # open from a --checkpoint file
+    assert box.currentData() == "sam2.1_hiera_tiny"
+    s1 = w.session
+    w.goto(6)
+    _click(viewer, 40, 50)
+    _pick(w, "sam3")  # absent: how to get it; nothing else changes
+    assert "samtrack models download sam3" in w.status.text() and "HF_TOKEN" in w.status.text()
+    assert w.session is s1 and box.currentData() == "sam2.1_hiera_tiny"
+
+    _pick(w, "sam2_hiera_tiny")  # present: the video reopens with it, in its own session folder
+    s2 = w.session
+    assert s2 is not s1 and s2.backend.spec.name == "sam2_hiera_tiny" and s2.obj_ids == [] and w.objects.count() == 0
+    assert "reopened with sam2_hiera_tiny" in w.status.text() and w.frame == 6
+    assert [layer.name for layer in viewer.layers] == ["video", "masks", "prompts", "boxes", "exemplars"]
+    assert box.currentData() == "sam2_hiera_tiny" and s2.backend.image_size == S
+    _click(viewer, 60, 60)  # prompting works in the new session
+    assert s2.obj_ids == [1] and s2.prompt_at(6, 1).points == ((60.0, 60.0),)
+    np.testing.assert_array_equal(w.labels_layer.data, w.results.label_frame(6))
+
+    _pick(w, "sam2.1_hiera_tiny")  # back: the first session's folder, objects and prompts
+    s3 = w.session
+    assert s3.backend.spec.name == "sam2.1_hiera_tiny" and s3.workdir == s1.workdir
+    assert s3.obj_ids == [1] and s3.prompt_at(6, 1).points == ((40.0, 50.0),) and _names(w) == ["object-1"]
+    w.close_session()

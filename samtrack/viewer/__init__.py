@@ -25,13 +25,7 @@ def open_for_viewing(source, *, result=None, workdir=None, model: str | None = N
     from samtrack.errors import CheckpointError
 
     wd = result if result is not None else workdir
-    if result is not None:  # continue the job as it was run: same model, size and video options
-        from samtrack.job import read_job
-
-        job = read_job(result) or {}
-        model = job.get("model", model) if model is None else model
-        image_size = image_size if image_size is not None else job.get("image_size")
-        video_options = {**job.get("video_options", {}), **video_options}
+    model, image_size, video_options = _as_job_ran(result, model, image_size, video_options)
     try:
         s = samtrack.open_session(source, model=model, checkpoint=checkpoint, image_size=image_size, device=device,
                                   workdir=wd, config=config, download=download and result is None, **video_options)
@@ -55,15 +49,29 @@ def open_for_viewing(source, *, result=None, workdir=None, model: str | None = N
     return None, ResultStore(Path(wd) / "results.zarr", n_frames=i.n_frames, height=i.height, width=i.width), frames
 
 
+def _as_job_ran(result, model, image_size, video_options: dict):
+    """(model, image_size, video_options) to continue the job in ``result`` as it was run: its model,
+    size and reader options unless the caller gives others. Without ``result``: unchanged."""
+    if result is None:
+        return model, image_size, video_options
+    from samtrack.job import read_job
+
+    job = read_job(result) or {}
+    model = job.get("model", model) if model is None else model
+    image_size = image_size if image_size is not None else job.get("image_size")
+    return model, image_size, {**job.get("video_options", {}), **video_options}
+
+
 def view(source=None, *, result=None, workdir=None, model: str | None = None, checkpoint=None,
          image_size=None, device: str = "auto", viewer=None, frame: int | None = None, config=None,
-         download: bool = True, **video_options):
+         download: bool = True, session=None, **video_options):
     """Open ``source`` in napari with the samtrack widget docked; returns ``(viewer, widget)``.
 
     ``viewer``: an existing napari Viewer (default: a new one). ``workdir``: the session folder
     (default under ~/.cache/samtrack); opening the same one again restores objects, prompts and
     results. ``result``: a `samtrack track` output folder to show (and continue, when the model
-    weights are there). ``frame``: the frame to show first.
+    weights are there). ``frame``: the frame to show first. ``session``: a session already open
+    (:func:`samtrack.open_session`, any model or backend) to show instead of ``source``.
     """
     import napari
 
@@ -71,14 +79,22 @@ def view(source=None, *, result=None, workdir=None, model: str | None = None, ch
 
     if viewer is None:
         viewer = napari.Viewer(title="samtrack")
-    if source is None:
+    if session is not None:
+        widget = SamtrackWidget(viewer, session)
+        source = session.frames.source
+    elif source is None:
         widget = SamtrackWidget(viewer)
     else:
         session, results, frames = open_for_viewing(
             source, result=result, workdir=workdir, model=model, checkpoint=checkpoint, image_size=image_size,
             device=device, config=config, download=download, **video_options)
         widget = SamtrackWidget(viewer, session, results=results, frames=frames)
-        viewer.title = f"samtrack: {Path(os.fspath(source)).name if isinstance(source, (str, os.PathLike)) else 'array'}"
+        _, size, options = _as_job_ran(result, model, image_size, video_options)
+        widget._open_options = {"image_size": size, "device": device, "config": config, **options}
+    if isinstance(source, (str, os.PathLike)):
+        viewer.title = f"samtrack: {Path(os.fspath(source)).name}"
+    elif source is not None:
+        viewer.title = "samtrack: array"
     viewer.window.add_dock_widget(widget, name="samtrack", area="right")
     if frame is not None:
         widget.goto(frame)

@@ -1,9 +1,10 @@
 """The widget's Qt controls (built once; behaviour lives in _widget.SamtrackWidget)."""
 from __future__ import annotations
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDoubleSpinBox, QGridLayout, QGroupBox, QHBoxLayout,
-                            QLabel, QListWidget, QProgressBar, QPushButton, QRadioButton, QVBoxLayout)
+                            QLabel, QLineEdit, QListWidget, QProgressBar, QPushButton, QRadioButton, QSpinBox,
+                            QVBoxLayout)
 
 from samtrack.viewer._plots import ConfidencePlot, Timeline
 
@@ -17,13 +18,66 @@ SHORTCUTS = [
     ("T", "toggle positive / negative clicks"), ("Shift-N", "new object"), ("Shift-L", "next low-confidence frame"),
     ("Control-Z", "undo the last paint correction"), ("Control-Shift-Z", "redo it"),
     ("click", "point (Ctrl/Alt-click: negative)"), ("Shift-drag", "box"), ("paint in 'masks'", "mask correction"),
+    ("Shift-drag in exemplar mode", "positive exemplar box (Shift-Ctrl-drag: negative)"),
 ]
+
+
+class ModelBox(QComboBox):
+    """A combo box that says when its list is about to open (the widget re-reads what is downloaded)."""
+
+    aboutToShow = Signal()
+
+    def showPopup(self) -> None:
+        self.aboutToShow.emit()
+        super().showPopup()
 
 
 def _add_buttons(row, buttons) -> None:
     for b, fn in buttons:
         b.clicked.connect(fn)
         row.addWidget(b)
+
+
+def _find_panel(w, lay) -> None:
+    """The find row: text, threshold, Find, Everything; exemplar mode; re-detection during propagation."""
+    from samtrack.viewer import _finding as F
+
+    box = QGroupBox("Find every object on the current frame")
+    g = QGridLayout(box)
+    w.find_text = QLineEdit()
+    w.find_text.setPlaceholderText("text, e.g. cell (SAM3)")
+    w.find_text.setToolTip(F.FIND_TIP)
+    w.find_text.returnPressed.connect(lambda: w.find())
+    w.spin_find = QDoubleSpinBox()
+    w.spin_find.setRange(0.0, 1.0)
+    w.spin_find.setSingleStep(0.05)
+    w.spin_find.setValue(0.5)
+    w.spin_find.setToolTip(F.THRESHOLD_TIP)
+    w.btn_find, w.btn_everything = QPushButton("Find"), QPushButton("Everything")
+    w.btn_find.setToolTip(F.FIND_TIP)
+    w.btn_everything.setToolTip(F.EVERYTHING_TIP)
+    w.btn_find.clicked.connect(lambda: w.find())
+    w.btn_everything.clicked.connect(lambda: w.find_everything())
+    for i, x in enumerate((w.find_text, w.spin_find, w.btn_find, w.btn_everything)):
+        g.addWidget(x, 0, i)
+    w.btn_exemplar = QPushButton("Exemplar boxes")
+    w.btn_exemplar.setCheckable(True)
+    w.btn_exemplar.setToolTip(F.EXEMPLAR_TIP)
+    w.btn_exemplar.toggled.connect(w._on_exemplar_mode)
+    b = QPushButton("Clear exemplars")
+    b.clicked.connect(lambda: w.clear_exemplars())
+    g.addWidget(w.btn_exemplar, 1, 0)
+    g.addWidget(b, 1, 1)
+    label = QLabel("re-detect every")
+    w.spin_redetect = QSpinBox()
+    w.spin_redetect.setRange(0, 100000)
+    w.spin_redetect.setSuffix(" frames")
+    w.spin_redetect.setSpecialValueText("off")
+    for x in (label, w.spin_redetect):
+        x.setToolTip(F.REDETECT_TIP)
+    g.addWidget(label, 1, 2)
+    g.addWidget(w.spin_redetect, 1, 3)
+    lay.addWidget(box)
 
 
 def build_panels(w) -> None:
@@ -33,12 +87,14 @@ def build_panels(w) -> None:
     w.info.setWordWrap(True)
     lay.addWidget(w.info)
     row = QHBoxLayout()
-    from samtrack.session.models import MODELS
+    from samtrack.viewer._models import PICKER_TIP
 
-    w.model_box = QComboBox()
-    w.model_box.addItems(list(MODELS))
-    w.model_box.setCurrentText("sam2.1_hiera_tiny")
-    row.addWidget(w.model_box)
+    w.model_box = ModelBox()
+    w.model_box.setToolTip(PICKER_TIP)
+    w.fill_models()
+    w.model_box.aboutToShow.connect(w.fill_models)
+    w.model_box.activated.connect(w._on_model_chosen)
+    row.addWidget(w.model_box, 1)
     w.btn_open = QPushButton("Open...")
     w.btn_open.setToolTip("Open a video file (or cancel, then pick an image folder / TIFF stack)")
     w.btn_open.clicked.connect(w._open_dialog)
@@ -74,6 +130,7 @@ def build_panels(w) -> None:
     w.btn_clear.clicked.connect(lambda: w.clear_frame())
     g.addWidget(w.btn_clear)
     lay.addWidget(box)
+    _find_panel(w, lay)
 
     box = QGroupBox("Propagate")
     g = QGridLayout(box)

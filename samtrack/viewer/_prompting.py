@@ -1,4 +1,5 @@
-"""Prompt input of the widget: clicks, Shift-drag boxes, paint strokes and their checks.
+"""Prompt input of the widget: clicks, Shift-drag boxes (exemplar boxes in exemplar mode), paint strokes
+and their checks.
 
 A mixin of :class:`samtrack.viewer._widget.SamtrackWidget`; it uses the widget's session,
 layers, ``frame``, ``refresh`` and ``_say``.
@@ -150,10 +151,12 @@ class PromptInput:
             yield
         viewer.camera.mouse_pan = pan
         y, x = np.asarray(event.position, float)[-2:]
-        if boxing and dragged:
+        negative = bool(mods & {"Control", "Alt", "Meta"})
+        if boxing and dragged and self.exemplar_mode:  # an exemplar for the next Find, not a prompt
+            self.add_exemplar(start[1], start[0], x, y, positive=not negative)
+        elif boxing and dragged:
             self.box(start[1], start[0], x, y)
         elif not dragged:
-            negative = bool(mods & {"Control", "Alt", "Meta"})
             h, w = self.frames.info.height, self.frames.info.width
             if 0 <= x < w and 0 <= y < h:
                 self.click(x, y, positive=False if negative else None)

@@ -1,9 +1,10 @@
-"""The samtrack dock widget: objects, prompts by click / box / paint, propagation in a worker
-thread, corrections, timeline, confidence plot, save and export.
+"""The samtrack dock widget: objects, prompts by click / box / paint, object-creating prompts (text,
+exemplar boxes, everything), a model picker, propagation in a worker thread, corrections, timeline,
+confidence plot, save and export.
 
 All model work goes through :class:`samtrack.session.TrackingSession`. The session is not
-thread-safe, so while a propagation runs in its worker thread, prompts and edits are refused
-(with a message) and only the display reads results.
+thread-safe, so while a propagation or a find runs in the worker thread, prompts and edits are
+refused (with a message) and only the display reads results.
 """
 from __future__ import annotations
 
@@ -18,14 +19,16 @@ from qtpy.QtWidgets import QColorDialog, QFileDialog, QInputDialog, QListWidgetI
 
 from samtrack.errors import SamtrackError
 from samtrack.io.result_store import Status
+from samtrack.viewer._finding import FindInput
 from samtrack.viewer._frames import LazyVideo
+from samtrack.viewer._models import ModelPicker
 from samtrack.viewer._panels import PALETTE, build_panels
 from samtrack.viewer._plots import confidence, low_confidence_frames
 from samtrack.viewer._prompting import PromptInput
 
 log = logging.getLogger(__name__)
 
-class SamtrackWidget(PromptInput, QWidget):
+class SamtrackWidget(ModelPicker, FindInput, PromptInput, QWidget):
     """Dock widget. ``napari_viewer`` is filled in by napari when opened from the plugin menu."""
 
     def __init__(self, napari_viewer, session=None, *, results=None, frames=None, parent=None):
@@ -42,7 +45,11 @@ class SamtrackWidget(PromptInput, QWidget):
         self._updating_labels = False
         self._paint_undo: list = []  # paint corrections, for Ctrl-Z / Ctrl-Shift-Z
         self._paint_redo: list = []
-        self.image_layer = self.labels_layer = self.points_layer = self.box_layer = None
+        self.exemplars: list = []  # (frame, (x0, y0, x1, y1) video pixels, 1 positive / 0 negative)
+        self._done_text: str | None = None  # the status line when the running worker finishes
+        self._open_options: dict = {}  # how the shown video was opened: reused when the model changes
+        self._model_folders: dict = {}  # model name -> checkpoint and session folder opened in this widget
+        self.image_layer = self.labels_layer = self.points_layer = self.box_layer = self.exemplar_layer = None
         build_panels(self)
         if self.frames is not None:
             self._attach()
@@ -59,12 +66,20 @@ class SamtrackWidget(PromptInput, QWidget):
                                          face_color="#00ff00", border_color="white")
         self.box_layer = v.add_shapes(ndim=2, name="boxes", face_color="transparent", edge_color="yellow",
                                       edge_width=max(1, info.width // 400))
+        self.exemplar_layer = v.add_shapes(ndim=2, name="exemplars", face_color="transparent", edge_color="#00ff00",
+                                           edge_width=max(1, info.width // 300))
         v.layers.selection.active = self.image_layer
         self.goto(0)  # napari starts in the middle of an axis; a video starts at its first frame
         v.dims.events.current_step.connect(self._on_step)
         v.mouse_drag_callbacks.append(self._on_mouse)
         self._bind_keys()
-        mode = "session: " + str(self.session.workdir) if self.session is not None else "results only (no model)"
+        mode = "results only (no model)"
+        if self.session is not None:
+            spec, ckpt = self.session.backend.spec, getattr(self.session.backend, "checkpoint", None)
+            mode = f"{spec.name}, session: {self.session.workdir}"
+            self._model_folders.setdefault(spec.name, {"checkpoint": ckpt, "workdir": self.session.workdir})
+        self.fill_models()  # marks the open model
+        self._default_find_threshold()
         self.info.setText(f"{info.n_frames} frames, {info.width}x{info.height} ({info.dtype}); {mode}")
         ids = self.results.object_ids
         for oid in ids:
@@ -234,7 +249,9 @@ class SamtrackWidget(PromptInput, QWidget):
 
     def propagate(self, direction: str = "forward", *, obj_ids=None):
         """Run a propagation in a worker thread; masks appear as frames complete.
-        ``direction``: forward, backward, both, or next (forward to the next keyframe)."""
+        ``direction``: forward, backward, both, or next (forward to the next keyframe). With
+        "re-detect every N" set and a find in the job, the finds run again every N frames
+        (``session.propagate_and_redetect``) and the objects they add appear in the list."""
         from napari.qt.threading import create_worker
 
         if not self._editable():
@@ -245,7 +262,7 @@ class SamtrackWidget(PromptInput, QWidget):
             keys = sorted({k for oid in self.session.obj_ids for k in self.session.keyframes(oid)})
             later = [k for k in keys if k > self.frame]
             start, stop, d = self.frame, (later[0] if later else self.n_frames - 1), "forward"
-        session = self.session
+        session, every = self.session, self._redetect_every(obj_ids)
 
         def run():
             box = {"done": 0, "total": 1}
@@ -253,26 +270,34 @@ class SamtrackWidget(PromptInput, QWidget):
             def progress(done, total):
                 box["done"], box["total"] = done, total
 
-            for r in session.propagate(d, start, stop, obj_ids=obj_ids, progress=progress):
+            results = (session.propagate_and_redetect(every, d, start, stop, progress=progress) if every else
+                       session.propagate(d, start, stop, obj_ids=obj_ids, progress=progress))
+            for r in results:
                 yield r.frame_idx, box["done"], box["total"]
             yield None, box["total"], box["total"]
 
         try:  # fail here, in the UI thread, on nothing to do
-            if not any(session.keyframes(oid) for oid in (obj_ids or session.obj_ids)):
+            if not every and not any(session.keyframes(oid) for oid in (obj_ids or session.obj_ids)):
                 from samtrack.errors import NoPromptsError
 
                 raise NoPromptsError("no prompts yet: click on the object first")
         except SamtrackError as e:
             self._say(f"error: {e}")
             return None
-        w = create_worker(run, _start_thread=False)
+        w = create_worker(run, _start_thread=False, _ignore_errors=True)
         w.yielded.connect(self._on_progress)
+        self.progress.setValue(0)
+        again = f", finding again every {every} frames" if every else ""
+        return self._start_worker(w, f"propagating {direction}{again}...")
+
+    def _start_worker(self, w, message: str):
+        """Start napari worker ``w`` (a propagation or a find): edits are refused until it finishes."""
         w.errored.connect(self._on_error)
         w.finished.connect(self._on_finished)
         self.worker = w
+        self._done_text = None
         self._set_running(True)
-        self.progress.setValue(0)
-        self._say(f"propagating {direction}...")
+        self._say(message)
         w.start()
         return w
 
@@ -292,19 +317,21 @@ class SamtrackWidget(PromptInput, QWidget):
 
     def _on_error(self, exc) -> None:
         self._say(f"error: {exc}")
-        log.error("propagation failed: %s", exc)
+        if not isinstance(exc, SamtrackError):  # a user's mistake is said in words; anything else is a bug
+            log.error("worker failed", exc_info=exc)
 
     def _on_finished(self) -> None:
         self.worker = None
         self._set_running(False)
+        self._sync_objects()  # a find or a re-detection adds objects
         self.refresh()
         if not self.status.text().startswith("error"):
-            self._say("done")
+            self._say(self._done_text or "done")
 
     def _set_running(self, running: bool) -> None:
         """Edit buttons work with a session and no propagation running; Cancel only while one runs."""
         for b in (self.btn_fwd, self.btn_bwd, self.btn_both, self.btn_next, self.btn_add, self.btn_remove,
-                  self.btn_clear, self.btn_color, self.btn_parent, self.btn_save):
+                  self.btn_clear, self.btn_color, self.btn_parent, self.btn_save, self.btn_find, self.btn_everything):
             b.setEnabled(not running and self.session is not None)
         self.btn_export.setEnabled(not running)  # an export while masks are being written would mix passes
         self.btn_cancel.setEnabled(running)
@@ -375,6 +402,7 @@ class SamtrackWidget(PromptInput, QWidget):
         if pts:
             self.points_layer.face_color = colors
         self.box_layer.data = boxes
+        self._show_exemplars()
 
     def refresh_plots(self) -> None:
         self._last_plot = time.monotonic()
@@ -433,6 +461,7 @@ class SamtrackWidget(PromptInput, QWidget):
         except SamtrackError as e:
             self._say(f"error: {e}")
             return
+        self._open_options = {k: v for k, v in kw.items() if k not in ("model", "checkpoint", "workdir", "result")}
         self._attach()
 
     def _open_dialog(self) -> None:
@@ -440,7 +469,7 @@ class SamtrackWidget(PromptInput, QWidget):
         if not path:
             path = QFileDialog.getExistingDirectory(self, "Or open an image folder", "")
         if path:
-            self.open(path, model=self.model_box.currentText())
+            self.open(path, model=self.model_box.currentData())
 
     def close_session(self) -> None:
         """Stop a running propagation (its finished frames are kept), then close the session."""
