@@ -293,6 +293,65 @@ def export(job_dir: Path = typer.Argument(..., help="a `samtrack track` output f
             frames.close()
 
 
+@app.command()
+def batch(manifest: Path = typer.Argument(..., help="CSV or YAML manifest (video, prompts, name, model, image_size, "
+                                          "direction, exports, text per row), or a folder of videos with prompt "
+                                          "files of the same name"),
+          out_dir: Path = typer.Option(..., "--out", "-o", help="batch folder: one job folder per video (DIR/<name>) "
+                                                               "and batch-report.json/.csv; run again to resume"),
+          executor: str = typer.Option("local", "--executor", help="local (worker processes here) or ray"),
+          workers: Optional[int] = typer.Option(None, "--workers", help="worker processes (local; default one per "
+                                                "device) or actors (ray --ray-mode actors)"),
+          devices: Optional[str] = typer.Option(None, "--devices", help="local devices, comma-separated, shared by "
+                                                "the workers in turn: cuda:0,cuda:1 (default auto)"),
+          address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (ray start --head "
+                                                "prints it); default a local cluster for this run"),
+          ray_mode: str = typer.Option("tasks", "--ray-mode", help="tasks (one per video) or actors (one per GPU, "
+                                       "model kept loaded: many short videos)"),
+          gpus_per_video: Optional[float] = typer.Option(None, "--gpus-per-video", help="Ray: GPUs per video or "
+                                                         "actor (0.5 shares a GPU; default 1 if the cluster has GPUs)"),
+          cpus_per_video: float = typer.Option(1.0, "--cpus-per-video", help="Ray: CPUs per video or actor"),
+          retries: int = typer.Option(2, "--retries", help="times a video whose worker died is resumed elsewhere"),
+          only: Optional[List[str]] = typer.Option(None, "--only", help="run only this row (its name); repeatable"),
+          model: str = MODEL, checkpoint: Optional[str] = CKPT, image_size: Optional[int] = SIZE,
+          direction: str = typer.Option("both", "--direction", help="default direction: forward, backward or both"),
+          export_formats: Optional[List[str]] = typer.Option(None, "--export", help="default exports, repeatable"),
+          text: Optional[List[str]] = typer.Option(None, "--text", help="default text prompt (SAM3); repeatable"),
+          text_frame: int = typer.Option(0, "--text-frame", help="the frame --text looks at")) -> None:
+    """Track every video of a manifest, one resumable job each, on worker processes or a Ray cluster.
+
+    Rows take their own options or these defaults; the manifest is checked as a whole first. Exits 1
+    naming the videos that failed; running it again skips finished videos and resumes the others."""
+    from samtrack.batch import EXECUTORS, RowDefaults, load_manifest, run_batch
+    from samtrack.batch.board import shown
+
+    if executor not in EXECUTORS:
+        raise InvalidOptionError(f"--executor {executor}: choose one of {', '.join(EXECUTORS)}")
+    if executor != "local" and devices:
+        raise InvalidOptionError("--devices is for --executor local; on Ray each video asks for --gpus-per-video")
+    if executor != "ray" and address:
+        raise InvalidOptionError("--address is for --executor ray")
+    defaults = RowDefaults(model=model, checkpoint=checkpoint, image_size=image_size, direction=direction,
+                           exports=tuple(export_formats or ()), text=tuple(text or ()), text_frame=text_frame)
+    opts: dict = {"retries": retries, "workers": workers}
+    if executor == "ray":
+        opts.update(address=address, mode=ray_mode, gpus_per_video=gpus_per_video, cpus_per_video=cpus_per_video)
+    elif devices:
+        opts["devices"] = devices.split(",")
+    m = load_manifest(manifest, out_dir, defaults=defaults)
+    if only:
+        m = m.select(only)
+    with shown(console, [(j.name, j.n_frames) for j in m.jobs]) as update:
+        report = run_batch(m, out_dir, executor=executor, progress=update, **opts)
+    console.print(report.summary_line(), highlight=False, soft_wrap=True)
+    console.print(f"report: {out_dir / 'batch-report.json'} and .csv", highlight=False, soft_wrap=True)
+    if report.failed:
+        for v in report.failed:
+            console.print(f"[red]failed:[/red] {escape(v.name)}: {escape(cli_words(v.error))}", highlight=False,
+                          soft_wrap=True)
+        raise typer.Exit(1)
+
+
 @app.command("eval")
 def evaluate(pred: Path = typer.Argument(..., help="prediction: job folder, label zarr, PNG folder or CTC RES folder"),
              gt: Path = typer.Argument(..., help="ground truth: PNG folder (DAVIS) or CTC GT folder"),
