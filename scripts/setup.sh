@@ -53,6 +53,8 @@ if ! $VPY -c "import sam2" >/dev/null 2>&1; then
   SAM2_BUILD_CUDA=0 pipi --no-build-isolation --no-deps "sam2==1.1.0"
 fi
 pipi -e ".[dev,viewer,export]"
+# Ray: the `ray` extra (samtrack batch --executor ray); its tests run in the default suite.
+$VPY -c "import ray" >/dev/null 2>&1 || pipi "ray>=2.58,<3"
 # decord is optional (faster mp4 decode); it has no wheel on some platforms.
 pipi "decord>=0.6.0" || echo "setup: decord not available; PyAV is used"
 $VPY - <<'PYEOF'
