@@ -310,6 +310,8 @@ class SamtrackWidget(ModelPicker, FindInput, PromptInput, QWidget):
         f, done, total = item
         self.progress.setMaximum(max(1, total))
         self.progress.setValue(done)
+        if len(self.results.object_ids) != self.objects.count():  # re-detection added objects: list, colour them
+            self._sync_objects()
         if f is not None and f == self.frame:
             self.refresh_frame()
         if time.monotonic() - self._last_plot > 0.25:
