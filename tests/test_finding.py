@@ -154,3 +154,15 @@ def test_rerunning_a_prompt_file_keeps_found_objects_and_drops_removed_finds(ses
     assert len(b.requests) == n_detect and s.obj_ids == [7, 8, 9]
     apply_prompt_changes(s, PromptSet([clicks], [other]))  # the "cell" find is replaced: its objects go
     assert s.obj_ids == [7, 10, 11] and [q.text for _, q in s.concepts] == ["nucleus"]
+
+
+def test_a_refused_query_encodes_nothing_and_a_repeated_one_is_one_record(session):
+    s, b = session({2: [(2, 2, 12, 12, 0.9)]})
+    b.inner.object_queries = frozenset({"everything"})  # a SAM2-like family
+    with pytest.raises(PromptError, match="SAM3"):
+        s.add_text(2, "cell")
+    assert sum(b.calls["encode_image"].values()) == 0 and not b.requests
+    b.inner.object_queries = frozenset({"concept"})
+    s.add_text(2, "cell")
+    s.add_text(2, "cell")
+    assert len(s.concepts) == 1 and s.obj_ids == [1]

@@ -114,9 +114,13 @@ class ObjectFinding:
             self.add_object(oid, name=self._object_name(query.label))
             self._prompt(frame, oid, Mask(det.mask))
             found.created.append(oid)
-        if _record:
+        if _record:  # the same query on the same frame again is one record (re-detection runs it once)
             rec, _ = prompt_record(query)
-            self._concepts.append({"frame": frame, **rec, "objects": list(found.created)})
+            same = next((r for r in self._concepts if r["frame"] == frame and prompt_from_record(r) == query), None)
+            if same is None:
+                self._concepts.append({"frame": frame, **rec, "objects": list(found.created)})
+            else:
+                same["objects"] = list(same.get("objects", [])) + list(found.created)
             self.results.save_concepts(self._concepts)
         log.info("%s on frame %d: %d detections, %d new objects, %d already tracked", query.kind, frame,
                  len(detections), len(found.created), len(found.matched))
@@ -190,7 +194,8 @@ class ObjectFinding:
     # -- helpers ------------------------------------------------------------------------------
     def _detect(self, frame: int, query: Concept | Everything) -> list[Detection]:
         detect = getattr(self.backend, "detect", None)
-        if detect is None:
+        kinds = getattr(self.backend, "object_queries", None)  # what the family's detect() answers
+        if detect is None or (kinds is not None and query.kind not in kinds):
             raise PromptError(f"the {self.backend.family} model family cannot create objects from a "
                               f"{query.kind} prompt; use a SAM3 model for text/exemplars or a SAM2 model for "
                               "'everything'")

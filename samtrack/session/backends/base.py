@@ -155,5 +155,8 @@ class Backend(Protocol):
 
     def to_video_res(self, logits: torch.Tensor, height: int, width: int) -> torch.Tensor: ...
 
-    # optional: families that create objects (SAM3 text / exemplars, SAM2 "everything")
+    # optional: families that create objects (SAM3 text / exemplars, SAM2 "everything"). ``object_queries``
+    # names the object-creating prompt kinds ``detect`` answers ("concept": text / exemplars, "everything"),
+    # so the session refuses the others before encoding the frame.
+    # object_queries: frozenset[str]
     # def detect(self, frame: np.ndarray, feats: FrameFeatures | None, request: DetectRequest) -> list[Detection]

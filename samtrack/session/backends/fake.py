@@ -46,6 +46,7 @@ class FakeBackend:
     max_obj_ptrs = 16
     stride = 1
     no_object_logit = -1024.0
+    object_queries = frozenset({"concept", "everything"})
 
     def __init__(self, image_size: int = 1024, device: str = "cpu"):
         self.spec = dataclasses.replace(get_model("sam2.1_hiera_tiny"), name="fake")

@@ -108,6 +108,7 @@ class Sam2Backend:
 
     family = FAMILY
     no_object_logit = NO_OBJ_SCORE
+    object_queries = frozenset({"everything"})  # detect(): sam2's automatic mask generator
 
     def __init__(self, spec: ModelSpec, checkpoint, *, image_size: int | None = None, device="auto",
                  extra_overrides: Sequence[str] = ()):
