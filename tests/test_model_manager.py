@@ -326,13 +326,36 @@ def test_models_table_json_default_and_memory_column(hub, monkeypatch):
     measured = models.memory_figures()
     for name, row in rows.items():
         assert row["memory"] == measured.get(name)
-    r = _cli("models", env={"COLUMNS": "250"})
-    lines = {line.split()[1]: line for line in r.stdout.splitlines() if line.startswith("│")}
-    assert "*" in lines["sam2_hiera_small"] and "yes" in lines["sam2.1_hiera_tiny"]
-    for name in models.MODELS:
-        assert ("not measured" in lines[name]) == (name not in measured), lines[name]
     r = _cli("models", "default", "sam9")
     assert r.returncode == 2 and "unknown model 'sam9'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_table_shows_measured_memory_and_never_a_guess(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from samtrack.cli import app
+
+    monkeypatch.setenv("SAMTRACK_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    fig = {"fp32": {"peak_rss_bytes": 3 * 2**30}, "bf16": {"peak_rss_bytes": 2 * 2**30}}
+    (tmp_path / "mem.json").write_text(json.dumps({"models": {"sam2_hiera_tiny": fig}}))
+    monkeypatch.setattr(models, "MEMORY_FILE", tmp_path / "mem.json")
+    r = CliRunner().invoke(app, ["models"], terminal_width=250)
+    assert r.exit_code == 0, r.output
+    lines = {line.split()[1]: line for line in r.output.splitlines() if line.startswith("│")}
+    assert set(lines) == set(models.MODELS) and f"{models.DEFAULT_MODEL} *" in lines[models.DEFAULT_MODEL]
+    assert "3.0 GiB" in lines["sam2_hiera_tiny"] and "2.0 GiB" in lines["sam2_hiera_tiny"]
+    for name in set(models.MODELS) - {"sam2_hiera_tiny"}:
+        assert lines[name].count("not measured") == 2, lines[name]
+    assert "sam3 is gated" in " ".join(r.output.split())
+
+
+def test_the_shipped_measurements_are_complete_records():
+    for name, m in models.memory_figures().items():
+        assert name in models.MODELS and m["params"] > 1e6 and m["image_size"] == models.MODELS[name].image_size
+        for dtype in ("fp32", "bf16"):
+            if dtype in m:
+                assert m[dtype]["peak_rss_bytes"] > m[dtype]["param_bytes"] / 2 > 0
 
 
 def test_the_stored_default_is_used_when_no_model_is_named(tmp_path, monkeypatch):
@@ -367,3 +390,17 @@ def test_open_session_uses_the_default_and_recognises_a_checkpoints_model(tmp_pa
     torch.save({"model": {"backbone.weight": torch.zeros(2)}}, tmp_path / "alien.pt")
     with pytest.raises(CheckpointError, match="not a checkpoint of any model family"):
         ck.resolve_model(None, tmp_path / "alien.pt")
+
+
+def test_a_variant_name_opens_with_its_models_row(tmp_path, monkeypatch):
+    import torch
+
+    import samtrack.session.backends as backends
+
+    torch.save({"model": {"x": torch.zeros(1)}}, tmp_path / "v.pt")
+    for said, row in (("sam3_tiny", "sam3"), ("sam3", "sam3"), ("sam2.1_hiera_small", "sam2.1_hiera_small")):
+        monkeypatch.setattr(backends, "recognise", lambda sd, said=said: said)
+        assert ck.model_for_checkpoint(tmp_path / "v.pt").name == row
+    monkeypatch.setattr(backends, "recognise", lambda sd: "an unregistered Hiera (20 blocks, width 80, sam2.1)")
+    with pytest.raises(CheckpointError, match="holds an unregistered Hiera"):
+        ck.model_for_checkpoint(tmp_path / "v.pt")

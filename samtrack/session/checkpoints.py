@@ -112,7 +112,8 @@ def model_for_checkpoint(path: str | os.PathLike) -> ModelSpec:
     """The registered model a checkpoint file belongs to, recognised from its state dict by
     :func:`samtrack.session.backends.recognise` (every family whose package imports).
 
-    The file is memory-mapped, not read. Raises :class:`CheckpointError` for a missing or
+    A variant of a registered model (SAM3's ``sam3_tiny`` test preset) gives that model's row; its
+    backend reads the variant from the checkpoint. The file is memory-mapped, not read. Raises :class:`CheckpointError` for a missing or
     unreadable file, a model of a known family that is not registered (the message describes it),
     or a state dict no family recognises."""
     import torch
@@ -130,6 +131,9 @@ def model_for_checkpoint(path: str | os.PathLike) -> ModelSpec:
     found = recognise(sd) if isinstance(sd, dict) and sd else None
     if found in MODELS:
         return MODELS[found]
+    variant_of = [m for m in MODELS.values() if found and found.startswith(m.name + "_")]
+    if variant_of:  # a variant a backend builds from the checkpoint itself (SAM3's "sam3_tiny" test preset)
+        return max(variant_of, key=lambda m: len(m.name))
     if found:
         raise CheckpointError(f"{p} holds {found}, which samtrack has no registry row for; models it knows: "
                               f"{', '.join(MODELS)}")
