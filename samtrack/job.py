@@ -59,7 +59,7 @@ def read_job(out_dir) -> dict | None:
     return dict(zarr.open_group(p, mode="r").attrs).get("job")
 
 
-def start_track(source, prompts, out_dir, *, model: str = "sam2.1_hiera_tiny", checkpoint=None, image_size=None,
+def start_track(source, prompts, out_dir, *, model: str | None = None, checkpoint=None, image_size=None,
                 device: str = "auto", direction: str = "both", force: bool = False, video_options: dict | None = None,
                 config=None, finds=(), backend=None):
     """Open (or reopen) the job in ``out_dir`` and apply the prompt file; returns (session, :class:`JobStart`).
@@ -102,6 +102,9 @@ def start_track(source, prompts, out_dir, *, model: str = "sam2.1_hiera_tiny", c
         for name in ("results.zarr", "memory.zarr"):
             shutil.rmtree(out_dir / name, ignore_errors=True)
     try:
+        if model is None and checkpoint is None and backend is None and not force:  # resuming: the job's model
+            model = (read_job(out_dir) or {}).get("model")
+            image_size = image_size if image_size is not None else (read_job(out_dir) or {}).get("image_size")
         session = open_session(source, model=model, checkpoint=checkpoint, image_size=image_size, device=device,
                                workdir=out_dir, config=config, backend=backend, **video_options)
     except JobMismatchError as e:
