@@ -53,6 +53,14 @@ if ! $VPY -c "import sam2" >/dev/null 2>&1; then
   SAM2_BUILD_CUDA=0 pipi --no-build-isolation --no-deps "sam2==1.1.0"
 fi
 pipi -e ".[dev,viewer,export]"
+# SAM3: the `sam3` extra (sam3 0.1.4 pins numpy<2.4 and typing_extensions<4.16; pydantic<2.13 stays
+# within that pin; scikit-image runs its CPU connected components). open_clip_torch is there only for the
+# BPE vocabulary the sam3 wheel lacks: installed first with --no-deps, so that it cannot pull another
+# torch or torchvision (torch stays the pinned build above). Its tests run in the default suite.
+if ! $VPY -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('sam3') and u.find_spec('open_clip') and u.find_spec('skimage')))"; then
+  pipi --no-deps "open_clip_torch>=2.23"
+  pipi -e ".[sam3]" "pydantic<2.13"
+fi
 # Ray: the `ray` extra (samtrack batch --executor ray); its tests run in the default suite.
 $VPY -c "import ray" >/dev/null 2>&1 || pipi "ray>=2.58,<3"
 # decord is optional (faster mp4 decode); it has no wheel on some platforms.
