@@ -13,13 +13,15 @@ frames (samtrack's resize, so both sides read identical inputs):
   is compared query by query; the post-processing is the one checked against ``add_prompt``.
 
 Random weights score nothing above upstream's thresholds, so the detector's heads are biased (the
-presence head up, the dot-product scores spread, mask logits shifted down so masks are blobs) and
-saved as an official-layout checkpoint that both sides load.
+presence head up, the dot-product scores spread, mask logits shifted down so masks are blobs); the
+model is saved as an official-layout checkpoint that samtrack's backend loads, and upstream runs on
+the instance it was saved from.
 """
 from __future__ import annotations
 
 import functools
 import math
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -367,15 +369,18 @@ def _roi_align_reference(feat: np.ndarray, box: np.ndarray, size: int) -> np.nda
 
 def test_exemplar_boxes_pool_without_torch_compile(m, monkeypatch):
     """Without torchvision's compiled ops its roi_align fallback goes through torch.compile (10-35 s
-    and a C++ compiler); sam3's geometry encoder uses it eagerly instead, with the same values."""
+    and a C++ compiler); sam3's geometry encoder uses that fallback eagerly instead, with the same
+    values. (With compiled ops, the compiled op is used and neither patched function is reached.)"""
     import sam3.model.geometry_encoders as geo
 
-    def refuse(*a, **k):
-        raise AssertionError("torch.compile was called")
-
-    monkeypatch.setattr(torch, "compile", refuse)
     sam3_detect.ensure_eager_roi_align()
-    assert _ours(m, 0, boxes=np.array([BOX]), threshold=0.0)[0]  # a compile would have raised
+
+    def refuse(*a, **k):
+        raise AssertionError("torch.compile / torchvision's compiled roi_align fallback was called")
+
+    monkeypatch.setattr(sys.modules["torchvision.ops.roi_align"], "_roi_align", refuse)
+    monkeypatch.setattr(torch, "compile", refuse)
+    assert _ours(m, 0, boxes=np.array([BOX]), threshold=0.0)[0]
     feat = torch.randn(2, 3, 9, 11)
     # boxes inside the map, as sam3 gives them (normalised boxes in 0..1; samtrack clips to the frame):
     # beyond it torchvision's fallback clamps samples where its compiled kernel zeroes them
