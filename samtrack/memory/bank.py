@@ -17,6 +17,14 @@
   pointers are chunks of 256 frames, scores and flags of 4,096.
 
 An entry read back from disk has ``maskmem=None``; the session re-encodes it.
+
+Beside the tiers, :meth:`MemoryBank.scores` keeps, per object, the object score and predicted
+IoU of every tracked (non-prompt, non-keyframe) entry in two float32 arrays over the video
+(NaN elsewhere), rebuilt from the disk tier when a job is reopened: what a family that picks
+the frames its attention reads by score (SAM3's memory selection) needs, without reading
+entries back. A tracked entry's scores may still be on the compute device when it is put
+(``put(..., iou=tensor)``); they are read to the host when first asked for, or when the entry
+is persisted.
 Device-to-host copies are ``non_blocking`` into pinned memory and the copy's
 event is synchronized before any host read (INPUTS-AND-FAULTS item 14).
 """
@@ -177,6 +185,22 @@ class _DiskTier:
         a = self._obj(obj_id)
         return np.zeros(self.n, bool) if a is None else (a["_flags"] & _F_REVERSE).astype(bool)
 
+    def tracked_scores(self, obj_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """(object score, IoU) float32 per frame of the tracked entries written so far (NaN elsewhere)."""
+        score, iou = np.full(self.n, np.nan, np.float32), np.full(self.n, np.nan, np.float32)
+        a = self._obj(obj_id)
+        if a is not None:
+            fl = a["_flags"]
+            tracked = ((fl & _F_PRESENT) != 0) & ((fl & (_F_PROMPT | _F_KEY)) == 0)
+            if tracked.any():
+                score[tracked] = np.asarray(a["score"][:], np.float32)[tracked]
+                iou[tracked] = np.asarray(a["iou"][:], np.float32)[tracked]
+                for q in (self._flushing_pending.get(obj_id, {}), self._pending.get(obj_id, {})):
+                    for f, (_, sc, io, flags) in q.items():
+                        if tracked[f]:
+                            score[f], iou[f] = sc, io
+        return score, iou
+
     def frames(self, obj_id: int) -> np.ndarray:
         a = self._obj(obj_id)
         return np.zeros(0, int) if a is None else np.flatnonzero(a["_flags"] & _F_PRESENT)
@@ -208,16 +232,22 @@ class MemoryBank:
         self._pinned: dict[tuple[int, int], MemoryEntry] = {}  # prompts not yet on disk: never evicted
         self._held: dict[tuple[int, int], MemoryEntry] = {}  # tracked, waiting for persist(): never evicted
         self._disk = _DiskTier(Path(workdir) / "memory.zarr", n_frames)
+        self._scores: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # obj -> (object score, IoU) per frame
+        self._unread: dict[int, dict[int, tuple]] = {}  # obj -> frame -> (score, IoU) tensors not read yet
         self._lock = threading.RLock()
         self.flush_lock = threading.Lock()  # one flush at a time, in order; held around snapshot + write
         self.stats = collections.Counter()
 
     # -- writes ----------------------------------------------------------------
-    def put(self, obj_id: int, frame: int, entry: MemoryEntry, *, persist: bool = True, hold: bool = False) -> None:
+    def put(self, obj_id: int, frame: int, entry: MemoryEntry, *, persist: bool = True, hold: bool = False,
+            iou: torch.Tensor | None = None) -> None:
         """Store an entry (on the compute device or the host); written through to disk.
-        ``hold``: not written yet; kept in RAM whatever the budgets until :meth:`persist`."""
+        ``hold``: not written yet; kept in RAM whatever the budgets until :meth:`persist`.
+        ``iou``: a tracked entry's predicted IoU as a tensor, while ``entry.iou`` is not known on the
+        host yet (read when :meth:`scores` first needs it)."""
         key = (obj_id, frame)
         with self._lock:
+            self._note_scores(obj_id, frame, entry, iou)
             if hold or key in self._held:
                 self._held[key] = entry
             if persist and not entry.pending:
@@ -239,6 +269,7 @@ class MemoryBank:
         with self._lock:
             self._disk.write(obj_id, frame, entry)
             self._held.pop((obj_id, frame), None)
+            self._note_scores(obj_id, frame, entry, None, host=True)
 
     def set_maskmem(self, obj_id: int, frame: int, maskmem: torch.Tensor) -> MemoryEntry:
         """Attach re-encoded memory to an entry (keeps it in the faster tiers)."""
@@ -246,6 +277,38 @@ class MemoryBank:
         e = replace(e, maskmem=maskmem)
         self.put(obj_id, frame, e, persist=False)
         return e
+
+    def _note_scores(self, obj_id: int, frame: int, e: MemoryEntry, iou: torch.Tensor | None, host: bool = False) -> None:
+        """``host``: ``e`` holds the entry's final scores on the host (:meth:`persist`)."""
+        score, ious = self._score_arrays(obj_id)
+        unread = self._unread.setdefault(obj_id, {})
+        if e.keyframe or e.from_prompt or e.pending:
+            score[frame] = ious[frame] = np.nan
+            unread.pop(frame, None)
+        elif iou is not None:
+            unread[frame] = (e.object_score, iou)
+        elif not np.isnan(e.iou) and (host or (np.isnan(ious[frame]) and frame not in unread)):
+            score[frame], ious[frame] = float(e.object_score.reshape(-1)[0]), float(e.iou)
+            unread.pop(frame, None)
+        # else: the same tracked entry put again (its memory re-encoded): its scores are noted already
+
+    def _score_arrays(self, obj_id: int) -> tuple[np.ndarray, np.ndarray]:
+        arrs = self._scores.get(obj_id)
+        if arrs is None:  # first use in this process: what the disk tier has (a reopened job)
+            arrs = self._scores[obj_id] = self._disk.tracked_scores(obj_id)
+        return arrs
+
+    def scores(self, obj_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """(object score logit, predicted IoU) float32 arrays over the video for ``obj_id``'s tracked
+        entries (not prompts, not keyframes), NaN elsewhere. The arrays are the bank's own (read only)."""
+        with self._lock:
+            score, ious = self._score_arrays(obj_id)
+            unread = self._unread.get(obj_id)
+            if unread:
+                for f, (s, i) in unread.items():
+                    score[f], ious[f] = float(s.reshape(-1)[0]), float(i.reshape(-1)[0])
+                unread.clear()
+            return score, ious
 
     # -- reads -----------------------------------------------------------------
     def get(self, obj_id: int, frame: int) -> MemoryEntry | None:
@@ -297,6 +360,9 @@ class MemoryBank:
                 self._held.pop((obj_id, f), None)
                 self._dev.pop((obj_id, f), None)
                 self._drop_host((obj_id, f))
+                self._unread.get(obj_id, {}).pop(f, None)
+                if obj_id in self._scores:
+                    self._scores[obj_id][0][f] = self._scores[obj_id][1][f] = np.nan
             self._disk.clear(obj_id, frames)
 
     def drop_object(self, obj_id: int) -> None:
@@ -309,6 +375,8 @@ class MemoryBank:
                 self._dev.pop(key)
             for key in [k for k in list(self._host) if k[0] == obj_id]:
                 self._drop_host(key)
+            self._scores.pop(obj_id, None)
+            self._unread.pop(obj_id, None)
             self._disk.drop_object(obj_id)
 
     def flush(self) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from samtrack.errors import InvalidOptionError, NoPromptsError, UnreachableFramesError
 from samtrack.io.export import ranges as ranges_text
 from samtrack.memory.entry import MemoryEntry
-from samtrack.session.backends.base import MemoryView, TrackRequest
+from samtrack.session.backends.base import FrameHistory, MemoryView, TrackRequest
 from samtrack.session.inflight import Launched, to_host
 from samtrack.session.planner import Plan, Step, Track, plan_propagation
 from samtrack.session.types import FrameResult, _closest
@@ -191,7 +191,8 @@ class Propagation:
                                 mask_logits=out.mask_logits[i], iou=float("nan"), from_prompt=False, reverse=rev,
                                 maskmem=out.maskmem[i] if out.maskmem is not None else None,
                                 mem_logits=None if same else out.mem_logits[i])
-                self.bank.put(o.obj_id, f, e, persist=False, hold=True)  # on disk once stored
+                # on disk once stored; the IoU is read to the host when memory selection asks (no sync here)
+                self.bank.put(o.obj_id, f, e, persist=False, hold=True, iou=out.iou[i])
                 o.visited[f] = int(rev)
                 entries.append((o.obj_id, e, k))
                 launched.obj_ids.append(o.obj_id)
@@ -205,7 +206,8 @@ class Propagation:
         selected = _closest(f, keys, cap)
         cond = {t: self._full_entry(o.obj_id, t) for t in selected}
         other = {}
-        for t in self.backend.frames_read(f, rev, selected, self.n_frames):
+        history = lambda: FrameHistory(*self.bank.scores(o.obj_id))  # noqa: E731  (read only if the family asks)
+        for t in self.backend.frames_read(f, rev, selected, self.n_frames, history=history):
             if t in cond or t in o.pending or t == f:
                 continue
             e = self.bank.get(o.obj_id, t)
