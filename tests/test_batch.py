@@ -21,8 +21,9 @@ import pytest
 from tests import media
 from tests import model_utils as mu
 
-N_SHORT, N_LONG = 3, 24
-KILL_AT = 4  # frames of the long video on disk (a session writes every 2 s) before its worker is killed
+N_SHORT, N_LONG = 3, 40
+KILL_AT = 4  # frames of the long video on disk before its worker is killed: a session writes its results every
+# 2 s or 32 frames, so some reach the disk mid-video however fast the machine (40 > 32 + 4)
 SHORT = ("a", "b", "c", "d")
 OPTIONS = {"a": {}, "b": {"direction": "forward"}, "c": {"exports": "npy"}, "d": {"image_size": "128"},
            "long": {"direction": "forward"}}
@@ -37,6 +38,7 @@ def _prompts(name: str, n: int) -> dict:
 
 
 def _make_assets(root: Path) -> None:
+    import torch
     import yaml
 
     from samtrack.job import run_track
@@ -54,11 +56,16 @@ def _make_assets(root: Path) -> None:
     full = media.write_video(root / "full.mp4", 10, w=128, h=96)  # index (moov) at the end, then cut: unreadable
     media.truncate(full, root / "corrupt.mp4", 0.5)
     (root / "corrupt.json").write_text(json.dumps(_prompts("corrupt", 10)))
-    for name in SHORT + ("long",):  # `samtrack track` on each video alone (its library call), a fresh model each
-        prompts = root / ("b.yaml" if name == "b" else f"{name}.json")
-        s = run_track(root / f"{name}.mp4", prompts, root / "ref" / name, checkpoint=ck, image_size=128,
-                      device="cpu", direction=OPTIONS[name].get("direction", "both"))
-        s.close()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a batch worker on this 2-core machine: 2 threads under load are 10x slower here
+    try:
+        for name in SHORT + ("long",):  # `samtrack track` on each video alone (its library call), a fresh model each
+            prompts = root / ("b.yaml" if name == "b" else f"{name}.json")
+            s = run_track(root / f"{name}.mp4", prompts, root / "ref" / name, checkpoint=ck, image_size=128,
+                          device="cpu", direction=OPTIONS[name].get("direction", "both"))
+            s.close()
+    finally:
+        torch.set_num_threads(threads)
     (root / "ready").write_text("ok")
 
 
