@@ -278,7 +278,7 @@ def test_a_bad_manifest_is_refused_whole_with_one_line_per_bad_row(assets, tmp_p
                                                            "row 5 (a)", "row 6 (a5)"]
 
 
-def test_yaml_and_folder_manifests(assets, tmp_path):
+def test_yaml_and_folder_manifests(assets, tmp_path, monkeypatch):
     import shutil
 
     import yaml
@@ -303,8 +303,10 @@ def test_yaml_and_folder_manifests(assets, tmp_path):
         shutil.copy(assets / f"{name}.mp4", folder)
     shutil.copy(assets / "a.json", folder)
     shutil.copy(assets / "c.json", folder / "prompts")
-    m = load_manifest(folder, tmp_path / "out", defaults=RowDefaults(checkpoint=ck))
+    monkeypatch.chdir(tmp_path)  # a relative folder
+    m = load_manifest(Path("videos"), Path("out"), defaults=RowDefaults(checkpoint=ck))
     assert [(j.name, Path(j.prompts).name) for j in m.jobs] == [("a", "a.json"), ("c", "c.json")]
+    assert m.jobs[0].video == str(folder / "a.mp4") and m.jobs[1].prompts == str(folder / "prompts" / "c.json")
     shutil.copy(assets / "d.mp4", folder)  # a video without its prompt file
     with pytest.raises(ManifestError, match=r"row 3 \(d\): no prompt file d.json"):
         load_manifest(folder, tmp_path / "out", defaults=RowDefaults(checkpoint=ck))

@@ -210,6 +210,7 @@ def _yaml_rows(path: Path) -> list[_Row]:
 
 
 def _folder_rows(folder: Path, defaults: RowDefaults) -> list[_Row]:
+    folder = folder.resolve()
     videos = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
                     and not p.name.startswith("."))
     rows = []
@@ -290,7 +291,7 @@ def _normalise(r: _Row, base: Path, d: RowDefaults) -> None:
     except (TypeError, ValueError):
         p.append(f"text_frame {v.get('text_frame')!r}: give a frame number")
         text_frame = 0
-    if prompts is None and not text and v.get("video"):
+    if prompts is None and not text and v.get("video") and not p:
         p.append("nothing to track: give a prompt file (`prompts`), or `text` (SAM3)")
     name = str(v.get("name") or (video.stem if video is not None else ""))
     r.values = {"video": video, "prompts": prompts, "name": name, "model": v.get("model", d.model),
