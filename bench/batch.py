@@ -2,10 +2,12 @@
 against tracking the same videos one after another in one process with one loaded model.
 
     python bench/batch.py [--videos 8] [--frames 8] [--size 128x96] [--image-size 128]
-                          [--workers 1,2] [--devices cpu] [--no-ray]
+                          [--workers 1,2] [--devices cpu] [--threads 1] [--repeat 2] [--no-ray]
 
 Prints, per mode: total wall time, videos per hour, and the overhead per video against the one-process
-baseline ((T_mode - T_baseline) / N; negative: parallel workers were faster). The Ray cluster's start is
+baseline ((T_mode - T_baseline) / N; negative: parallel workers were faster). Every process tracks with
+``--threads`` torch threads (the baseline too), each mode runs ``--repeat`` times and its fastest run is
+shown (other work on a shared machine only ever slows a run down). The Ray cluster's start is
 timed apart (``ray.init`` on 127.0.0.1, no dashboard) and not counted in the Ray rows. On a GPU machine,
 ``--devices cuda:0 --workers 1,2,4`` gives 1 and several workers per GPU. Random-init SAM2.1 tiny;
 figures, never asserts.
@@ -46,6 +48,7 @@ def baseline(folder: Path, out: Path, ck: Path, image_size: int, device: str) ->
     from samtrack.job import start_track
     from samtrack.session import load_model
 
+    shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     backend = load_model(checkpoint=ck, image_size=image_size, device=device)
     t_load = time.perf_counter() - t0
@@ -62,6 +65,7 @@ def baseline(folder: Path, out: Path, ck: Path, image_size: int, device: str) ->
 def run(folder: Path, out: Path, ck: Path, image_size: int, **kw) -> tuple[float, object]:
     from samtrack.batch import RowDefaults, run_batch
 
+    shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     rep = run_batch(folder, out, defaults=RowDefaults(checkpoint=str(ck), image_size=image_size, direction="forward"),
                     **kw)
@@ -90,6 +94,8 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--devices", default="cpu", help="local devices, comma-separated (cuda:0 on a GPU machine)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process (baseline and workers)")
+    ap.add_argument("--repeat", type=int, default=2, help="runs per mode; the fastest is shown")
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--out", default="bench_out")
     a = ap.parse_args()
@@ -101,17 +107,23 @@ def main() -> None:
     n = a.videos
     rows = []
     device = a.devices.split(",")[0]
+    import torch
+
+    torch.set_num_threads(a.threads)
+    best = lambda f: min((f() for _ in range(a.repeat)), key=lambda r: r[0])  # noqa: E731
     try:
-        t_seq, t_load = baseline(folder, work / "seq", ck, a.image_size, device)
+        t_seq, t_load = best(lambda: baseline(folder, work / "seq", ck, a.image_size, device))
         rows.append(("one process, one model (baseline)", t_seq, ""))
         for k in map(int, a.workers.split(",")):
-            t, rep = run(folder, work / f"local{k}", ck, a.image_size, workers=k, devices=a.devices.split(","))
+            t, rep = best(lambda: run(folder, work / f"local{k}", ck, a.image_size, workers=k,
+                                      devices=a.devices.split(","), threads=a.threads))
             rows.append((f"local, {k} worker(s) on {a.devices}", t, f"{rep.workers_started} processes"))
         if not a.no_ray:
             t_init = start_ray(work)
             for mode in ("tasks", "actors"):
-                t, rep = run(folder, work / f"ray_{mode}", ck, a.image_size, executor="ray", mode=mode)
-                rows.append((f"ray {mode} (2 CPUs)", t, f"{rep.workers_started} actors" if mode == "actors" else
+                t, rep = best(lambda: run(folder, work / f"ray_{mode}", ck, a.image_size, executor="ray", mode=mode,
+                                          cpus_per_video=a.threads))
+                rows.append((f"ray {mode}", t, f"{rep.workers_started} actors" if mode == "actors" else
                              "one task per video"))
             import ray
 
@@ -119,7 +131,8 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"{n} videos x {a.frames} frames, {w}x{h}, image size {a.image_size}, 2 objects, device {a.devices}, "
-          f"{os.cpu_count()} CPU cores; baseline model load {t_load:.1f} s")
+          f"{os.cpu_count()} CPU cores, {a.threads} torch thread(s) per process, fastest of {a.repeat} run(s); "
+          f"baseline model load {t_load:.1f} s")
     if not a.no_ray:
         print(f"ray.init (local cluster, not counted below): {t_init:.1f} s")
     print(f"{'mode':38} {'total s':>8} {'videos/h':>9} {'overhead/video s':>17}")
