@@ -330,3 +330,29 @@ def test_the_live_table_shows_running_frames_failures_and_an_eta():
     text = console.export_text()
     assert "3 of 10" in text and "resumed at 4/10" in text and "cannot parse" in text and "2 objects" in text
     assert "queued 0 · running 1 · done 1 · failed 1" in text and "ETA" in text
+
+
+def test_only_the_ray_executor_imports_ray_and_only_when_a_batch_runs_on_it():
+    import ast
+
+    import samtrack
+
+    root = Path(samtrack.__file__).parent
+    found = []
+    for p in sorted(root.rglob("*.py")):
+        tree = ast.parse(p.read_text(), str(p))
+        top = {id(n) for n in tree.body}
+        for node in ast.walk(tree):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            if any(m.split(".")[0] == "ray" for m in mods):
+                found.append((p.relative_to(root).as_posix(), id(node) in top))
+    assert found and {f for f, _ in found} == {"batch/ray_executor.py"}, found
+    assert not any(at_top for _, at_top in found)  # imported inside functions only
+    code = ("import sys, importlib, pkgutil\n"
+            "import samtrack.cli, samtrack.job, samtrack.io, samtrack.memory, samtrack.session, samtrack.batch\n"
+            "for m in pkgutil.walk_packages(samtrack.batch.__path__, 'samtrack.batch.'):\n"
+            "    importlib.import_module(m.name)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'ray'))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr[-2000:])
