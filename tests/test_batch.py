@@ -356,3 +356,23 @@ def test_only_the_ray_executor_imports_ray_and_only_when_a_batch_runs_on_it():
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'ray'))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr[-2000:])
+
+
+def test_a_folder_holding_another_job_or_no_job_fails_that_video_saying_what_to_do(assets, tmp_path):
+    import shutil
+
+    from samtrack.batch import RowDefaults, load_manifest
+    from samtrack.batch.worker import ModelCache, run_job
+
+    m = load_manifest(write_manifest(assets, tmp_path / "m.csv", ("a", "b")), tmp_path / "out",
+                      defaults=RowDefaults(checkpoint=str(assets / "ck.pt"), image_size=128))
+    a, b = m.jobs
+    shutil.copytree(assets / "ref" / "b", a.out_dir)  # a's folder holds b's job
+    Path(b.out_dir).mkdir(parents=True)
+    (Path(b.out_dir) / "notes.txt").write_text("mine")  # b's folder is someone's own folder
+    models = ModelCache("cpu")
+    sa, sb = (run_job(j, models, lambda ev: None) for j in (a, b))
+    assert sa.status == "failed" and "holds another job's results" in sa.error and "another `name`" in sa.error
+    assert "source" in sa.error and "--force" not in sa.error
+    assert sb.status == "failed" and "is not a samtrack job folder" in sb.error
+    assert (Path(b.out_dir) / "notes.txt").read_text() == "mine" and sorted(os.listdir(b.out_dir)) == ["notes.txt"]

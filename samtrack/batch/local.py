@@ -202,14 +202,18 @@ class LocalExecutor:
         return self._start(ctx, w.wid, threads)
 
     def _stop(self, pool: list[_Worker]) -> None:
+        """End every worker: idle ones at STOP; busy ones (Ctrl-C, an error) close their session on SIGINT,
+        which a terminal's Ctrl-C has usually sent them already (the frames they finished are kept)."""
         for w in pool:
             try:
                 w.conn.send(STOP)
             except (OSError, ValueError):
                 pass
         for w in pool:
-            if w.job is not None and w.proc.is_alive() and w.proc.pid:  # interrupted mid-video: the worker closes
-                os.kill(w.proc.pid, signal.SIGINT)  # its session (finished frames saved); the rest resumes next run
+            w.proc.join(timeout=5 if w.job is not None else 10)
+        for w in pool:
+            if w.proc.is_alive() and w.job is not None and w.proc.pid:
+                os.kill(w.proc.pid, signal.SIGINT)
         for w in pool:
             w.proc.join(timeout=30)
             if w.proc.is_alive():

@@ -78,7 +78,7 @@ class VideoEvent:
 class VideoSummary:
     """One line of the batch report.
 
-    ``status``: "done", "failed" or "interrupted"; ``finished_before``: done in an earlier run, nothing
+    ``status``: "done", "failed", "interrupted" or "not run"; ``finished_before``: done in an earlier run, nothing
     run now; ``frames``: the video's frames; ``frames_computed``: frames the model computed in this run
     (all attempts); ``seconds``: wall time of this run's attempts (s); ``fps``: frames_computed / seconds;
     ``peak_rss_bytes``: the worker process's peak resident memory while tracking (bytes, sampled per

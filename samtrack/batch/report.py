@@ -18,7 +18,8 @@ CSV_COLUMNS = ("name", "status", "frames", "frames_computed", "objects", "second
 
 @dataclass(frozen=True)
 class BatchReport:
-    """What a batch run did. ``videos``: one summary per manifest row, in manifest order;
+    """What a batch run did. ``videos``: one summary per manifest row, in manifest order (status
+    "done", "failed", "interrupted" by Ctrl-C, or "not run" when the executor itself failed);
     ``seconds``: wall time of the run (s); ``workers_started``: worker processes or actors started
     (0: everything was finished before, or Ray tasks); ``interrupted``: stopped by Ctrl-C (the
     videos not finished say "interrupted"; running the batch again resumes them)."""
@@ -45,7 +46,7 @@ class BatchReport:
         """e.g. "5 videos: 3 done (1 finished before), 2 failed; 240 frames computed in 31.0 s (7.7 frames/s)"."""
         n, done, before = len(self.videos), self.count("done"), sum(v.finished_before for v in self.videos)
         parts = [f"{done} done" + (f" ({before} finished before)" if before else "")]
-        for status in ("failed", "interrupted"):
+        for status in ("failed", "interrupted", "not run"):
             if self.count(status):
                 parts.append(f"{self.count(status)} {status}")
         rate = self.frames_computed / self.seconds if self.seconds > 0 else 0.0

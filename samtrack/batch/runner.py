@@ -93,9 +93,10 @@ def run_batch(manifest, out_dir, *, executor: str = "local", defaults: RowDefaul
     except KeyboardInterrupt:
         interrupted = True
         raise
-    finally:
+    finally:  # also after Ctrl-C or an executor's error: what finished is reported, the rest says why not
+        missing = "interrupted" if interrupted else "not run"
         videos = tuple(emit.fix(results[j.name]) if j.name in results else
-                       VideoSummary(j.name, j.video, j.out_dir, "interrupted", frames=j.n_frames) for j in m.jobs)
+                       VideoSummary(j.name, j.video, j.out_dir, missing, frames=j.n_frames) for j in m.jobs)
         report = BatchReport(out_dir, executor, videos, time.perf_counter() - t0, getattr(ex, "started", 0),
                              interrupted)
         write_report(report)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from samtrack.batch.records import JobProgress, VideoEvent, VideoJob, VideoSummary
-from samtrack.errors import SamtrackError
+from samtrack.errors import CacheError, JobMismatchError, SamtrackError
 
 log = logging.getLogger(__name__)
 MARKER = "batch.json"
@@ -153,6 +153,16 @@ def track_video(job: VideoJob, backend, emit: Emit, *, attempt: int = 1, worker:
     return summary
 
 
+def _check_folder(job: VideoJob) -> None:
+    """A job folder that exists must be a samtrack job's (never write into someone else's folder)."""
+    from samtrack.job import OURS
+
+    out = Path(job.out_dir)
+    if out.is_dir() and any(out.iterdir()) and not {p.name for p in out.iterdir()} & OURS:
+        raise CacheError(f"{out} exists and is not a samtrack job folder: give this row another `name`, or move "
+                         "that folder away")
+
+
 def failed_summary(job: VideoJob, error: str, *, detail: str = "", attempts: int = 1, device: str = "") -> VideoSummary:
     """The report line of a video that failed with ``error`` (one readable line)."""
     return VideoSummary(name=job.name, video=job.video, out_dir=job.out_dir, status="failed", frames=job.n_frames,
@@ -164,8 +174,14 @@ def run_job(job: VideoJob, models: ModelCache, emit: Emit, *, attempt: int = 1, 
     :class:`SamtrackError` in its own words; anything else with its type and a traceback in
     ``detail``), so one video's failure never stops the worker. KeyboardInterrupt propagates."""
     try:
+        _check_folder(job)
         backend = models.get(job)
         return track_video(job, backend, emit, attempt=attempt, worker=worker)
+    except JobMismatchError as e:
+        what = ", ".join(e.differences) or "its job"
+        msg = (f"{job.out_dir} holds another job's results (they differ in: {what}): give this row another `name`, "
+               "or delete that folder to track the video again")
+        return failed_summary(job, msg, attempts=attempt, device=models.device)
     except SamtrackError as e:
         log.info("%s failed: %s", job.name, e)
         return failed_summary(job, str(e), attempts=attempt, device=models.device)
