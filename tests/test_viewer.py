@@ -586,3 +586,48 @@ def test_model_picker_lists_every_family_and_switches_models(make_napari_viewer,
     assert s3.backend.spec.name == "sam2.1_hiera_tiny" and s3.workdir == s1.workdir
     assert s3.obj_ids == [1] and s3.prompt_at(6, 1).points == ((40.0, 50.0),) and _names(w) == ["object-1"]
     w.close_session()
+
+
+def test_find_all_with_a_real_tiny_sam3_through_the_viewer(make_napari_viewer, tmp_path, qtbot):
+    """The find row with SAM3's own detector (a tiny random-init model, detector and object-score heads
+    biased so it detects something): a text creates objects named after it, they propagate both ways
+    in the worker thread, and the labels layer shows them."""
+    import torch
+
+    from samtrack.session.backends import sam3_build
+    from tests import sam3_models as s3
+    from tests.test_sam3_detect import _bias_detector
+
+    tracker_ck = s3.make_checkpoint(tmp_path / "tracker.pt")
+    m = sam3_build.build_video_model(s3.IMAGE_SIZE, s3.LOAD_OPTIONS["width"])
+    m.load_state_dict(torch.load(tracker_ck, map_location="cpu", weights_only=True)["model"])
+    _bias_detector(m.detector)
+    ck = tmp_path / "sam3_tiny_det.pt"
+    torch.save({"model": m.state_dict()}, ck)
+    del m
+    n = 6
+    vid = media.write_video(tmp_path / "v.mp4", n, w=W, h=H)
+    viewer = make_napari_viewer()
+    _, w = view(vid, model="sam3", checkpoint=ck, image_size=s3.IMAGE_SIZE, device="cpu", workdir=tmp_path / "job",
+                viewer=viewer)
+    s = w.session
+    assert s.backend.family == "sam3"
+    w.goto(2)
+    w.find_text.setText("cell")
+    w.spin_find.setValue(0.3)
+    w.btn_find.click()
+    _wait(qtbot, w)
+    import re
+
+    found = re.fullmatch(r"frame 2: found (\d+) new objects? \(0 already tracked\)", w.status.text())
+    assert found and int(found.group(1)) >= 1, w.status.text()
+    assert s.obj_ids and _names(w) == [f"cell {k}" for k in range(1, len(s.obj_ids) + 1)]
+    assert all(s.keyframes(o) == [2] for o in s.obj_ids)
+    w.btn_both.click()
+    _wait(qtbot, w)
+    for oid in s.obj_ids:
+        st = s.status(oid)[:n]
+        assert (st != Status.NOT_RUN).all(), (oid, st)
+    w.goto(0)
+    np.testing.assert_array_equal(w.labels_layer.data, w.results.label_frame(0))
+    w.close_session()
