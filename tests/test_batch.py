@@ -328,7 +328,7 @@ def test_the_live_table_shows_running_frames_failures_and_an_eta():
     console = Console(record=True, width=160)
     console.print(board)
     text = console.export_text()
-    assert "3 of 10" in text and "resumed at 4/10" in text and "cannot parse" in text and "2 objects" in text
+    assert "3 of 10" in text and "resumed at 4/10" in text and "cannot parse" in text and "2 object(s)" in text
     assert "queued 0 · running 1 · done 1 · failed 1" in text and "ETA" in text
 
 

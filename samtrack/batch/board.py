@@ -76,7 +76,7 @@ class BatchBoard:
                 v.note = ev.error
             elif ev.kind == "done" and ev.summary is not None:
                 s = ev.summary
-                v.note = f"{s.objects} objects, {s.frames_computed} frames, {s.fps:.1f} fps" + \
+                v.note = f"{s.objects} object(s), {s.frames_computed} frames computed, {s.fps:.1f} fps" + \
                     (f", {s.attempts} attempts" if s.attempts > 1 else "")
 
     def counts(self) -> dict[str, int]:

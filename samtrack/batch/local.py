@@ -105,10 +105,18 @@ class LocalExecutor:
 
     def check(self) -> None:
         """Every device exists here (an :class:`InvalidOptionError` naming what this machine has)."""
+        import torch
+
         from samtrack.session.devices import pick_device
 
         for d in self.devices:
-            pick_device(d)
+            try:
+                pick_device(d)
+            except InvalidOptionError as e:
+                n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+                have = ["auto", "cpu"] + [f"cuda:{i}" for i in range(n)]
+                raise InvalidOptionError(f"--devices: {d} is not a device of this machine; use "
+                                         f"{', '.join(have)}") from e
 
     def run(self, jobs: list[VideoJob], emit: Callable[[VideoEvent], None]) -> dict[str, VideoSummary]:
         """Track ``jobs`` (sorted by model so that each worker loads each model once); ``emit`` gets

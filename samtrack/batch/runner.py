@@ -71,6 +71,8 @@ def run_batch(manifest, out_dir, *, executor: str = "local", defaults: RowDefaul
     if only:
         m = m.select(only)
     ex = make_executor(executor, **executor_options)
+    if hasattr(ex, "check"):  # e.g. the local devices exist: a mistake before any work or report
+        ex.check()
     emit = _Clock(progress or (lambda ev: None))
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, VideoSummary] = {}
