@@ -5,7 +5,6 @@ mid-video is replaced and the video resumes from its last completed frame, a cor
 alone, a finished batch is not tracked again."""
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import uuid
