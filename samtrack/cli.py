@@ -242,8 +242,9 @@ def track(source: Path = typer.Argument(..., help="video file, image folder, TIF
 
 
 def _default_name(fmt: str) -> str:
-    return {"zarr": "labels.zarr", "tiff": "labels.tif", "png": "png", "npy": "labels.npy", "mp4": "overlay.mp4",
-            "coco": "coco.json", "ytvis": "ytvis.json", "ctc": "ctc"}.get(fmt, fmt)
+    from samtrack.io.export import default_name
+
+    return default_name(fmt)
 
 
 def _export(store, fmt, output, *, force, frames=None, allow_incomplete=False, **options):

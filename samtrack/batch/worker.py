@@ -20,8 +20,6 @@ from samtrack.errors import CacheError, JobMismatchError, SamtrackError
 
 log = logging.getLogger(__name__)
 MARKER = "batch.json"
-EXPORT_NAMES = {"zarr": "labels.zarr", "tiff": "labels.tif", "png": "png", "npy": "labels.npy", "mp4": "overlay.mp4",
-                "coco": "coco.json", "ytvis": "ytvis.json", "ctc": "ctc"}  # as `samtrack track --export` names them
 PROGRESS_EVERY_S = 0.25  # progress events per video: at most 4 a second (plus the last)
 
 Emit = Callable[[VideoEvent], None]
@@ -132,9 +130,9 @@ def track_video(job: VideoJob, backend, emit: Emit, *, attempt: int = 1, worker:
         t_track = time.perf_counter() - t_track
         warnings = []
         for fmt in job.exports:
-            from samtrack.io.export import export
+            from samtrack.io.export import default_name, export
 
-            rep = export(session.results, fmt, Path(job.out_dir) / EXPORT_NAMES.get(fmt, fmt), force=True,
+            rep = export(session.results, fmt, Path(job.out_dir) / default_name(fmt), force=True,
                          frames=session.frames)
             warnings += [f"{fmt}: {w}" for w in rep.warnings]
         objects = len(session.obj_ids)

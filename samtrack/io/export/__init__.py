@@ -139,6 +139,16 @@ def atomic_output(path: Path, *, force: bool):
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
 
 
+
+DEFAULT_NAMES = {"zarr": "labels.zarr", "tiff": "labels.tif", "png": "png", "npy": "labels.npy", "mp4": "overlay.mp4",
+                 "coco": "coco.json", "ytvis": "ytvis.json", "ctc": "ctc"}
+
+
+def default_name(fmt: str) -> str:
+    """The file or folder name a job's own export of ``fmt`` gets inside the job folder."""
+    return DEFAULT_NAMES.get(fmt, fmt)
+
+
 def export(store: ResultStore, fmt: str, output, *, force: bool = False, allow_incomplete: bool = False,
            progress: Callable[[int, int], None] | None = None, frames=None, **options) -> ExportReport:
     """Write ``store`` as ``fmt`` to ``output`` and say what was written.
