@@ -9,7 +9,7 @@ Conventions every backend keeps (``tests/test_backend_conformance.py`` checks th
 against every registered backend, the fake one included):
 
 - ``S`` = ``image_size`` (the square model input), ``s`` = ``low_res_size`` (the
-  side of the low-resolution mask logits, S/4 for SAM2 and SAM3), ``B`` = objects
+  side of the low-resolution mask logits: S/4 for SAM2, 4 S/14 for SAM3), ``B`` = objects
   in one batch, ``C`` = pointer width, ``Cm`` = memory channels.
 - Frames reach a backend as ``(3, S, S)`` float32 tensors made by
   :func:`samtrack.io.model_input.to_model_input` with the backend's
