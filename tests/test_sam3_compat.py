@@ -208,3 +208,25 @@ def test_one_encode_serves_tracker_and_detector_in_float32(backend):
     for a, r in zip(feats["detector"]["backbone_fpn"], full["backbone_fpn"]):
         torch.testing.assert_close(a, r, rtol=0, atol=0)
     assert [t.shape[1] for t in feats["tracker"]["backbone_fpn"]] == [32, 64, 256]
+
+
+def test_sam3_logs_and_cpu_autocast_warnings_do_not_reach_the_terminal():
+    """sam3 gives its loggers their own stderr handlers (a library printing under samtrack's progress bars)
+    and warns about CUDA autocast on every CPU import: after loading a backend, sam3's records propagate
+    to the application's logging and those warnings are gone."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, warnings\n"
+        "warnings.simplefilter('always')\n"
+        "from samtrack.session.backends import sam3_build\n"
+        "m = sam3_build.build_video_model(56, 'tiny')\n"
+        "bad = [n for n, lg in logging.Logger.manager.loggerDict.items() if n.startswith('sam3') and\n"
+        "       isinstance(lg, logging.Logger) and (lg.handlers or not lg.propagate)]\n"
+        "print('BAD', bad)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "BAD []" in r.stdout, r.stdout
+    assert "Disabling autocast" not in r.stderr and "max_num_objects" not in r.stderr, r.stderr[-2000:]

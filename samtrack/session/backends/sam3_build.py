@@ -254,7 +254,8 @@ def build_video_model(image_size: int = DEFAULT_SIZE, width: str = "full", *, bp
         p = PRESETS[width]
     except KeyError:
         raise InvalidOptionError(f"SAM3 width={width!r}: use one of {', '.join(PRESETS)}") from None
-    tracker = _tracker(S, memory_selection)
+    with sam3_compat.quiet_cpu_autocast():
+        tracker = _tracker(S, memory_selection)
     detector = _detector(S, p, bpe_path(bpe))
     heuristics = dict(hotstart_delay=15, hotstart_unmatch_thresh=8, hotstart_dup_thresh=8,
                       recondition_every_nth_frame=16) if memory_selection else dict(
@@ -266,6 +267,7 @@ def build_video_model(image_size: int = DEFAULT_SIZE, width: str = "full", *, bp
         suppress_det_close_to_boundary=False, fill_hole_area=16, masklet_confirmation_enable=False,
         decrease_trk_keep_alive_for_empty_masklets=False, image_size=S, image_mean=(0.5, 0.5, 0.5),
         image_std=(0.5, 0.5, 0.5), compile_model=False, **heuristics)
+    sam3_compat.route_sam3_logs()  # loggers sam3 made while building
     model._samtrack_preset = p
     device = torch.device(device)
     model.to(device).eval()

@@ -88,10 +88,43 @@ def ensure_importable() -> None:
 
         ensure_torchvision()
         install_edt_placeholder()
-        import sam3.perflib.connected_components as cc
+        with quiet_cpu_autocast():
+            import sam3.model.sam3_tracking_predictor  # noqa: F401  (its decorators warn on a CPU machine)
+            import sam3.model.sam3_video_inference  # noqa: F401
+            import sam3.perflib.connected_components as cc
 
         patch_empty_connected_components(cc)
+        route_sam3_logs()
         _DONE = True
+
+
+@contextlib.contextmanager
+def quiet_cpu_autocast():
+    """Drop torch's "CUDA is not available ... Disabling autocast" UserWarning inside the block: sam3's
+    CUDA autocast decorators and its tracker constructor raise it on every CPU import and build (the
+    autocast is off there; the warning says nothing a user can act on)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*CUDA is not available.*Disabling autocast", category=UserWarning)
+        yield
+
+
+def route_sam3_logs() -> None:
+    """sam3's ``get_logger`` gives each of its loggers its own stderr handler at INFO and stops
+    propagation, so its messages ("setting max_num_objects=10000 ...") were printed by the library
+    under samtrack's progress bars. Remove those handlers and let the records propagate: the
+    application's logging configuration decides (library code never prints). Idempotent."""
+    import logging as _logging
+
+    for name, lg in list(_logging.Logger.manager.loggerDict.items()):
+        if not name.startswith("sam3") or not isinstance(lg, _logging.Logger):
+            continue
+        for h in list(lg.handlers):
+            if type(h) is _logging.StreamHandler:
+                lg.removeHandler(h)
+        lg.propagate = True
+        lg.setLevel(_logging.NOTSET)
 
 
 def install_edt_placeholder(*, force: bool = False) -> bool:
