@@ -10,7 +10,6 @@ download when the network allows (:mod:`samtrack.session.hub`).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -170,12 +169,7 @@ def checkpoint_identity(path) -> dict:
     return {"name": p.name, "sha256": digest}
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
+sha256_file = hub.sha256_file  # one implementation (hub verifies downloads with it)
 
 
 def load_state_dict(path: str | os.PathLike) -> dict:

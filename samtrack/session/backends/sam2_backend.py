@@ -23,7 +23,8 @@ import numpy as np
 
 from samtrack.errors import CheckpointError, InvalidOptionError
 from samtrack.io.model_input import SAM_MEAN, SAM_STD, InputSpec
-from samtrack.session.backends.base import FrameFeatures, MemoryEntry, MemoryView, StepOutput, TrackRequest
+from samtrack.session.backends.base import (FrameFeatures, MemoryEntry, MemoryView, StepOutput, TrackRequest,
+                                            frames_by_position)
 from samtrack.session.checkpoints import load_state_dict
 from samtrack.session.devices import pick_device  # noqa: F401  (re-exported for earlier callers)
 from samtrack.session.models import MODELS, ModelSpec
@@ -48,8 +49,6 @@ def hydra_overrides(image_size: int | None, extra: Sequence[str] = ()) -> list[s
     ov = ["++model._target_=sam2.sam2_video_predictor.SAM2VideoPredictor", *POSTPROCESSING]
     if image_size is not None:
         if image_size % 16 or image_size < 64:
-            from samtrack.errors import InvalidOptionError
-
             raise InvalidOptionError(f"image_size={image_size}: use a multiple of 16, at least 64 (e.g. 512, 1024)")
         f = image_size // 16
         ov += [f"++model.image_size={image_size}",
@@ -200,23 +199,7 @@ class Sam2Backend:
                     history=None) -> list[int]:
         """Non-keyframe frame indices this step may read (memory and object pointers); SAM2's rule
         depends on positions only, so ``history`` is not used."""
-        out, s = [], self.stride
-        for t_pos in range(1, self.num_maskmem):
-            t_rel = self.num_maskmem - t_pos
-            if t_rel == 1:
-                t = frame_idx + t_rel if reverse else frame_idx - t_rel
-            elif not reverse:
-                t = ((frame_idx - 2) // s) * s - (t_rel - 2) * s
-            else:
-                t = -(-(frame_idx + 2) // s) * s + (t_rel - 2) * s
-            if 0 <= t < n_frames:  # upstream looks these up in a dict, where they are simply absent
-                out.append(t)
-        for t_diff in range(1, min(n_frames, self.max_obj_ptrs)):
-            t = frame_idx + t_diff if reverse else frame_idx - t_diff
-            if t < 0 or t >= n_frames:
-                break
-            out.append(t)
-        return sorted(set(out))
+        return frames_by_position(frame_idx, reverse, n_frames, self.num_maskmem, self.max_obj_ptrs, self.stride)
 
     def _output_dict(self, views: Sequence[MemoryView], frames: Sequence[int]) -> dict:
         """Upstream's per-object output_dict, for a batch of objects that read the same frames."""

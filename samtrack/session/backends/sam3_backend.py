@@ -40,7 +40,7 @@ from samtrack.errors import CheckpointError, PromptError
 from samtrack.io.model_input import InputSpec
 from samtrack.session.backends import sam3_build, sam3_compat
 from samtrack.session.backends.base import (DetectRequest, Detection, FrameFeatures, FrameHistory, MemoryEntry,
-                                            MemoryView, StepOutput, TrackRequest)
+                                            MemoryView, StepOutput, TrackRequest, frames_by_position)
 from samtrack.session.checkpoints import load_state_dict
 from samtrack.session.devices import pick_device
 from samtrack.session.models import ModelSpec
@@ -257,23 +257,7 @@ class Sam3Backend:
         return ((norm * i) > self.mf_threshold).numpy()
 
     def _frames_by_position(self, frame_idx: int, reverse: bool, n_frames: int) -> list[int]:
-        out, s = [], self.stride
-        for t_pos in range(1, self.num_maskmem):
-            t_rel = self.num_maskmem - t_pos
-            if t_rel == 1:
-                t = frame_idx + t_rel if reverse else frame_idx - t_rel
-            elif not reverse:
-                t = ((frame_idx - 2) // s) * s - (t_rel - 2) * s
-            else:
-                t = -(-(frame_idx + 2) // s) * s + (t_rel - 2) * s
-            if 0 <= t < n_frames:
-                out.append(t)
-        for t_diff in range(1, min(n_frames, self.max_obj_ptrs)):
-            t = frame_idx + t_diff if reverse else frame_idx - t_diff
-            if t < 0 or t >= n_frames:
-                break
-            out.append(t)
-        return sorted(set(out))
+        return frames_by_position(frame_idx, reverse, n_frames, self.num_maskmem, self.max_obj_ptrs, self.stride)
 
     def _output_dict(self, views: Sequence[MemoryView], frame_idx: int, reverse: bool, n_frames: int) -> dict:
         """Upstream's output_dict for a batch of objects that read the same frames. With memory

@@ -174,7 +174,6 @@ def _detector(S: int, p: Preset, bpe: str):
     from sam3.model.encoder import TransformerEncoderFusion, TransformerEncoderLayer
     from sam3.model.geometry_encoders import SequenceGeometryEncoder
     from sam3.model.maskformer_segmentation import PixelDecoder, UniversalSegmentationHead
-    from sam3.model.memory import CXBlock
     from sam3.model.model_misc import MLP, DotProductScoring, TransformerWrapper
     from sam3.model.model_misc import MultiheadAttentionWrapper as MultiheadAttention
     from sam3.model.necks import Sam3DualViTDetNeck
