@@ -98,5 +98,7 @@ def test_models_json_lists_every_model_and_where_it_looks(tmp_path, monkeypatch)
                        env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     rows = {m["name"]: m for m in json.loads(r.stdout)}
-    assert len(rows) == 8 and rows["sam2.1_hiera_small"]["present"] and not rows["sam2.1_hiera_tiny"]["present"]
-    assert rows["sam2.1_hiera_large"]["url"].endswith("sam2.1_hiera_large.pt") and str(tmp_path) in rows["sam2.1_hiera_tiny"]["search"]
+    assert len(rows) == 9 and rows["sam2.1_hiera_small"]["present"] and not rows["sam2.1_hiera_tiny"]["present"]
+    assert rows["sam2.1_hiera_small"]["path"] == str(tmp_path / "sam2.1_hiera_small.pt")
+    assert rows["sam2.1_hiera_large"]["url"].endswith("sam2.1_hiera_large.pt")
+    assert rows["sam3"]["gated"] and rows["sam3"]["family"] == "sam3" and not rows["sam3"]["present"]
