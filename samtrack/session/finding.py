@@ -112,8 +112,10 @@ class ObjectFinding:
             kept.append(det.mask)
             oid = self._new_object_id()
             self.add_object(oid, name=self._object_name(query.label))
-            self._prompt(frame, oid, Mask(det.mask))
+            self._prompt(frame, oid, Mask(det.mask), flush=False)  # one flush and one frame result below
             found.created.append(oid)
+        if found.created:
+            self.flush()
         if _record:  # the same query on the same frame again is one record (re-detection runs it once)
             rec, _ = prompt_record(query)
             same = next((r for r in self._concepts if r["frame"] == frame and prompt_from_record(r) == query), None)

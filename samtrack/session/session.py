@@ -212,7 +212,9 @@ class TrackingSession(ObjectFinding, Propagation, FeatureSource):
         self.results.save_concepts([])
         self._features.clear()
 
-    def _prompt(self, frame: int, obj_id: int, prompt) -> FrameResult:
+    def _prompt(self, frame: int, obj_id: int, prompt, *, flush: bool = True) -> FrameResult | None:
+        """Run one prompt. ``flush=False`` (many objects prompted at once, e.g. from detections): no
+        flush and no frame result; the caller flushes and asks for the frame once."""
         if obj_id not in self._objects:
             self.add_object(obj_id)
         o = self._objects[obj_id]
@@ -242,6 +244,8 @@ class TrackingSession(ObjectFinding, Propagation, FeatureSource):
         self._store(frame, obj_id, self._video_logits(out.mask_logits)[0], entry, Status.PROMPTED, source=frame,
                     mask=prompt.mask if isinstance(prompt, Mask) else None)
         self._fresh.clear()
+        if not flush:
+            return None
         self.flush()
         return self.frame_result(frame)
 
