@@ -166,3 +166,17 @@ def test_a_refused_query_encodes_nothing_and_a_repeated_one_is_one_record(sessio
     s.add_text(2, "cell")
     s.add_text(2, "cell")
     assert len(s.concepts) == 1 and s.obj_ids == [1]
+
+
+def test_objects_added_by_redetection_survive_a_rerun_of_the_same_prompts(session):
+    from samtrack.job import apply_prompt_changes
+    from samtrack.session.prompt_file import PromptSet
+
+    plan = {0: [(2, 2, 12, 12, 0.9)], 6: [(50, 36, 62, 46, 0.9)]}
+    s, _ = session(plan)
+    cell = (0, Concept("cell", (), (), 0.5))
+    apply_prompt_changes(s, PromptSet([], [cell]))
+    list(s.propagate_and_redetect(6, "forward"))
+    assert s.obj_ids == [1, 2]
+    assert apply_prompt_changes(s, PromptSet([], [cell])) == 0  # the same prompts again: nothing removed
+    assert s.obj_ids == [1, 2] and s.find_objects_created() == {1, 2}

@@ -179,13 +179,16 @@ class ObjectFinding:
             yield from self.propagate(direction, lo, hi, progress=progress)
         frames = sorted({f for r in self._concepts
                          for f in range(r["frame"] % every, self.n_frames, every) if lo <= f <= hi})
-        queries = [(r["frame"], prompt_from_record(r)) for r in self._concepts]
+        queries = [(r, r["frame"], prompt_from_record(r)) for r in self._concepts]
         for f in frames:
             new: list[int] = []
-            for f0, q in queries:
+            for rec, f0, q in queries:
                 if f == f0:
                     continue  # the frame the query was given on: done then
                 found = self.find_objects(f, q, match_iou=match_iou, _record=False)
+                if found.created:  # they belong to the query: a re-run of the same prompts keeps them
+                    rec["objects"] = list(rec.get("objects", [])) + found.created
+                    self.results.save_concepts(self._concepts)
                 new += found.created
             if new:
                 log.info("re-detection on frame %d added objects %s", f, new)
