@@ -138,6 +138,17 @@ def frames_by_position(frame_idx: int, reverse: bool, n_frames: int, num_maskmem
     return sorted(set(out))
 
 
+def upsample_logits(logits: torch.Tensor, height: int, width: int, device) -> torch.Tensor:
+    """(B, 1, s, s) low-res logits -> (B, H, W) float32 at video resolution on ``device``: bilinear,
+    ``align_corners=False``, as upstream's predictors resize their outputs (SAM2 and SAM3)."""
+    import torch.nn.functional as F
+
+    x = logits.to(device).float()
+    if x.shape[-2:] != (height, width):
+        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+    return x[:, 0]
+
+
 class Backend(Protocol):
     """What the session needs from one loaded model (not thread-safe: one session drives it)."""
 

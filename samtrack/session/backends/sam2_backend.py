@@ -24,7 +24,7 @@ import numpy as np
 from samtrack.errors import CheckpointError, InvalidOptionError
 from samtrack.io.model_input import SAM_MEAN, SAM_STD, InputSpec
 from samtrack.session.backends.base import (FrameFeatures, MemoryEntry, MemoryView, StepOutput, TrackRequest,
-                                            frames_by_position)
+                                            frames_by_position, upsample_logits)
 from samtrack.session.checkpoints import load_state_dict
 from samtrack.session.devices import pick_device  # noqa: F401  (re-exported for earlier callers)
 from samtrack.session.models import MODELS, ModelSpec
@@ -321,10 +321,7 @@ class Sam2Backend:
 
     def to_video_res(self, logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """(B, 1, s, s) -> (B, H, W) float32 logits at video resolution (bilinear, as upstream)."""
-        x = logits.to(self.device).float()
-        if x.shape[-2:] != (height, width):
-            x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
-        return x[:, 0]
+        return upsample_logits(logits, height, width, self.device)
 
     def detect(self, frame: np.ndarray, feats: FrameFeatures | None, request) -> list:
         """Object-creating prompt (a ``base.DetectRequest``) on one frame -> ``list[base.Detection]``.

@@ -40,7 +40,8 @@ from samtrack.errors import CheckpointError, PromptError
 from samtrack.io.model_input import InputSpec
 from samtrack.session.backends import sam3_build, sam3_compat
 from samtrack.session.backends.base import (DetectRequest, Detection, FrameFeatures, FrameHistory, MemoryEntry,
-                                            MemoryView, StepOutput, TrackRequest, frames_by_position)
+                                            MemoryView, StepOutput, TrackRequest, frames_by_position,
+                                            upsample_logits)
 from samtrack.session.checkpoints import load_state_dict
 from samtrack.session.devices import pick_device
 from samtrack.session.models import ModelSpec
@@ -391,10 +392,7 @@ class Sam3Backend:
 
     def to_video_res(self, logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """(B, 1, s, s) -> (B, H, W) float32 logits at video resolution (bilinear, as upstream)."""
-        x = logits.to(self.device).float()
-        if x.shape[-2:] != (height, width):
-            x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
-        return x[:, 0]
+        return upsample_logits(logits, height, width, self.device)
 
     # -- object-creating prompts --------------------------------------------------------------
     def detect(self, frame: np.ndarray, feats: FrameFeatures | None, request: DetectRequest) -> list[Detection]:
