@@ -48,6 +48,7 @@ class BatchBoard:
         self.progressed = 0  # frames passed by every attempt in this run
 
     def update(self, ev: VideoEvent) -> None:
+        """Apply one worker event (queued, running with frame x of n and fps, done, failed) to its row."""
         v = self.videos.get(ev.name)
         if v is None:
             return
@@ -80,6 +81,7 @@ class BatchBoard:
                     (f", {s.attempts} attempts" if s.attempts > 1 else "")
 
     def counts(self) -> dict[str, int]:
+        """Videos per state: queued, running, retrying, done, failed."""
         out = {k: 0 for k in ("queued", "running", "retrying", "done", "failed")}
         for v in self.videos.values():
             out[v.state] = out.get(v.state, 0) + 1
@@ -135,6 +137,7 @@ def shown(console, names_and_frames) -> Iterator[Callable[[VideoEvent], None]]:
         return
 
     def update(ev: VideoEvent) -> None:
+        """The callback handed to the executor: update the board, log finished videos."""
         board.update(ev)
         v = board.videos.get(ev.name)
         if v is not None and ev.kind in ("done", "failed", "retry"):

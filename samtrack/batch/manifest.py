@@ -91,6 +91,7 @@ class _Row:
     problems: list[str] = field(default_factory=list)
 
     def label(self) -> str:
+        """"row N (name)" for error lines, N 1-based as the user numbers rows."""
         what = self.values.get("name") or (Path(str(self.values["video"])).name if self.values.get("video") else "")
         return f"row {self.number}" + (f" ({what})" if what else "")
 
@@ -248,6 +249,7 @@ def _normalise(r: _Row, base: Path, d: RowDefaults) -> None:
     v, p = r.values, r.problems
 
     def path_of(key):
+        """The row's path option ``key`` resolved against the manifest's folder, or None when empty."""
         if not v.get(key):
             return None
         q = Path(str(v[key])).expanduser()
@@ -339,6 +341,7 @@ def _open_videos(rows: list[_Row]) -> dict:
     from samtrack.io.registry import open_reader
 
     def probe(r: _Row):
+        """Open the row's video header (no decoding): its frame count, or the error that names the row."""
         try:
             with open_reader(r.values["video"]) as rd:
                 return r, rd.info

@@ -87,6 +87,7 @@ class _Tracker:
         self.models = ModelCache(self.device)
 
     def track(self, job: VideoJob, attempt: int, queue) -> VideoSummary:
+        """Track one video with the actor's loaded model; progress events go to ``queue`` (a Ray queue)."""
         from samtrack.batch.worker import run_job
 
         return run_job(job, self.models, _Emitter(queue), attempt=attempt, worker=_worker_label(self.device))
@@ -205,6 +206,7 @@ class RayExecutor:
         everyone = []
 
         def new_actor():
+            """Start an actor for a device slot (also to replace a dead one) and remember it for shutdown."""
             a = actor_cls.remote(self.cpus)
             everyone.append(a)
             self.started += 1
@@ -259,6 +261,7 @@ class _Events:
         self.starts: collections.Counter = collections.Counter()
 
     def drain(self) -> None:
+        """Forward the progress events queued by workers so far to the board (non-blocking)."""
         n = self.queue.qsize()
         for ev in self.queue.get_nowait_batch(n) if n else ():
             if ev.kind == "start":
@@ -270,6 +273,7 @@ class _Events:
             self.emit(ev)
 
     def finish(self, s: VideoSummary) -> VideoSummary:
+        """Report a video's final summary (after its last progress events) and return it."""
         self.drain()
         self.emit(VideoEvent(s.name, s.status, summary=s, attempt=s.attempts, error=s.error))
         return s

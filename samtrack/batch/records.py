@@ -109,9 +109,11 @@ class VideoSummary:
     detail: str = field(default="", repr=False)  # traceback of an unexpected error (report JSON only)
 
     def to_dict(self) -> dict:
+        """JSON-able dict (tuples as lists) for the batch report."""
         d = dataclasses.asdict(self)
         d["exports"], d["warnings"] = list(self.exports), list(self.warnings)
         return d
 
     def replace(self, **changes) -> VideoSummary:
+        """A copy with ``changes`` (``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)

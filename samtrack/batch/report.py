@@ -32,14 +32,17 @@ class BatchReport:
     interrupted: bool = False
 
     def count(self, status: str) -> int:
+        """How many videos ended in ``status`` ("done", "failed", "not run")."""
         return sum(v.status == status for v in self.videos)
 
     @property
     def failed(self) -> list[VideoSummary]:
+        """The failed videos, in manifest order."""
         return [v for v in self.videos if v.status == "failed"]
 
     @property
     def frames_computed(self) -> int:
+        """Frames tracked by this run over all videos (0 for a re-run of a finished batch)."""
         return sum(v.frames_computed for v in self.videos)
 
     def summary_line(self) -> str:
