@@ -63,6 +63,8 @@ if ! $VPY -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('sam3')
 fi
 # Ray: the `ray` extra (samtrack batch --executor ray); its tests run in the default suite.
 $VPY -c "import ray" >/dev/null 2>&1 || pipi "ray>=2.58,<3"
+# Remote sessions: the `server` extra (samtrack serve, samtrack.connect); its tests run in the default suite.
+$VPY -c "import fastapi, uvicorn, httpx" >/dev/null 2>&1 || pipi -e ".[server]" "pydantic<2.13"
 # decord is optional (faster mp4 decode); it has no wheel on some platforms.
 pipi "decord>=0.6.0" || echo "setup: decord not available; PyAV is used"
 $VPY - <<'PYEOF'

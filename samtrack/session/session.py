@@ -319,6 +319,18 @@ class TrackingSession(ObjectFinding, Propagation, FeatureSource):
                 masks[k] = p.mask
         return masks
 
+    def export(self, fmt: str, output, *, force: bool = False, allow_incomplete: bool = False,
+               progress=None, **options):
+        """Flush, then write the results as ``fmt`` to ``output``
+        (:func:`samtrack.io.export.export`, with this session's frames); returns its
+        :class:`~samtrack.io.export.ExportReport`. Raises :class:`~samtrack.io.export.ExportError`."""
+        from samtrack.io.export import export
+
+        self._check_open()
+        self.flush()
+        return export(self.results, fmt, output, force=force, allow_incomplete=allow_incomplete, progress=progress,
+                      frames=self.frames, **options)
+
     # -- plumbing ------------------------------------------------------------------
     def _check_open(self) -> None:
         if self._closed:

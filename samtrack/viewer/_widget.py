@@ -436,9 +436,10 @@ class SamtrackWidget(ModelPicker, FindInput, PromptInput, QWidget):
 
         if self.busy:
             raise InvalidOptionError("a propagation is running: export when it has finished (or cancel it)")
-        if self.session is not None:
-            self.session.flush()
-        rep = export(self.results, fmt, output, force=force, allow_incomplete=allow_incomplete, frames=self.frames)
+        if self.session is not None:  # local or remote: the session writes (a remote one downloads the output)
+            rep = self.session.export(fmt, output, force=force, allow_incomplete=allow_incomplete)
+        else:
+            rep = export(self.results, fmt, output, force=force, allow_incomplete=allow_incomplete, frames=self.frames)
         self._say("; ".join((rep.summary(),) + rep.warnings))
         return rep.path
 
