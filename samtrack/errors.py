@@ -119,3 +119,34 @@ class SessionClosedError(SamtrackError, RuntimeError):
 
 class CancelledError(SamtrackError, RuntimeError):
     """Propagation was cancelled; every frame finished before the cancel is stored."""
+
+
+class SessionBusyError(SamtrackError, RuntimeError):
+    """The session is propagating: wait for it, or cancel it, before changing its prompts."""
+
+
+# --- remote sessions (samtrack serve / samtrack.connect) -----------------------------------
+class RemoteError(SamtrackError):
+    """A failure between a client and a ``samtrack serve`` server (not one of the session's own errors,
+    which arrive as their own class)."""
+
+
+class AuthenticationError(RemoteError, PermissionError):
+    """HTTP 401: no token, or not the server's token (``samtrack serve --token-file``)."""
+
+
+class ForbiddenPathError(RemoteError, PermissionError):
+    """HTTP 403: a path outside the server's roots (``..``, an absolute path elsewhere, a symlink leading out)."""
+
+
+class UploadTooLargeError(RemoteError, ValueError):
+    """HTTP 413: an upload over the server's limit (``samtrack serve --max-upload-mb``)."""
+
+
+class RateLimitedError(RemoteError):
+    """HTTP 429: too many requests; wait and retry (``samtrack serve --rate-limit``)."""
+
+
+class ServerUnavailableError(RemoteError, ConnectionError):
+    """The server cannot be reached (not running, wrong URL, or restarting): the message says where it
+    was looked for and for how long."""
