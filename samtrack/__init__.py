@@ -2,7 +2,8 @@
 that does not grow with video length.
 
 Public entry points: :func:`open_video` (lazy frame access) and, once a model
-is installed, :func:`open_session` (tracking).
+is installed, :func:`open_session` (tracking); :func:`connect` drives sessions on a
+``samtrack serve`` server (``pip install samtrack[server]``).
 """
 __version__ = "0.1.0"
 
@@ -22,3 +23,15 @@ def open_session(source, **kwargs):
     from samtrack.session import open_session as _open
 
     return _open(source, **kwargs)
+
+
+def connect(url: str, **kwargs):
+    """Connect to a ``samtrack serve`` server; ``client.open_session(video, ...)`` then gives a
+    :class:`~samtrack.remote.client.RemoteSession` with the methods of a local session. See
+    :func:`samtrack.remote.client.connect` (``token=``, ``token_file=``, ``timeout=``, ``reconnect_timeout=``).
+
+    Raises :class:`~samtrack.errors.ServerUnavailableError` when nothing answers at ``url``,
+    :class:`~samtrack.errors.AuthenticationError` for a missing or wrong token."""
+    from samtrack.remote.client import connect as _connect
+
+    return _connect(url, **kwargs)
