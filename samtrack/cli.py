@@ -575,6 +575,9 @@ def caches_clean(older_than: Optional[float] = typer.Option(None, "--older-than"
     console.print(f"{'would free' if dry_run else 'freed'} {_size(freed)} ({len(chosen)} entries)")
 
 
+app.command("serve")(__import__("samtrack.cli_serve", fromlist=["serve"]).serve)  # remote sessions
+
+
 def main(argv: Optional[list] = None) -> None:
     """The ``samtrack`` entry point: runs the command in ``argv`` (default ``sys.argv``) and exits with its
     status: 0, 2 for a user's mistake (a one-line ``error:`` in CLI words, or click's usage message), 130
