@@ -94,7 +94,7 @@ class Client:
         request = jsonable({"video": os.fspath(video), "model": model,
                             "checkpoint": None if checkpoint is None else os.fspath(checkpoint),
                             "image_size": image_size, "workdir": None if workdir is None else os.fspath(workdir),
-                            "reset": bool(reset), "video_options": video_options, "config": config})
+                            "reset": bool(reset), "video_options": video_options, "config": config or {}})
         state = self._http.json("POST", "/v1/sessions", json=request, idempotent=not reset)
         return RemoteSession(self._http, {**request, "reset": False}, state)
 

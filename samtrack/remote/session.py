@@ -23,12 +23,12 @@ from typing import Callable, Iterator
 import httpx
 import numpy as np
 
-from samtrack.errors import (FrameIndexError, SamtrackError, ServerUnavailableError, SessionBusyError,
-                             SessionClosedError, UnknownObjectError)
+from samtrack.errors import (FrameIndexError, InvalidOptionError, SamtrackError, ServerUnavailableError,
+                             SessionBusyError, SessionClosedError, UnknownObjectError)
 from samtrack.remote import wire
 from samtrack.remote._http import Backoff, jsonable
 from samtrack.remote.views import (RemoteBackend, RemoteFrames, RemoteResults, RemoteVideoInfo, model_spec,
-                                   unzip_one)
+                                   unzip_export)
 from samtrack.session.finding import MATCH_IOU, FoundObjects
 from samtrack.session.prompts import Everything, make_concept, make_mask, prompt_from_record, prompt_record
 from samtrack.session.types import FrameResult
@@ -52,7 +52,7 @@ class RemoteSession:
 
     def __init__(self, http, request: dict, state: dict):
         self._http = http
-        self._request = request  # the POST /v1/sessions body that reopens it (never with reset)
+        self._open_body = request  # the POST /v1/sessions body that reopens it (never with reset)
         self._lock = threading.RLock()
         self._gen = 0  # cache generation: bumped by every change
         self._cache: dict = {}
@@ -103,7 +103,7 @@ class RemoteSession:
 
     def _reopen(self, *, retry: bool = True) -> None:
         """POST /v1/sessions with the opening arguments: the server reopens the session from its folder."""
-        state = self._http.json("POST", "/v1/sessions", json=self._request, idempotent=True, retry=retry)
+        state = self._http.json("POST", "/v1/sessions", json=self._open_body, idempotent=True, retry=retry)
         if state["id"] != self.id:
             log.warning("the server reopened session %s as %s", self.id, state["id"])
             self.id = state["id"]
@@ -164,9 +164,10 @@ class RemoteSession:
                                      "there)")
 
     def _check_frame(self, frame) -> int:
-        """The local session's check, with its message."""
+        """An integer frame index (its range is the server's check, with the local message); another type
+        raises :class:`FrameIndexError` here, as the local session does."""
         self._check_open()
-        if not isinstance(frame, (int, np.integer)) or not 0 <= int(frame) < self.n_frames:
+        if not isinstance(frame, (int, np.integer)) or isinstance(frame, bool):
             raise FrameIndexError(f"frame {frame!r} is out of range: the video has {self.n_frames} frames "
                                   f"(0..{self.n_frames - 1})")
         return int(frame)
@@ -457,7 +458,8 @@ class RemoteSession:
                progress: Callable[[int, int], None] | None = None, **options):
         """Export on the server as ``fmt`` and download it to ``output`` here (unpacked, moved into place
         whole); returns an :class:`~samtrack.io.export.ExportReport` whose ``path`` is ``output``.
-        ``progress(bytes_done, bytes_total)`` counts the download. Raises
+        ``progress(bytes_done, bytes_total)`` counts the download; ``frames_dir`` (coco, ytvis): a folder here
+        for the video's frames (the server writes them into the download). Raises
         :class:`~samtrack.io.export.ExportError` as the local export does (an existing ``output`` without
         ``force``, incomplete frames without ``allow_incomplete``, an unknown format)."""
         from samtrack.io.export import ExportError, ExportReport, atomic_output
@@ -466,6 +468,9 @@ class RemoteSession:
         output = Path(output)
         if output.exists() and not force:  # before the server works (atomic_output checks again)
             raise ExportError(f"{output} exists: pass force=True to replace it")
+        frames_dir = options.pop("frames_dir", None)
+        if frames_dir is not None:
+            options["write_frames"] = True
         body = jsonable({"format": fmt, "allow_incomplete": bool(allow_incomplete), "options": options})
         with tempfile.TemporaryFile() as zf:
             with self._stream_request("/export", body) as r:
@@ -477,24 +482,12 @@ class RemoteSession:
                     if progress:
                         progress(done, total or done)
             with atomic_output(output, force=force) as tmp:
-                unzip_one(zf, str(report.get("name") or output.name), tmp)
+                unzip_export(zf, str(report.get("name") or output.name), tmp,
+                             None if frames_dir is None else Path(frames_dir))
         return ExportReport(output, str(report.get("format", fmt)), int(report.get("frames", self.n_frames)),
                             int(report.get("objects", len(self.obj_ids))),
                             {int(k): tuple(int(f) for f in v) for k, v in (report.get("hidden") or {}).items()},
                             tuple(str(w) for w in report.get("warnings") or ()))
-
-    @contextmanager
-    def _stream_export(self, body: dict) -> Iterator[httpx.Response]:
-        try:
-            cm = self._http.stream("POST", f"/v1/sessions/{self.id}/export", json=body)
-            r = cm.__enter__()
-        except SessionClosedError:
-            self._reopen()
-            cm = self._http.stream("POST", f"/v1/sessions/{self.id}/export", json=body)
-            r = cm.__enter__()
-        with ExitStack() as stack:
-            stack.push(cm)
-            yield r
 
     def close(self) -> None:
         """Flush and close the session on the server (its folder stays); idempotent. A server that cannot
@@ -521,8 +514,11 @@ class RemoteSession:
 
 
 def _match(match_iou: float) -> dict:
-    """``match_iou`` in a request only when it is not the default (an optional field of the protocol)."""
-    return {} if match_iou == MATCH_IOU else {"match_iou": float(match_iou)}
+    """Protocol 1 has no ``match_iou``: the server uses the local default; another value is refused here."""
+    if match_iou != MATCH_IOU:
+        raise InvalidOptionError(f"match_iou={match_iou}: a remote session matches detections with the default "
+                                 f"{MATCH_IOU} (protocol 1 does not send another); leave it out")
+    return {}
 
 
 def _frame_set(skip, n: int) -> set[int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import io
+import logging
 import shutil
 import threading
 import zipfile
@@ -19,6 +20,8 @@ from samtrack.remote import wire
 
 if TYPE_CHECKING:
     from samtrack.remote.session import RemoteSession
+
+log = logging.getLogger("samtrack.remote.client")
 
 FRAME_CACHE = 32  # decoded display frames kept (a 1080p RGB frame is 6 MB)
 
@@ -126,34 +129,46 @@ class RemoteResults:
 
     def mask(self, frame: int, obj_id: int) -> np.ndarray | None:
         """(H, W) bool mask of ``obj_id`` on ``frame``, or None when the frame was never computed for it."""
-        if self.status(obj_id)[self._s._check_frame(frame)] == 0:
+        frame = self._s._check_frame(frame)
+        if not 0 <= frame < self.n_frames:
+            from samtrack.errors import FrameIndexError
+
+            raise FrameIndexError(f"frame {frame} is out of range 0..{self.n_frames - 1}")
+        if self.status(obj_id)[frame] == 0:
             return None
         return self._s.frame_result(frame, [obj_id]).masks[0]
 
 
-def unzip_one(zf, name: str, dest: Path) -> None:
-    """Unpack the export ``name`` (a file, or a folder ``name/...``) of the zip ``zf`` as ``dest``.
-    Members elsewhere, absolute or with ``..`` raise :class:`~samtrack.remote.wire.WireError`."""
+def unzip_export(zf, name: str, dest: Path, frames_dir: Path | None = None) -> None:
+    """Unpack the export ``name`` of the zip ``zf`` (the file ``name``, or a folder's files ``name/...``) as
+    ``dest``; other members (the frames of ``write_frames``) into ``frames_dir`` (dropped without one).
+    A member that is absolute or has ``..`` raises :class:`~samtrack.remote.wire.WireError`."""
     with zipfile.ZipFile(zf) as z:
-        members = z.infolist()
+        members = [m for m in z.infolist() if not m.is_dir()]
         for m in members:
             parts = PurePosixPath(m.filename).parts
-            if m.filename.startswith("/") or ".." in parts or not parts or parts[0] != name:
-                raise wire.WireError(f"the export zip holds {m.filename!r}, not under {name!r}: refused")
-        if len(members) == 1 and members[0].filename == name:
-            with z.open(members[0]) as src, open(dest, "wb") as out:
-                shutil.copyfileobj(src, out)
-            return
-        dest.mkdir()
-        for m in members:
-            rel = PurePosixPath(m.filename).relative_to(name)
-            target = dest.joinpath(*rel.parts)
-            if m.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with z.open(m) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out)
+            if not parts or m.filename.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
+                raise wire.WireError(f"the export zip holds {m.filename!r}, a path outside it: refused")
+        mine = [m for m in members if PurePosixPath(m.filename).parts[0] == name]
+        if not mine:
+            raise wire.WireError(f"the export zip holds no {name!r}: a server of another version?")
+        if len(mine) == 1 and mine[0].filename == name:
+            _extract(z, mine[0], dest)
+        else:
+            dest.mkdir()
+            for m in mine:
+                _extract(z, m, dest.joinpath(*PurePosixPath(m.filename).parts[1:]))
+        rest = [m for m in members if m not in mine]
+        if rest and frames_dir is None:
+            log.info("export zip: %d other files (frames) not unpacked: pass frames_dir= to keep them", len(rest))
+        for m in rest if frames_dir is not None else ():
+            _extract(z, m, frames_dir.joinpath(*PurePosixPath(m.filename).parts))
+
+
+def _extract(z: zipfile.ZipFile, m: zipfile.ZipInfo, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with z.open(m) as src, open(target, "wb") as out:
+        shutil.copyfileobj(src, out)
 
 
 def model_spec(name):

@@ -1,0 +1,230 @@
+"""The remote client against a real ``samtrack serve`` subprocess on 127.0.0.1: a remote session gives what a
+local one gives (masks, statuses, scores, exports, errors), and propagation survives a client disconnect and
+a server killed with SIGKILL mid-stream (every frame exactly once, stores complete)."""
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+import pytest
+import tifffile
+
+import samtrack
+from samtrack.errors import (AuthenticationError, FrameIndexError, NoPromptsError, PromptError,
+                             ServerUnavailableError, UnknownObjectError)
+from samtrack.io.result_store import Status
+from samtrack.session.protocol import Session
+from tests import media
+from tests import model_utils as mu
+from tests.server_utils import ServerProcess, free_port
+
+N = 12  # frames
+W, H = 96, 64
+SIZE = mu.IMAGE_SIZE  # 256
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("remote_data")
+    vid = media.write_video(root / "v.mp4", N, w=W, h=H)
+    ck = mu.make_checkpoint(root / "ck.pt", image_size=SIZE)
+    return root, vid, ck
+
+
+@pytest.fixture(scope="module")
+def server(assets, tmp_path_factory):
+    root, _, _ = assets
+    with ServerProcess(roots=[root], workdir=tmp_path_factory.mktemp("server")) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with samtrack.connect(server.url, token=server.token, reconnect_timeout=60) as c:
+        yield c
+
+
+def open_local(assets, workdir):
+    _, vid, ck = assets
+    return samtrack.open_session(vid, checkpoint=ck, image_size=SIZE, device="cpu", workdir=workdir)
+
+
+def open_remote(client, assets, name: str):
+    root, vid, ck = assets
+    return client.open_session(str(vid), checkpoint=str(ck), image_size=SIZE, workdir=str(root / name))
+
+
+def assert_same_results(local, remote, obj_ids):
+    for oid in obj_ids:
+        np.testing.assert_array_equal(remote.status(oid), local.status(oid))
+        for a, b in zip(remote.results.scores(oid), local.results.scores(oid)):
+            np.testing.assert_array_equal(a, b)  # NaN where not computed, on both sides
+        for f in range(N):
+            lm, rm = local.results.mask(f, oid), remote.results.mask(f, oid)
+            assert (lm is None) == (rm is None), (oid, f)
+            if lm is not None:
+                np.testing.assert_array_equal(rm, lm, err_msg=f"object {oid} frame {f}")
+
+
+def assert_same_yields(local_out, remote_out):
+    assert [r.frame_idx for r in remote_out] == [r.frame_idx for r in local_out]
+    for a, b in zip(remote_out, local_out):
+        assert a.obj_ids == b.obj_ids
+        np.testing.assert_array_equal(a.masks, b.masks)
+        np.testing.assert_array_equal(a.object_scores, b.object_scores)
+        np.testing.assert_array_equal(a.ious, b.ious)
+
+
+def script(s):
+    """Prompts, propagation, a correction on a propagated frame, re-propagation: what each step returned."""
+    out = {"click": s.add_points(0, 1, [[30, 30]], [1]),
+           "box": s.add_box(0, 2, [55, 15, 85, 50])}
+    out["first"] = list(s.propagate("forward"))
+    out["fix"] = s.add_points(7, 1, [[34, 28], [20, 50]], [1, 0])
+    out["stale"] = s.status(1).copy()
+    out["second"] = list(s.propagate("both"))
+    return out
+
+
+def test_remote_session_equals_local(assets, client, tmp_path):
+    local = open_local(assets, tmp_path / "local")
+    remote = open_remote(client, assets, "equal")
+    try:
+        assert isinstance(remote, Session)
+        assert (remote.n_frames, remote.height, remote.width) == (N, H, W)
+        assert remote.backend.spec.name == local.backend.spec.name
+        lo, re = script(local), script(remote)
+        for k in ("click", "box", "fix"):
+            assert re[k].obj_ids == lo[k].obj_ids
+            np.testing.assert_array_equal(re[k].masks, lo[k].masks)
+            np.testing.assert_array_equal(re[k].ious, lo[k].ious)
+        assert re["fix"].masks.any()
+        np.testing.assert_array_equal(re["stale"], lo["stale"])
+        assert (lo["stale"] == Status.STALE).any()  # the correction made frames stale on both sides
+        assert_same_yields(lo["first"], re["first"])
+        assert_same_yields(lo["second"], re["second"])
+        assert_same_results(local, remote, [1, 2])
+        assert remote.obj_ids == local.obj_ids == [1, 2]
+        assert remote.keyframes(1) == local.keyframes(1) == [0, 7]
+        assert remote.prompt_at(7, 1) == local.prompt_at(7, 1)
+        for f in (0, 5):
+            np.testing.assert_array_equal(remote.results.label_frame(f), local.results.label_frame(f))
+            np.testing.assert_array_equal(remote.frames.read(f), local.frames.read(f))
+        # exports: a file (tiff) and a folder (png), downloaded and unpacked in place
+        rep_l = local.export("tiff", tmp_path / "l.tif")
+        rep_r = remote.export("tiff", tmp_path / "r.tif")
+        assert rep_r.path == tmp_path / "r.tif" and (rep_r.frames, rep_r.objects) == (rep_l.frames, rep_l.objects)
+        np.testing.assert_array_equal(tifffile.imread(rep_r.path), tifffile.imread(rep_l.path))
+        local.export("png", tmp_path / "lp")
+        remote.export("png", tmp_path / "rp")
+        names = sorted(p.name for p in (tmp_path / "lp").iterdir())
+        assert names and names == sorted(p.name for p in (tmp_path / "rp").iterdir())
+        for n in names:
+            assert (tmp_path / "rp" / n).read_bytes() == (tmp_path / "lp" / n).read_bytes()
+        with pytest.raises(samtrack.io.export.ExportError, match="exists"):
+            remote.export("tiff", tmp_path / "r.tif")
+        remote.export("tiff", tmp_path / "r.tif", force=True)
+    finally:
+        local.close()
+        remote.close()
+    assert remote.closed
+
+
+def test_disconnect_mid_stream_then_resume(assets, client):
+    s = open_remote(client, assets, "disconnect")
+    try:
+        s.add_points(0, 1, [[30, 30]], [1])
+        first = []
+        for r in s.propagate("forward"):  # leave after 4 frames: the server cancels after the frame in flight
+            first.append(r.frame_idx)
+            if len(first) == 4:
+                break
+        assert first == [0, 1, 2, 3]
+        rest = [r.frame_idx for r in s.propagate("forward", start=4, replay=True)]
+        assert sorted(first + rest) == list(range(N))  # every frame exactly once
+        st = s.status(1)
+        assert st[0] == Status.PROMPTED and (st[1:] == Status.PROPAGATED).all()
+
+        # the same with a second object, resumed over the whole range with replay + skip
+        s.add_points(0, 2, [[70, 30]], [1])
+        got = []
+        for r in s.propagate("forward", obj_ids=[2]):
+            got.append(r.frame_idx)
+            if len(got) == 3:
+                break
+        more = [r.frame_idx for r in s.propagate("forward", obj_ids=[2], replay=True, skip=got)]
+        assert sorted(got + more) == list(range(N)) and len(set(more)) == len(more)
+        assert (s.status(2)[1:] == Status.PROPAGATED).all()
+        assert all(s.results.mask(f, 2) is not None for f in range(N))
+    finally:
+        s.close()
+
+
+def test_server_killed_mid_propagation_resumes(assets, tmp_path, caplog):
+    root, _, _ = assets
+    local = open_local(assets, tmp_path / "local")
+    local.add_points(0, 1, [[30, 30]], [1])
+    local.add_box(0, 2, [55, 15, 85, 50])
+    expected = list(local.propagate("forward"))
+    restarts = []
+    with ServerProcess(roots=[root], workdir=tmp_path / "srv") as srv:
+        with samtrack.connect(srv.url, token=srv.token, reconnect_timeout=120) as c:
+            s = open_remote(c, assets, "killed")
+            s.add_points(0, 1, [[30, 30]], [1])
+            s.add_box(0, 2, [55, 15, 85, 50])
+            seen = []
+            with caplog.at_level(logging.WARNING, logger="samtrack.remote.session"):
+                for r in s.propagate("forward"):
+                    seen.append(r)
+                    if len(seen) == 1:  # crash the server mid-stream; it comes back on the same port by itself
+                        srv.kill()
+                        t = threading.Thread(target=lambda: restarts.append(srv.start()), daemon=True)
+                        t.start()
+            t.join(200)
+            assert restarts and srv.starts == 2
+            assert any("resuming" in m for m in caplog.messages)  # the stream really broke and was resumed
+            assert sorted(r.frame_idx for r in seen) == list(range(N))  # every frame exactly once
+            by_frame = {r.frame_idx: r for r in seen}
+            for e in expected:
+                got = by_frame[e.frame_idx]
+                for k, oid in enumerate(e.obj_ids):
+                    i = got.obj_ids.index(oid)
+                    np.testing.assert_array_equal(got.masks[i], e.masks[k])
+            assert_same_results(local, s, [1, 2])
+            s.close()
+    local.close()
+
+
+def test_typed_errors_cross_the_boundary(assets, client, server, tmp_path):
+    local = open_local(assets, tmp_path / "local")
+    remote = open_remote(client, assets, "errors")
+    try:
+        for s in (local, remote):
+            s.add_points(0, 1, [[30, 30]], [1])
+
+        def same(call):
+            with pytest.raises(Exception) as le:
+                call(local)
+            with pytest.raises(type(le.value)) as re:
+                call(remote)
+            assert str(re.value) == str(le.value)
+            return re.value
+
+        assert isinstance(same(lambda s: s.frame_result(N + 5)), FrameIndexError)
+        assert isinstance(same(lambda s: s.add_points(N, 1, [[3, 3]], [1])), FrameIndexError)
+        assert isinstance(same(lambda s: s.status(42)), UnknownObjectError)
+        assert isinstance(same(lambda s: s.add_points(0, 1, [[W + 50, 3]], [1])), PromptError)
+        assert isinstance(same(lambda s: s.add_box(0, 1, [10, 10, 5, 20])), PromptError)
+        for s in (local, remote):
+            s.reset()
+        assert isinstance(same(lambda s: list(s.propagate())), NoPromptsError)
+        assert remote.frame_result(0).obj_ids == []  # the server went on serving
+    finally:
+        local.close()
+        remote.close()
+    with pytest.raises(AuthenticationError):
+        samtrack.connect(server.url, token="not-the-token-0123456789")
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(ServerUnavailableError, match=url):
+        samtrack.connect(url, token="x")
