@@ -1,4 +1,5 @@
-"""Layering rules: the core packages never import napari or Qt (headless servers, batch jobs)."""
+"""Layering rules: the core packages never import napari or Qt (headless servers, batch jobs), nor the server's
+FastAPI/uvicorn (the CLI neither: `samtrack serve` imports them when it runs)."""
 from __future__ import annotations
 
 import subprocess
@@ -6,14 +7,15 @@ from pathlib import Path
 import sys
 
 
-def test_core_packages_and_cli_do_not_import_napari_or_qt():
+def test_core_packages_and_cli_do_not_import_napari_qt_or_the_server_stack():
     code = (
         "import sys, importlib, pkgutil\n"
         "import samtrack, samtrack.io, samtrack.memory, samtrack.session, samtrack.cli, samtrack.job\n"
         "for pkg in (samtrack.io, samtrack.memory, samtrack.session):\n"
         "    for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
         "        importlib.import_module(m.name)\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'vispy'))\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'vispy',\n"
+        "                                                       'fastapi', 'uvicorn', 'starlette'))\n"
         "print(len([m for m in sys.modules if m.startswith('samtrack.')]), bad)\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

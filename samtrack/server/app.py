@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -106,16 +106,34 @@ def create_app(config: ServerConfig) -> FastAPI:
         yield
         state.manager.close_all()
 
-    def guard(request: Request) -> None:
-        state.limiter.check(request.client.host if request.client else "?")
-        check_token(request.headers.get("authorization"), config.token)
-
-    app = FastAPI(title="samtrack", lifespan=lifespan, dependencies=[Depends(guard)], docs_url=None,
-                  redoc_url=None, openapi_url=None)
+    app = FastAPI(title="samtrack", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(Guard, limiter=state.limiter, token=config.token)
     app.state.samtrack = state
     app.include_router(make_router(state))
     _handlers(app)
     return app
+
+
+class Guard:
+    """Every HTTP request, before routing and before its body is read: the rate limit (per client
+    address), then the token. A refusal is the usual error body (429 / 401). Plain ASGI, so streaming
+    responses and disconnects pass through untouched."""
+
+    def __init__(self, app, *, limiter: RateLimiter, token: str):
+        self.app, self.limiter, self.token = app, limiter, token
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            try:
+                client = scope.get("client")
+                self.limiter.check(client[0] if client else "?")
+                headers = dict(scope.get("headers") or ())
+                auth = headers.get(b"authorization")
+                check_token(auth.decode("latin-1") if auth is not None else None, self.token)
+            except E.SamtrackError as e:
+                await error_response(e)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def error_response(exc: BaseException, status: int | None = None) -> JSONResponse:

@@ -101,6 +101,27 @@ def _ints(text: str | None, what: str) -> list[int] | None:
         raise WireError(f"{what}={text!r}: give integers separated by commas (obj_ids=1,2)") from None
 
 
+async def _take_over(sv) -> None:
+    """Before a new propagation of ``sv``: a running one whose client has gone (a resume right after a
+    disconnect the server has not noticed yet) or that was cancelled is stopped and waited for, so the
+    new request need not fail with 409; one whose client is still there is left alone (the new request
+    then gets :class:`SessionBusyError`)."""
+    from starlette.concurrency import run_in_threadpool
+
+    old = sv.propagation
+    if old is None:
+        return
+    req = getattr(old, "request", None)
+    for _ in range(20):  # a client that just left may not be seen as gone yet: look for up to 2 s
+        if old.stop.is_set() or (req is not None and await req.is_disconnected()):
+            old.cancel()
+            await run_in_threadpool(old.join, 120)
+            return
+        if sv.propagation is not old:
+            return
+        await asyncio.sleep(0.1)
+
+
 def make_router(state) -> APIRouter:  # noqa: C901  (one small function per endpoint)
     """The routes, bound to a :class:`~samtrack.server.app.ServerState`."""
     r = APIRouter(prefix="/v1")
@@ -308,6 +329,9 @@ def make_router(state) -> APIRouter:  # noqa: C901  (one small function per endp
         try:
             job = PropagationJob(sv, body, asyncio.get_running_loop())
             job.served_release = lambda: mgr.release(sv)
+
+            job.request = request
+            await _take_over(sv)
 
             def claim():
                 with sv.lock:

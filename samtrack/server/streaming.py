@@ -52,6 +52,7 @@ class PropagationJob:
         self.sent = 0  # frame lines sent
         self.lines_out = 0  # any lines put on the queue
         self._gen = None
+        self.request = None  # the HTTP request it answers (to see whether its client is still there)
         self._thread = threading.Thread(target=self._run, name=f"samtrack-propagate-{served.sid}", daemon=True)
 
     # -- the asyncio side ---------------------------------------------------------------------------------------
@@ -74,6 +75,9 @@ class PropagationJob:
                     item = {"event": "error", "error": error_body(item)["error"]}
                 yield json.dumps(item, separators=(",", ":")) + "\n"
                 if item.get("event") in _END:
+                    return
+                if await request.is_disconnected():
+                    log.info("client left the stream of session %s: cancelling", self.served.sid)
                     return
                 item = None
                 while item is None:
@@ -177,6 +181,7 @@ class PropagationJob:
                 send(res)
             if self._gen is not None:  # stopped early: store the frame in flight before saying so
                 self._close_gen()
+                log.info("propagation of session %s cancelled after %d frames sent", served.sid, self.sent)
         if not started:
             self._emit({"event": "started", "total": total})
         self._emit({"event": "cancelled" if self.stop.is_set() else "done", "frames": self.sent})
