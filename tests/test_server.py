@@ -274,13 +274,16 @@ def test_second_propagation_queues_and_both_finish(http):
         # while a propagates (LONG frames, each a model step on the CPU): b's stream waits for the device
         # and says so; b takes prompts meanwhile; a refuses them
         err(prompt(http, a, frame=5), 409, "SessionBusyError")
-        assert ok(http.get(f"/v1/sessions/{a}"))["propagating"] is True
+        ok(prompt(http, b, frame=3, obj_id=2))  # model work of another session runs between a's frames
+        assert ok(http.get(f"/v1/sessions/{a}"))["propagating"] is True  # (a was not waited for)
         events_b = stream(http, b, direction="forward")
     finally:
         t.join(300)
     assert events_b[0] == {"event": "queued", "position": 1}, events_b[:3]
     assert events_b[-1] == {"event": "done", "frames": N}
     assert sorted(frames_of(events_b)) == list(range(N))
+    ids = {e["result"]["frame"]: e["result"]["obj_ids"] for e in events_b if e["event"] == "frame"}
+    assert all(ids[f] == [1, 2] for f in range(3, N))  # the prompt given meanwhile is propagated too
     assert events_a[-1] == {"event": "done", "frames": LONG}
     assert sorted(frames_of(events_a)) == list(range(LONG))
     assert ok(http.get(f"/v1/sessions/{a}"))["propagating"] is False
@@ -327,6 +330,11 @@ def test_an_evicted_session_reopens_with_its_objects_and_results(http):
     assert frames_of(stream(http, sid, direction="forward")) == list(range(N))
     status = ok(http.get(f"/v1/sessions/{sid}/objects/3/status"))
     result = ok(http.get(f"/v1/sessions/{sid}/frames/6/result"))
+    replayed = stream(http, sid, direction="forward", start=4, stop=6, replay=True, logits=True)
+    assert frames_of(replayed) == [4, 5, 6]  # already computed: read back from the stores
+    r6 = decode_result(replayed[-2]["result"], 64, 96)
+    assert r6.logits.shape == (1, 64, 96) and not np.all(np.abs(r6.logits) == 1)  # real logits, on request
+    assert np.array_equal(r6.masks, decode_result(result, 64, 96).masks)
     for v in ("b.mp4", "c.mp4", "long.mp4"):  # --max-sessions 3: the least recently used (sid) goes
         open_session(http, v)
     assert sid not in {s["id"] for s in ok(http.get("/v1/sessions"))["sessions"]}

@@ -151,9 +151,10 @@ def make_router(state) -> APIRouter:  # noqa: C901  (one small function per endp
     @r.get("/server")
     def server_info():
         from samtrack.session.devices import pick_device
+        from samtrack.session.models import MODELS
 
         return {"version": __version__, "protocol": 1, "device": str(pick_device(cfg.device)),
-                "roots": [str(p) for p in roots.roots], "models": mgr.models,
+                "roots": [str(p) for p in roots.roots], "models": list(MODELS), "loaded": mgr.models,
                 "max_upload_bytes": cfg.max_upload_bytes}
 
     @r.get("/files")
