@@ -160,7 +160,8 @@ class SessionManager:
 
     # -- sessions -----------------------------------------------------------------------------------------------
     def open(self, body: dict) -> Served:
-        """``POST /v1/sessions``: the served session for ``body`` (the same one when already open)."""
+        """``POST /v1/sessions``: the served session for ``body`` (the same one when already open), held
+        for the caller as :meth:`acquire` holds it (give it back with :meth:`release`)."""
         from samtrack.session import default_workdir
 
         args = self.open_args(body)
@@ -175,7 +176,10 @@ class SessionManager:
                 cur = self._open.get(sid)
             if cur is not None:
                 if cur.args == args and not reset:
-                    return self._touch(cur)
+                    with self._lock:
+                        cur.users += 1
+                        cur.last_used = time.monotonic()
+                    return cur
                 cur.check_idle()
                 self._close(cur)
             return self._start(sid, args, backend, reset=reset)
@@ -198,10 +202,7 @@ class SessionManager:
                 cur.users += 1
                 cur.last_used = time.monotonic()
                 return cur
-        served = self._reopen(sid)
-        with self._lock:
-            served.users += 1
-        return served
+        return self._reopen(sid)
 
     def release(self, served: Served) -> None:
         with self._lock:
@@ -249,7 +250,7 @@ class SessionManager:
             session = open_session(args.video, backend=backend, workdir=args.workdir, config=config, reset=reset,
                                    **args.video_options)
         self._save_args(sid, args)
-        served = Served(sid, args, session, device)
+        served = Served(sid, args, session, device, users=1)  # held for the request that opened it
         with self._lock:
             self._open[sid] = served
         log.info("session %s open: %s (%s)", sid, args.video, args.workdir)
@@ -261,6 +262,8 @@ class SessionManager:
             with self._lock:
                 cur = self._open.get(sid)
             if cur is not None:
+                with self._lock:
+                    cur.users += 1
                 return cur
             path = self.ids_dir / f"{sid}.json"
             try:
@@ -322,10 +325,6 @@ class SessionManager:
             for s in old:
                 log.info("evicting session %s (idle for more than %g s)", s.sid, self.idle_timeout)
                 self._close(s)
-
-    def _touch(self, served: Served) -> Served:
-        served.last_used = time.monotonic()
-        return served
 
     @contextlib.contextmanager
     def _opening_lock(self, sid: str):

@@ -183,8 +183,11 @@ def make_router(state) -> APIRouter:  # noqa: C901  (one small function per endp
     @r.post("/sessions")
     def open_session(body: OpenBody):
         sv = mgr.open(body.model_dump())
-        with sv.lock:
-            return sv.state()
+        try:
+            with sv.lock:
+                return sv.state()
+        finally:
+            mgr.release(sv)
 
     @r.get("/sessions")
     def sessions():
