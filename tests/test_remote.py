@@ -12,7 +12,7 @@ import tifffile
 
 import samtrack
 from samtrack.errors import (AuthenticationError, FrameIndexError, NoPromptsError, PromptError,
-                             ServerUnavailableError, UnknownObjectError)
+                             ServerUnavailableError, UnknownObjectError, UploadTooLargeError)
 from samtrack.io.result_store import Status
 from samtrack.session.protocol import Session
 from tests import media
@@ -35,7 +35,7 @@ def assets(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(assets, tmp_path_factory):
     root, _, _ = assets
-    with ServerProcess(roots=[root], workdir=tmp_path_factory.mktemp("server")) as srv:
+    with ServerProcess(roots=[root], workdir=tmp_path_factory.mktemp("server"), args=["--max-upload-mb", "1"]) as srv:
         yield srv
 
 
@@ -43,6 +43,20 @@ def server(assets, tmp_path_factory):
 def client(server):
     with samtrack.connect(server.url, token=server.token, reconnect_timeout=60) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def local_ref(assets, tmp_path_factory):
+    """The local session's run of :func:`script` (open), and its stores after the first propagation."""
+    s = open_local(assets, tmp_path_factory.mktemp("local") / "w")
+    out = script(s, after_first=lambda: {oid: stores(s, oid) for oid in (1, 2)})
+    yield s, out
+    s.close()
+
+
+def stores(s, oid) -> dict:
+    return {"status": s.status(oid), "scores": s.results.scores(oid),
+            "masks": [s.results.mask(f, oid) for f in range(N)]}
 
 
 def open_local(assets, workdir):
@@ -55,13 +69,15 @@ def open_remote(client, assets, name: str):
     return client.open_session(str(vid), checkpoint=str(ck), image_size=SIZE, workdir=str(root / name))
 
 
-def assert_same_results(local, remote, obj_ids):
+def assert_same_results(expected: dict, remote, obj_ids):
+    """``expected``: {object: :func:`stores` of the local session}."""
     for oid in obj_ids:
-        np.testing.assert_array_equal(remote.status(oid), local.status(oid))
-        for a, b in zip(remote.results.scores(oid), local.results.scores(oid)):
+        e = expected[oid]
+        np.testing.assert_array_equal(remote.status(oid), e["status"])
+        for a, b in zip(remote.results.scores(oid), e["scores"]):
             np.testing.assert_array_equal(a, b)  # NaN where not computed, on both sides
         for f in range(N):
-            lm, rm = local.results.mask(f, oid), remote.results.mask(f, oid)
+            lm, rm = e["masks"][f], remote.results.mask(f, oid)
             assert (lm is None) == (rm is None), (oid, f)
             if lm is not None:
                 np.testing.assert_array_equal(rm, lm, err_msg=f"object {oid} frame {f}")
@@ -76,25 +92,26 @@ def assert_same_yields(local_out, remote_out):
         np.testing.assert_array_equal(a.ious, b.ious)
 
 
-def script(s):
+def script(s, after_first=lambda: None):
     """Prompts, propagation, a correction on a propagated frame, re-propagation: what each step returned."""
     out = {"click": s.add_points(0, 1, [[30, 30]], [1]),
            "box": s.add_box(0, 2, [55, 15, 85, 50])}
     out["first"] = list(s.propagate("forward"))
+    out["after_first"] = after_first()
     out["fix"] = s.add_points(7, 1, [[34, 28], [20, 50]], [1, 0])
     out["stale"] = s.status(1).copy()
     out["second"] = list(s.propagate("both"))
     return out
 
 
-def test_remote_session_equals_local(assets, client, tmp_path):
-    local = open_local(assets, tmp_path / "local")
+def test_remote_session_equals_local(assets, client, local_ref, tmp_path):
+    local, lo = local_ref
     remote = open_remote(client, assets, "equal")
     try:
         assert isinstance(remote, Session)
         assert (remote.n_frames, remote.height, remote.width) == (N, H, W)
         assert remote.backend.spec.name == local.backend.spec.name
-        lo, re = script(local), script(remote)
+        re = script(remote, after_first=lambda: {oid: stores(remote, oid) for oid in (1, 2)})
         for k in ("click", "box", "fix"):
             assert re[k].obj_ids == lo[k].obj_ids
             np.testing.assert_array_equal(re[k].masks, lo[k].masks)
@@ -104,7 +121,7 @@ def test_remote_session_equals_local(assets, client, tmp_path):
         assert (lo["stale"] == Status.STALE).any()  # the correction made frames stale on both sides
         assert_same_yields(lo["first"], re["first"])
         assert_same_yields(lo["second"], re["second"])
-        assert_same_results(local, remote, [1, 2])
+        assert_same_results({oid: stores(local, oid) for oid in (1, 2)}, remote, [1, 2])
         assert remote.obj_ids == local.obj_ids == [1, 2]
         assert remote.keyframes(1) == local.keyframes(1) == [0, 7]
         assert remote.prompt_at(7, 1) == local.prompt_at(7, 1)
@@ -126,7 +143,6 @@ def test_remote_session_equals_local(assets, client, tmp_path):
             remote.export("tiff", tmp_path / "r.tif")
         remote.export("tiff", tmp_path / "r.tif", force=True)
     finally:
-        local.close()
         remote.close()
     assert remote.closed
 
@@ -161,12 +177,9 @@ def test_disconnect_mid_stream_then_resume(assets, client):
         s.close()
 
 
-def test_server_killed_mid_propagation_resumes(assets, tmp_path, caplog):
+def test_server_killed_mid_propagation_resumes(assets, local_ref, tmp_path, caplog):
     root, _, _ = assets
-    local = open_local(assets, tmp_path / "local")
-    local.add_points(0, 1, [[30, 30]], [1])
-    local.add_box(0, 2, [55, 15, 85, 50])
-    expected = list(local.propagate("forward"))
+    expected = local_ref[1]["first"]  # the local run of the same prompts
     restarts = []
     with ServerProcess(roots=[root], workdir=tmp_path / "srv") as srv:
         with samtrack.connect(srv.url, token=srv.token, reconnect_timeout=120) as c:
@@ -191,9 +204,8 @@ def test_server_killed_mid_propagation_resumes(assets, tmp_path, caplog):
                 for k, oid in enumerate(e.obj_ids):
                     i = got.obj_ids.index(oid)
                     np.testing.assert_array_equal(got.masks[i], e.masks[k])
-            assert_same_results(local, s, [1, 2])
+            assert_same_results(local_ref[1]["after_first"], s, [1, 2])
             s.close()
-    local.close()
 
 
 def test_typed_errors_cross_the_boundary(assets, client, server, tmp_path):
@@ -223,6 +235,20 @@ def test_typed_errors_cross_the_boundary(assets, client, server, tmp_path):
     finally:
         local.close()
         remote.close()
+    # uploads: streamed, stored by content; over the limit (1 MiB here) 413, checked here and by the server
+    up = client.upload(assets[1])
+    assert up.endswith("v.mp4") and up != str(assets[1])
+    big = tmp_path / "big.bin"
+    big.write_bytes(np.random.default_rng(0).bytes(3 << 20))
+    with pytest.raises(UploadTooLargeError, match="limit"):
+        client.upload(big)
+    limit = client.server_info.pop("max_upload_bytes")
+    try:
+        with pytest.raises(UploadTooLargeError, match="limit"):  # the server's 413
+            client.upload(big)
+    finally:
+        client.server_info["max_upload_bytes"] = limit
+    assert any(f["path"].endswith("v.mp4") for f in client.files(client.files()[0]["path"]))
     with pytest.raises(AuthenticationError):
         samtrack.connect(server.url, token="not-the-token-0123456789")
     url = f"http://127.0.0.1:{free_port()}"

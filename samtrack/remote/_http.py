@@ -64,15 +64,16 @@ class Http:
             "`samtrack serve` runs there and the URL (an SSH tunnel still open?)")
 
     def request(self, method: str, path: str, *, retry: bool = True, idempotent: bool | None = None,
-                **kw) -> httpx.Response:
+                headers: dict | None = None, **kw) -> httpx.Response:
         """One request; a 4xx/5xx raises its typed error. ``retry``: try again for up to
         ``reconnect_timeout`` s while the server cannot be reached (and, for ``idempotent`` requests,
         GET/DELETE by default, when the connection broke)."""
         idempotent = method in ("GET", "DELETE") if idempotent is None else idempotent
+        headers = headers or {}
         backoff = Backoff(self.reconnect_timeout if retry else 0.0)
         while True:
             try:
-                r = self.http.request(method, self.url + path, headers=self.headers, **kw)
+                r = self.http.request(method, self.url + path, headers={**self.headers, **headers}, **kw)
             except httpx.TransportError as e:
                 if not (retryable(e, idempotent) and backoff.wait(e)):
                     raise self.unavailable(e, backoff.waited) from e

@@ -46,10 +46,12 @@ class Client:
         self.url = http.url
         self.server_info = server_info
 
-    def files(self, under: str = "") -> list[dict]:
-        """What the server holds under ``under`` (a path under one of its roots; "" the roots):
-        ``[{"path", "size", "is_dir"}]``. Raises :class:`~samtrack.errors.ForbiddenPathError` elsewhere."""
-        return self._http.json("GET", "/v1/files", params={"under": os.fspath(under)})["files"]
+    def files(self, under=None) -> list[dict]:
+        """What the server holds under ``under`` (a folder: a root, or a path under one); None: the roots.
+        ``[{"path", "size" (bytes), "is_dir"}]``. Raises :class:`~samtrack.errors.ForbiddenPathError`
+        outside the roots."""
+        params = {} if under is None else {"under": os.fspath(under)}
+        return self._http.json("GET", "/v1/files", params=params)["files"]
 
     def upload(self, path, progress: Callable[[int, int], None] | None = None, *, name: str | None = None) -> str:
         """Send the local file ``path`` to the server (streamed, 1 MiB at a time); returns its path there,
@@ -77,8 +79,7 @@ class Client:
                         progress(sent, size)
 
         body = self._http.json("PUT", f"/v1/uploads/{quote(name or p.name)}", content=chunks(), retry=False,
-                               headers={**self._http.headers, "Content-Length": str(size),
-                                        "Content-Type": "application/octet-stream"})
+                               headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"})
         return body["video"]
 
     def open_session(self, video, *, model: str | None = None, checkpoint=None, image_size: int | None = None,
