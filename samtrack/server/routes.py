@@ -33,8 +33,8 @@ class OpenBody(Body):
     image_size: int | None = None
     workdir: str | None = None
     reset: bool = False
-    video_options: dict = {}
-    config: dict = {}
+    video_options: dict | None = None
+    config: dict | None = None
 
 
 class ObjectBody(Body):
@@ -62,7 +62,7 @@ class FindBody(Body):
     boxes: Any = None
     box_labels: Any = None
     threshold: float | None = None
-    options: dict = {}
+    options: dict | None = None
 
 
 class RemoveFindBody(Body):
@@ -82,14 +82,14 @@ class PropagateBody(Body):
     obj_ids: list[int] | None = None
     redetect_every: int | None = None
     replay: bool = False
-    skip: list[list[int]] = []
+    skip: list[list[int]] | None = None
     logits: bool = False
 
 
 class ExportBody(Body):
     format: str
     allow_incomplete: bool = False
-    options: dict = {}
+    options: dict | None = None
 
 
 def _ints(text: str | None, what: str) -> list[int] | None:
@@ -240,7 +240,7 @@ def make_router(state) -> APIRouter:  # noqa: C901  (one small function per endp
                 return s.add_text(body.frame, body.text, boxes=body.boxes, box_labels=body.box_labels, **th)
             if body.kind == "exemplars":
                 return s.add_exemplars(body.frame, body.boxes, body.box_labels, text=body.text, **th)
-            return s.segment_everything(body.frame, **th, **body.options)
+            return s.segment_everything(body.frame, **th, **(body.options or {}))
 
         found = change(sid, run)
         return {"created": found.created, "updated": sorted(found.matched),
