@@ -395,10 +395,15 @@ def view(source: Optional[Path] = typer.Argument(None, help="video file, image f
          frame: Optional[int] = typer.Option(None, "--frame", help="frame to show first"),
          screenshot: Optional[Path] = typer.Option(None, "--screenshot", help="save a PNG of the viewer and exit"),
          z: Optional[int] = Z, channel: Optional[List[int]] = CH, time_axis: Optional[str] = TA,
-         reader: Optional[str] = RD, stream: Optional[int] = ST) -> None:
+         reader: Optional[str] = RD, stream: Optional[int] = ST,
+         server: Optional[str] = typer.Option(None, "--server", help="a `samtrack serve` URL: SOURCE is a path on "
+                                              "the server, which computes (see docs/remote.md)"),
+         token_file: Optional[Path] = typer.Option(None, "--token-file", help="the server's token file (with --server)"),
+         upload: bool = typer.Option(False, "--upload", help="send the local SOURCE to the server first")) -> None:
     """Open the napari viewer with the samtrack widget (prompt, propagate, correct, export).
 
-    Without model weights the video (and --result) opens read-only; the window says how to enable prompting."""
+    Without model weights the video (and --result) opens read-only; the window says how to enable prompting.
+    With --server the session lives on a `samtrack serve` server and this machine only shows and prompts."""
     import os
 
     opts = _reader_options(z, channel, time_axis, reader, stream)
@@ -409,6 +414,17 @@ def view(source: Optional[Path] = typer.Argument(None, help="video file, image f
         import napari
     except ImportError as e:
         raise InvalidOptionError(f"napari is not installed ({e}): pip install 'samtrack[viewer]'") from e
+    if server is not None:
+        if source is None or result is not None or screenshot is not None:
+            raise InvalidOptionError("--server needs SOURCE (a path on the server) and takes no --result/--screenshot")
+        from samtrack.viewer import view as open_view
+
+        _, widget = open_view(os.fspath(source), server=server, token_file=token_file, upload=upload, model=model,
+                              checkpoint=checkpoint, image_size=image_size, frame=frame,
+                              workdir=os.fspath(workdir) if workdir else None, **opts)
+        napari.run()
+        widget.close_session()
+        return
     if screenshot is not None:
         if source is None:
             raise InvalidOptionError("--screenshot needs a SOURCE")

@@ -64,14 +64,18 @@ def _as_job_ran(result, model, image_size, video_options: dict):
 
 def view(source=None, *, result=None, workdir=None, model: str | None = None, checkpoint=None,
          image_size=None, device: str = "auto", viewer=None, frame: int | None = None, config=None,
-         download: bool = True, session=None, **video_options):
+         download: bool = True, session=None, server: str | None = None, token: str | None = None,
+         token_file=None, upload: bool = False, **video_options):
     """Open ``source`` in napari with the samtrack widget docked; returns ``(viewer, widget)``.
 
     ``viewer``: an existing napari Viewer (default: a new one). ``workdir``: the session folder
     (default under ~/.cache/samtrack); opening the same one again restores objects, prompts and
     results. ``result``: a `samtrack track` output folder to show (and continue, when the model
     weights are there). ``frame``: the frame to show first. ``session``: a session already open
-    (:func:`samtrack.open_session`, any model or backend) to show instead of ``source``.
+    (:func:`samtrack.open_session`, any model or backend, or a remote one) to show instead of ``source``.
+    ``server``: a ``samtrack serve`` URL: ``source`` is then a path on the server (under its roots; with
+    ``upload`` a local file sent there first) and the session lives there (``token`` or ``token_file``:
+    the server's token); prompting, propagation, correction and export work as with a local session.
     """
     import napari
 
@@ -79,8 +83,21 @@ def view(source=None, *, result=None, workdir=None, model: str | None = None, ch
 
     if viewer is None:
         viewer = napari.Viewer(title="samtrack")
+    client = None
+    if server is not None and session is None:
+        if source is None:
+            raise ValueError("view(server=...) needs the video's path on the server as source")
+        from samtrack.viewer._remote import open_remote
+
+        client, session = open_remote(server, source, token=token, token_file=token_file, model=model,
+                                      checkpoint=checkpoint, image_size=image_size, workdir=workdir, upload=upload,
+                                      **video_options)
     if session is not None:
         widget = SamtrackWidget(viewer, session)
+        if client is not None:
+            widget._client, widget._remote_video = client, session.state()["video"]
+            widget.server_edit.setText(client.url)
+            widget._open_options = {"image_size": image_size, **video_options}
         source = session.frames.source
     elif source is None:
         widget = SamtrackWidget(viewer)

@@ -87,6 +87,15 @@ class ModelPicker:
 
         if self.session is not None and name == self.current_model:
             return True
+        if self.remote:  # the server's models and checkpoints, not this machine's
+            if self.busy:
+                self._say("a propagation is running: wait for it or cancel it (Escape) before switching models")
+                self._select_model(self.current_model)
+                return False
+            if self.frames is None:
+                self._next_model = name
+                return True
+            return self._reopen_remote(name)
         row = next((r for r in model_table() if r.spec.name == name), None)
         if row is None or not (row.present or self._checkpoint_file(name) is not None):
             spec = get_model(name)

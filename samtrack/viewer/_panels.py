@@ -100,6 +100,18 @@ def build_panels(w) -> None:
     w.btn_open.clicked.connect(w._open_dialog)
     row.addWidget(w.btn_open)
     lay.addLayout(row)
+    from samtrack.viewer._remote import SERVER_TIP
+
+    row = QHBoxLayout()  # empty: this machine; a URL: Open asks for a path on that server
+    w.server_edit = QLineEdit()
+    w.server_edit.setPlaceholderText("server URL (empty: this machine)")
+    w.server_edit.setToolTip(SERVER_TIP)
+    w.token_edit = QLineEdit()
+    w.token_edit.setPlaceholderText("token file")
+    w.token_edit.setToolTip("the token file samtrack serve wrote (copied to this machine)")
+    row.addWidget(w.server_edit, 2)
+    row.addWidget(w.token_edit, 1)
+    lay.addLayout(row)
 
     box = QGroupBox("Objects")
     g = QVBoxLayout(box)

@@ -25,10 +25,11 @@ from samtrack.viewer._models import ModelPicker
 from samtrack.viewer._panels import PALETTE, build_panels
 from samtrack.viewer._plots import confidence, low_confidence_frames
 from samtrack.viewer._prompting import PromptInput
+from samtrack.viewer._remote import RemoteInput
 
 log = logging.getLogger(__name__)
 
-class SamtrackWidget(ModelPicker, FindInput, PromptInput, QWidget):
+class SamtrackWidget(RemoteInput, ModelPicker, FindInput, PromptInput, QWidget):
     """Dock widget. ``napari_viewer`` is filled in by napari when opened from the plugin menu."""
 
     def __init__(self, napari_viewer, session=None, *, results=None, frames=None, parent=None):
@@ -468,6 +469,9 @@ class SamtrackWidget(ModelPicker, FindInput, PromptInput, QWidget):
         self._attach()
 
     def _open_dialog(self) -> None:
+        if self.server_edit.text().strip():  # a server named: the video is a path on it
+            self._open_server_dialog()
+            return
         path, _ = QFileDialog.getOpenFileName(self, "Open a video, TIFF stack or image", "")
         if not path:
             path = QFileDialog.getExistingDirectory(self, "Or open an image folder", "")
@@ -487,8 +491,13 @@ class SamtrackWidget(ModelPicker, FindInput, PromptInput, QWidget):
             if self.busy:  # never close the stores under a running worker
                 log.error("the propagation did not stop within 10 minutes; the session is left open")
                 return
+        remote = self.remote
         if self.session is not None:
             self.session.close()
             self.session = None
         elif self.frames is not None:
             self.frames.close()
+        self._drop_client()
+        if remote and self.image_layer is not None:  # the video and results lived on the server: nothing to show
+            self._detach()
+            self.frames = self.results = None
