@@ -34,6 +34,23 @@ def test_readme_python_blocks_run_as_written(tmp_path):
     env = dict(os.environ, SAMTRACK_CHECKPOINTS=str(ck_dir), SAMTRACK_CACHE_DIR=str(tmp_path / "cache"),
                CUDA_VISIBLE_DEVICES="")
     for i, code in enumerate(blocks):
-        r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=1200)
+        if "samtrack.connect(" in code:  # the remote example: a real `samtrack serve --root .` on 127.0.0.1:8765
+            r = _run_against_a_server(code, tmp_path, env)
+        else:
+            r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                               timeout=1200)
         assert r.returncode == 0, f"README python block {i} failed:\n{code}\n{r.stderr[-3000:]}"
+    assert (tmp_path / "masks.tif").is_file()  # the remote example downloaded its export
+
+
+def _run_against_a_server(code: str, tmp_path, env):
+    """The README's server runs with its defaults: port 8765, the token in ~/.config/samtrack/token (HOME is a
+    temporary folder here), the current folder as its root."""
+    from tests.server_utils import ServerProcess
+
+    home = tmp_path / "home"
+    srv = ServerProcess(roots=[tmp_path], workdir=home / ".config" / "samtrack", env=env)
+    srv.port = 8765
+    with srv:
+        return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**env, "HOME": str(home)},
+                              capture_output=True, text=True, timeout=1200)

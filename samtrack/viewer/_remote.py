@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 from samtrack.errors import SamtrackError
 
@@ -15,21 +14,6 @@ log = logging.getLogger("samtrack.viewer")
 
 SERVER_TIP = ("a samtrack serve URL (e.g. http://127.0.0.1:8765 through an SSH tunnel); empty: work on this "
               "machine. The token is read from the token file the server wrote (--token-file)")
-
-
-def read_token(token: str | None = None, token_file=None) -> str | None:
-    """``token``, else the first line of ``token_file`` (as ``samtrack serve --token-file`` wrote it), else None."""
-    if token:
-        return token
-    if token_file:
-        p = Path(os.path.expanduser(os.fspath(token_file)))
-        if not p.is_file():
-            from samtrack.errors import InvalidOptionError
-
-            raise InvalidOptionError(f"no token file {p}: copy the one `samtrack serve --token-file` wrote on the "
-                                     "server (it is created on first start)")
-        return p.read_text().strip()
-    return None
 
 
 def open_remote(server: str, source, *, token: str | None = None, token_file=None, model: str | None = None,
@@ -42,7 +26,7 @@ def open_remote(server: str, source, *, token: str | None = None, token_file=Non
     :mod:`samtrack.errors` (AuthenticationError, ForbiddenPathError, ServerUnavailableError, ...)."""
     import samtrack
 
-    client = samtrack.connect(server, token=read_token(token, token_file))
+    client = samtrack.connect(server, token=token, token_file=token_file)
     try:
         video = client.upload(source) if upload else os.fspath(source)
         session = client.open_session(video, model=model, checkpoint=checkpoint, image_size=image_size,
@@ -74,7 +58,7 @@ class RemoteInput:
             self._say("working on this machine")
             return True
         try:
-            client = samtrack.connect(url, token=read_token(token, token_file))
+            client = samtrack.connect(url, token=token, token_file=token_file)
         except SamtrackError as e:
             self._say(f"error: {e}")
             return False
@@ -143,4 +127,4 @@ class RemoteInput:
             self._client = None
 
 
-__all__ = ["RemoteInput", "open_remote", "read_token"]
+__all__ = ["RemoteInput", "open_remote"]
