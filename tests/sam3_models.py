@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from samtrack.session.backends import sam3_build, sam3_compat
+from tests.model_utils import cached_checkpoint
 
 MODEL = "sam3"
 IMAGE_SIZE = 112  # 8 x 8 features (the ViT's stride is 14): small, and every shape still works
@@ -31,7 +32,13 @@ def one_thread():
 
 def make_checkpoint(path: Path, *, image_size: int = IMAGE_SIZE, seed: int = 0, select: bool = True) -> Path:
     """Random weights with the object-score head biased so objects are present (masks are not all empty),
-    wider mask logits (a stronger test signal) and, with ``select``, the IoU head set as above."""
+    wider mask logits (a stronger test signal) and, with ``select``, the IoU head set as above.
+    Built once per test process for each (image_size, seed, select); ``path`` gets a copy."""
+    return cached_checkpoint(("sam3", image_size, seed, select), path,
+                             lambda f: _build_checkpoint(f, image_size=image_size, seed=seed, select=select))
+
+
+def _build_checkpoint(path: Path, *, image_size: int, seed: int, select: bool) -> None:
     torch.manual_seed(seed)
     m = sam3_build.build_video_model(image_size, "tiny")
     dec = m.tracker.sam_mask_decoder
@@ -43,7 +50,24 @@ def make_checkpoint(path: Path, *, image_size: int = IMAGE_SIZE, seed: int = 0, 
             dec.iou_prediction_head.layers[-1].bias.fill_(IOU_BIAS)
             dec.iou_prediction_head.layers[-1].weight.mul_(IOU_GAIN)
     torch.save({"model": m.state_dict()}, path)
-    return path
+
+
+def make_detecting_checkpoint(path: Path) -> Path:
+    """:func:`make_checkpoint`'s weights (seed 0) with the detector's heads biased as in
+    ``tests/test_sam3_detect._bias_detector``, so that random weights detect something (the text and
+    find-all paths end to end). Built once per test process; ``path`` gets a copy."""
+
+    def build(f: Path) -> None:
+        from tests.test_sam3_detect import _bias_detector
+
+        tracker_ck = make_checkpoint(f.with_name(f.stem + "-tracker.pt"))
+        m = sam3_build.build_video_model(IMAGE_SIZE, LOAD_OPTIONS["width"])
+        m.load_state_dict(torch.load(tracker_ck, map_location="cpu", weights_only=True)["model"])
+        tracker_ck.unlink()
+        _bias_detector(m.detector)
+        torch.save({"model": m.state_dict()}, f)
+
+    return cached_checkpoint(("sam3-detecting", IMAGE_SIZE), path, build)
 
 
 def upstream_tracker(ckpt: Path, *, image_size: int = IMAGE_SIZE):
@@ -134,4 +158,5 @@ class Upstream:
         return self._run(run)
 
 
-__all__ = ["IMAGE_SIZE", "LOAD_OPTIONS", "MODEL", "Upstream", "make_checkpoint", "upstream_tracker"]
+__all__ = ["IMAGE_SIZE", "LOAD_OPTIONS", "MODEL", "Upstream", "make_checkpoint", "make_detecting_checkpoint",
+           "upstream_tracker"]

@@ -11,24 +11,16 @@ import sys
 import numpy as np
 import pytest
 import tifffile
-import torch
 
-from samtrack.session.backends import sam3_build
 from tests import sam3_models as s3
 from tests.conftest import shared
-from tests.test_sam3_detect import _bias_detector
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     d = tmp_path_factory.mktemp("sam3_cli")
-    tracker_ck = s3.make_checkpoint(d / "tracker.pt")  # the tracker's object-score head biased: objects stay
-    m = sam3_build.build_video_model(s3.IMAGE_SIZE, s3.LOAD_OPTIONS["width"])
-    m.load_state_dict(torch.load(tracker_ck, map_location="cpu", weights_only=True)["model"])
-    _bias_detector(m.detector)  # and the detector's heads, so random weights detect something
-    ck = d / "sam3_tiny_det.pt"
-    torch.save({"model": m.state_dict()}, ck)
-    return ck
+    # the tracker's object-score head biased (objects stay), and the detector's heads, so random weights detect
+    return s3.make_detecting_checkpoint(d / "sam3_tiny_det.pt")
 
 
 def _track(*args, cwd):

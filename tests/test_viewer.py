@@ -592,19 +592,9 @@ def test_find_all_with_a_real_tiny_sam3_through_the_viewer(make_napari_viewer, t
     """The find row with SAM3's own detector (a tiny random-init model, detector and object-score heads
     biased so it detects something): a text creates objects named after it, they propagate both ways
     in the worker thread, and the labels layer shows them."""
-    import torch
-
-    from samtrack.session.backends import sam3_build
     from tests import sam3_models as s3
-    from tests.test_sam3_detect import _bias_detector
 
-    tracker_ck = s3.make_checkpoint(tmp_path / "tracker.pt")
-    m = sam3_build.build_video_model(s3.IMAGE_SIZE, s3.LOAD_OPTIONS["width"])
-    m.load_state_dict(torch.load(tracker_ck, map_location="cpu", weights_only=True)["model"])
-    _bias_detector(m.detector)
-    ck = tmp_path / "sam3_tiny_det.pt"
-    torch.save({"model": m.state_dict()}, ck)
-    del m
+    ck = s3.make_detecting_checkpoint(tmp_path / "sam3_tiny_det.pt")
     n = 6
     vid = media.write_video(tmp_path / "v.mp4", n, w=W, h=H)
     viewer = make_napari_viewer()
