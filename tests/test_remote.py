@@ -4,6 +4,7 @@ a server killed with SIGKILL mid-stream (every frame exactly once, stores comple
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 import numpy as np
@@ -22,6 +23,19 @@ from tests.server_utils import ServerProcess, free_port
 N = 12  # frames
 W, H = 96, 64
 SIZE = mu.IMAGE_SIZE  # 256
+# both sides compute with the same number of torch threads (CPU reductions may round differently otherwise)
+THREADS = max(1, min(2, os.cpu_count() or 1))
+SERVER_ENV = {"OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _same_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +49,8 @@ def assets(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(assets, tmp_path_factory):
     root, _, _ = assets
-    with ServerProcess(roots=[root], workdir=tmp_path_factory.mktemp("server"), args=["--max-upload-mb", "1"]) as srv:
+    with ServerProcess(roots=[root], workdir=tmp_path_factory.mktemp("server"), args=["--max-upload-mb", "1"],
+                       env=SERVER_ENV) as srv:
         yield srv
 
 
@@ -181,7 +196,7 @@ def test_server_killed_mid_propagation_resumes(assets, local_ref, tmp_path, capl
     root, _, _ = assets
     expected = local_ref[1]["first"]  # the local run of the same prompts
     restarts = []
-    with ServerProcess(roots=[root], workdir=tmp_path / "srv") as srv:
+    with ServerProcess(roots=[root], workdir=tmp_path / "srv", env=SERVER_ENV) as srv:
         with samtrack.connect(srv.url, token=srv.token, reconnect_timeout=120) as c:
             s = open_remote(c, assets, "killed")
             s.add_points(0, 1, [[30, 30]], [1])
