@@ -41,12 +41,25 @@ def _collect(results, into: dict) -> dict:
     return into
 
 
-def _upstream(setup, session, name, **kw):
+@pytest.fixture(scope="module")
+def up_features(setup):
+    """Upstream's image features of the clip's model-ready frames, computed once by upstream's own
+    ``forward_image`` and given to each upstream state as its ``cached_features`` (its own cache), so
+    that upstream does not encode all 42 frames again on every pass of every case (samtrack's side
+    encodes its frames as always)."""
+    tmp, ck, _ = setup
+    s = _session(setup, "features")
+    feats = mu.upstream_features(mu.upstream_predictor(ck), s.frames)
+    s.close()
+    return feats
+
+
+def _upstream(setup, session, name, features, **kw):
     tmp, ck, _ = setup
     pred = mu.upstream_predictor(ck, **kw)
     d = tmp / f"up_{name}"
     d.mkdir(exist_ok=True)
-    return pred, mu.upstream_state(pred, session.frames, d)
+    return pred, mu.upstream_state(pred, session.frames, d, features=features)
 
 
 def _up_collect(gen, obj_ids, into: dict) -> dict:
@@ -67,9 +80,9 @@ def _compare(ours: dict, theirs: dict, keys=None) -> float:
 
 
 @pytest.fixture(scope="module")
-def case_a_upstream(setup):
+def case_a_upstream(setup, up_features):
     s = _session(setup, "a_ref")
-    pred, st = _upstream(setup, s, "a")
+    pred, st = _upstream(setup, s, "a", up_features)
     out = {}
     _, ids, m = pred.add_new_points_or_box(st, 0, 1, points=np.array([[40, 60]], np.float32), labels=np.array([1], np.int32))
     out[(1, 0)] = m[0, 0].numpy()
@@ -116,7 +129,7 @@ def _three_object_prompts(session_or_pred, st=None):
     return p.add_new_mask(st, 20, 3, mask)
 
 
-def test_b_three_objects_points_box_mask_forward_then_backward(setup):
+def test_b_three_objects_points_box_mask_forward_then_backward(setup, up_features):
     s = _session(setup, "b")
     ours = {}
     r = _three_object_prompts(s)
@@ -127,7 +140,7 @@ def test_b_three_objects_points_box_mask_forward_then_backward(setup):
     calls = s.backend.calls["track"]
     assert max(calls.values()) == 3 and len(calls) == N - 1  # one batched step per frame, all three objects
 
-    pred, st = _upstream(setup, s, "b")
+    pred, st = _upstream(setup, s, "b", up_features)
     _, ids, m = _three_object_prompts(pred, st)
     theirs = {(oid, 20): m[k, 0].numpy() for k, oid in enumerate(ids)}
     _up_collect(pred.propagate_in_video(st, start_frame_idx=20), ids, theirs)
@@ -137,7 +150,7 @@ def test_b_three_objects_points_box_mask_forward_then_backward(setup):
     s.close()
 
 
-def test_c_correction_sticks_like_upstream_with_correct_as_cond(setup):
+def test_c_correction_sticks_like_upstream_with_correct_as_cond(setup, up_features):
     # upstream's semantics: the frames before a correction keep the earlier keyframe's pass (overlap
     # rule "forward"); with samtrack's default "nearer" rule the frames nearer the correction are also
     # recomputed so that they read it (a deliberate difference, tests/test_propagation.py)
@@ -154,7 +167,7 @@ def test_c_correction_sticks_like_upstream_with_correct_as_cond(setup):
     _collect(s.propagate("forward"), ours)
     assert sorted(s.backend.calls["track"]) == list(range(26, N))  # only the affected span
 
-    pred, ups = _upstream(setup, s, "c", correct_as_cond=True)
+    pred, ups = _upstream(setup, s, "c", up_features, correct_as_cond=True)
     _, ids, m = pred.add_new_points_or_box(ups, 0, 1, points=np.array([[40, 60]], np.float32), labels=np.array([1], np.int32))
     theirs = {(1, 0): m[0, 0].numpy()}
     _up_collect(pred.propagate_in_video(ups), ids, theirs)
