@@ -134,6 +134,7 @@ def main() -> None:
           f"{a.repeat * a.clicks} clicks (local and remote interleaved)")
     lo = {"first": [], "click": [], "fps": []}
     re = {"first": [], "click": [], "fps": []}
+    floor = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         transport = CountingTransport()
@@ -164,6 +165,10 @@ def main() -> None:
                     remote.frames.read(f)
                     png_lat.append(time.perf_counter() - t0)
                 png_bytes = transport.bytes["image"] / len(png_lat)
+                for _ in range(10):  # the transport's floor: a request that computes nothing
+                    t0 = time.perf_counter()
+                    client.server_info = client._http.json("GET", "/v1/server")
+                    floor.append(time.perf_counter() - t0)
                 local.close()
                 remote.close()
         http.close()
@@ -179,6 +184,8 @@ def main() -> None:
     print(f"propagation stream: {stream_bytes / frames:.0f} B/frame on the wire ({a.objects} objects, {frames} "
           f"frames, {stream_bytes} B), dense bool masks {dense} B/frame ({dense / max(1, stream_bytes / frames):.0f}x "
           "more)")
+    print(f"an empty request (GET /v1/server) round trip: {statistics.median(floor) * 1000:.1f} ms median (the "
+          "transport's share of each remote call)")
     print(f"prompt answer: {prompt_bytes:.0f} B per click (the frame's masks for every object)")
     print(f"display frame (PNG {w}x{h}): {png_bytes / 1024:.1f} KiB, {statistics.median(png_lat) * 1000:.1f} ms "
           f"median fetch + decode")

@@ -188,6 +188,20 @@ def test_disconnect_mid_stream_then_resume(assets, client):
         assert sorted(got + more) == list(range(N)) and len(set(more)) == len(more)
         assert (s.status(2)[1:] == Status.PROPAGATED).all()
         assert all(s.results.mask(f, 2) is not None for f in range(N))
+
+        # cancel() from another thread as the stream starts: it ends early with "cancelled", nothing twice
+        s.add_points(0, 3, [[50, 20]], [1])
+        events = []
+
+        def on_event(e):
+            events.append(e["event"])
+            if e["event"] == "started":
+                threading.Thread(target=s.cancel).start()
+
+        part = [r.frame_idx for r in s.propagate("forward", obj_ids=[3], on_event=on_event)]
+        assert events[-1] == "cancelled" and len(part) < N and len(set(part)) == len(part)
+        rest = [r.frame_idx for r in s.propagate("forward", obj_ids=[3], replay=True, skip=part)]
+        assert sorted(part + rest) == list(range(N))
     finally:
         s.close()
 

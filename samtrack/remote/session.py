@@ -329,7 +329,8 @@ class RemoteSession:
 
         ``replay``: also yield the frames of the range already computed for the objects; ``skip``: frame
         indices (or inclusive ``(a, b)`` ranges) not to yield. ``logits``: real logits on the wire.
-        ``on_event(event dict)``: the stream's other lines (``queued`` with ``position``, ``started``).
+        ``on_event(event dict)``: the stream's other lines (``queued`` with ``position``, ``started`` with
+        ``total``, and the last one, ``done`` or ``cancelled``, with ``frames``).
         ``progress(done, total)`` counts frames over the whole call.
 
         A lost connection or a server restart is resumed for up to ``reconnect_timeout`` s (the session
@@ -385,6 +386,8 @@ class RemoteSession:
                                 progress(len(got), before + int(msg.get("total", 0)))
                         elif ev in ("done", "cancelled"):
                             log.info("propagation of session %s %s: %d frames", self.id, ev, len(got))
+                            if on_event:
+                                on_event(msg)
                             return
                         elif ev == "error":
                             wire.raise_error(msg, None)
