@@ -7,7 +7,7 @@ pixels, labels 1 positive / 0 negative; boxes (x0, y0, x1, y1); masks (H, W) boo
 results are :class:`~samtrack.session.types.FrameResult`. Errors are the same typed errors
 (:mod:`samtrack.errors`) with the same messages, whichever side computed them.
 
-Only typing here: importing it loads neither torch nor a model package.
+Only typing here (no model package is imported; the `samtrack.session` package itself imports torch).
 """
 from __future__ import annotations
 
