@@ -429,3 +429,33 @@ def test_serve_user_mistakes_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["serve", "--root", str(tmp_path), "--port", "70000"])
     assert e.value.code == 2
+
+
+def test_a_quiet_stream_sends_heartbeats_and_the_client_skips_them(monkeypatch):
+    """A slow frame (or a long device queue) must not look like a dead connection: after HEARTBEAT_S without a
+    line the server says it is alive; the lines end at the last event."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from samtrack.server import streaming
+
+    monkeypatch.setattr(streaming, "HEARTBEAT_S", 0.5)
+    cancelled = []
+    job = object.__new__(streaming.PropagationJob)
+    job.served = SimpleNamespace(sid="s", session=SimpleNamespace(cancel=lambda: cancelled.append(1)))
+    job.stop = __import__("threading").Event()
+
+    class Request:
+        async def is_disconnected(self):
+            return False
+
+    async def run():
+        job.queue = asyncio.Queue()
+        asyncio.get_running_loop().call_later(1.6, job.queue.put_nowait, {"event": "done", "frames": 0})
+        return [line async for line in job.lines(Request(), {"event": "started", "total": 0})]
+
+    lines = asyncio.run(run())
+    events = [json.loads(x)["event"] for x in lines]
+    assert events[0] == "started" and events[-1] == "done"
+    assert events.count("alive") >= 2 and set(events[1:-1]) == {"alive"}
+    assert cancelled  # any end of the stream cancels the job (nothing left running)

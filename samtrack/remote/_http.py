@@ -19,6 +19,10 @@ from samtrack.remote import wire
 
 log = logging.getLogger("samtrack.remote.client")
 
+# seconds a propagation stream may stay silent before it counts as lost (and is resumed): the server's
+# heartbeat is every 10 s once it streams; the first line waits for the first frame (or the device queue's
+# first word), which a slow CPU at full size can take minutes over
+STREAM_READ_TIMEOUT = 300.0
 _TRANSIENT = (502, 503, 504)  # a proxy or a server starting up: retried when the body is not a samtrack error
 _STATUS_ERRORS = {401: AuthenticationError, 403: ForbiddenPathError, 413: UploadTooLargeError, 429: RateLimitedError}
 
@@ -93,9 +97,10 @@ class Http:
 
     @contextmanager
     def stream(self, method: str, path: str, **kw) -> Iterator[httpx.Response]:
-        """A streamed response (read timeout off: frames may take long); errors as :meth:`request`.
-        Transport errors are raised as they are (the caller decides about resuming)."""
-        kw.setdefault("timeout", httpx.Timeout(self.http.timeout.connect or 10.0, read=None))
+        """A streamed response; errors as :meth:`request`. The read timeout is :data:`STREAM_READ_TIMEOUT`
+        (the server sends a line at least every 10 s once streaming, so a silent connection is a lost one);
+        transport errors are raised as they are (the caller decides about resuming)."""
+        kw.setdefault("timeout", httpx.Timeout(self.http.timeout.connect or 10.0, read=STREAM_READ_TIMEOUT))
         with self.http.stream(method, self.url + path, headers=self.headers, **kw) as r:
             if is_transient(r):
                 raise ServerUnavailableError(f"the samtrack server at {self.url} answered {r.status_code} "

@@ -391,6 +391,8 @@ class RemoteSession:
                             return
                         elif ev == "error":
                             wire.raise_error(msg, None)
+                        elif ev == "alive":  # the server's heartbeat during a slow frame or a wait
+                            continue
                         else:
                             log.info("propagation of session %s: %s", self.id, msg)
                             if on_event:

@@ -26,6 +26,9 @@ from samtrack.server.manager import Served
 
 log = logging.getLogger(__name__)
 _END = ("done", "cancelled", "error")
+# seconds without a line before an {"event": "alive"} line: lets a client tell a slow frame from a dead
+# connection (its read timeout, remote._http.STREAM_READ_TIMEOUT, is many of these)
+HEARTBEAT_S = 10.0
 
 
 def skip_set(skip, n_frames: int) -> set[int]:
@@ -79,15 +82,18 @@ class PropagationJob:
                 if await request.is_disconnected():
                     log.info("client left the stream of session %s: cancelling", self.served.sid)
                     return
-                item = None
+                item, quiet = None, 0.0
                 while item is None:
                     try:
                         item = await asyncio.wait_for(self.queue.get(), timeout=0.5)
                     except asyncio.TimeoutError:
-                        pass
+                        quiet += 0.5
                     if item is None and await request.is_disconnected():
                         log.info("client left the stream of session %s: cancelling", self.served.sid)
                         return
+                    if item is None and quiet >= HEARTBEAT_S:  # a slow frame or a long queue: say we are here
+                        quiet = 0.0
+                        yield '{"event":"alive"}\n'
         finally:
             self.cancel()
 
