@@ -175,9 +175,21 @@ def track(source: Path = typer.Argument(..., help="video file, image folder, TIF
                                                        "the prompt file's \"find\") again every N frames, adding "
                                                        "objects that appear later"),
           z: Optional[int] = Z, channel: Optional[List[int]] = CH, time_axis: Optional[str] = TA,
-          reader: Optional[str] = RD, stream: Optional[int] = ST) -> None:
+          reader: Optional[str] = RD, stream: Optional[int] = ST,
+          server: Optional[str] = typer.Option(None, "--server", help="a `samtrack serve` URL: the server computes; "
+                                               "SOURCE and --checkpoint are paths on it, --export downloads into "
+                                               "--out (see docs/remote.md)"),
+          token_file: Optional[Path] = typer.Option(None, "--token-file", help="the server's token file (with "
+                                                    "--server)"),
+          upload: bool = typer.Option(False, "--upload", help="with --server: send the local SOURCE first"),
+          workdir: Optional[str] = typer.Option(None, "--workdir", help="with --server: the session folder on the "
+                                                "server (default: the server's folder for this video, model and "
+                                                "size); run again to resume")) -> None:
     """Track the prompted objects through the video into a job folder (objects from --prompts, or
-    found by --text / --everything)."""
+    found by --text / --everything).
+
+    With --server the job's session lives on a `samtrack serve` server: the prompt file is read here,
+    the server tracks, the exports are downloaded into --out; the same command again resumes."""
     from samtrack.job import start_track
     from samtrack.progress import progress_bar
 
@@ -202,6 +214,22 @@ def track(source: Path = typer.Argument(..., help="video file, image folder, TIF
         raise InvalidOptionError("nothing to track: give --prompts FILE, or --text WORD (SAM3) / --everything (SAM2)")
     if redetect_every is not None and redetect_every < 1:
         raise InvalidOptionError(f"--redetect-every {redetect_every}: give a number of frames, at least 1")
+    if server is not None:
+        if device != "auto":
+            raise InvalidOptionError("--device is the server's with --server (samtrack serve --device)")
+        if features:
+            raise InvalidOptionError("--features is not available with --server: run `samtrack cache --features` "
+                                     "on the server, with --workdir the session folder")
+        _track_remote(server, token_file, upload, source, prompts, out_dir, workdir, model=model,
+                      checkpoint=checkpoint, image_size=image_size, direction=direction, force=force,
+                      video_options=opts, config=session_config, finds=finds, redetect_every=redetect_every,
+                      export_formats=export_formats or [], allow_incomplete=allow_incomplete,
+                      write_frames=write_frames)
+        return
+    for flag, given in (("--token-file", token_file is not None), ("--upload", upload),
+                        ("--workdir", workdir is not None)):
+        if given:
+            raise InvalidOptionError(f"{flag} goes with --server (a local job's folder is --out)")
     session, start = start_track(source, prompts, out_dir, model=model, checkpoint=checkpoint, image_size=image_size,
                                  device=device, direction=direction, force=force, video_options=opts,
                                  config=session_config, finds=finds)
@@ -241,6 +269,64 @@ def track(source: Path = typer.Argument(..., help="video file, image folder, TIF
         session.close()
 
 
+def _track_remote(server: str, token_file, upload: bool, source: Path, prompts, out_dir: Path, workdir, *, model,
+                  checkpoint, image_size, direction, force, video_options, config, finds, redetect_every,
+                  export_formats, allow_incomplete, write_frames) -> None:
+    """``track --server``: the job's session on the server, exports downloaded into ``out_dir``."""
+    import os
+
+    import samtrack
+    from samtrack.io.export import ranges
+    from samtrack.job import check_job_prompts, run_job, start_remote_track
+    from samtrack.progress import progress_bar
+
+    check_job_prompts(prompts, finds)  # before the server is asked anything
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InvalidOptionError(f"--out {out_dir} is a file: give a folder for the downloaded exports")
+    with samtrack.connect(server, token_file=token_file) as client:
+        video = os.fspath(source)
+        if upload:
+            with progress_bar(f"upload {source.name}", unit="bytes") as update:
+                video = client.upload(source, progress=update)
+        session, start = start_remote_track(client, video, prompts, workdir=workdir, model=model,
+                                            checkpoint=checkpoint, image_size=image_size, force=force,
+                                            video_options=video_options, config=config, finds=finds)
+        try:
+            where = f"{start.workdir} on {client.url}"
+            if start.resumed:
+                msg = f"resuming {where}: {start.frames_done} of {start.n_frames} frames done"
+                if start.prompts_changed:
+                    msg += f", {start.prompts_changed} prompt change(s) from the prompt file applied"
+                console.print(escape(msg), highlight=False, soft_wrap=True)
+            if finds or session.concepts:
+                console.print(f"{len(session.obj_ids)} object(s): " + ", ".join(
+                    str(session.results.object_meta(o).get("name")) for o in session.obj_ids[:12]) +
+                    (", ..." if len(session.obj_ids) > 12 else ""), highlight=False)
+            label = "tracking + re-detection" if redetect_every and session.concepts else "tracking"
+            with progress_bar(label, unit="frames") as update:
+                computed = run_job(session, direction, progress=update,
+                                   redetect_every=redetect_every if session.concepts else None)
+            if computed:
+                console.print(f"computed {len(computed)} frame(s): {ranges(computed)}", highlight=False)
+            elif not session.obj_ids:
+                console.print("[yellow]nothing was found to track: lower --threshold, or prompt objects with "
+                              "--prompts[/yellow]")
+            else:
+                console.print("nothing left to compute", highlight=False)
+            console.print(escape(f"results in {where} ({len(session.obj_ids)} objects, {session.n_frames} frames)"),
+                          highlight=False, soft_wrap=True)
+            if export_formats:
+                out_dir.mkdir(parents=True, exist_ok=True)
+            for fmt in export_formats:  # written on the server, downloaded: refreshed on every run
+                extra = {"frames_dir": out_dir} if write_frames and fmt in ("coco", "ytvis") else {}
+                with progress_bar(f"export {fmt}", unit="bytes") as update:
+                    report = session.export(fmt, out_dir / _default_name(fmt), force=True,
+                                            allow_incomplete=allow_incomplete, progress=update, **extra)
+                _print_report(report)
+        finally:
+            session.close()
+
+
 def _default_name(fmt: str) -> str:
     from samtrack.io.export import default_name
 
@@ -254,6 +340,10 @@ def _export(store, fmt, output, *, force, frames=None, allow_incomplete=False, *
     with progress_bar(f"export {fmt}", unit="frames") as update:
         report = do_export(store, fmt, output, force=force, allow_incomplete=allow_incomplete, frames=frames,
                            progress=update, **options)
+    _print_report(report)
+
+
+def _print_report(report) -> None:
     for w in report.warnings:  # also logged; the CLI's logging leaves samtrack.io.export to this
         console.print(f"[yellow]warning: {escape(cli_words(w))}[/yellow]", highlight=False)
     console.print(escape(report.summary()), highlight=False)

@@ -75,25 +75,15 @@ def start_track(source, prompts, out_dir, *, model: str | None = None, checkpoin
     :class:`CacheError` when ``out_dir`` is not a samtrack folder."""
     from samtrack.io.registry import open_reader
     from samtrack.session import open_session
-    from samtrack.session.prompt_file import PromptFileError, PromptSet, _check_finds, load_prompt_file
 
-    if direction not in ("forward", "backward", "both"):
-        raise InvalidOptionError(f"direction {direction!r}: use forward, backward or both")
+    _check_direction(direction)
     video_options = dict(video_options or {})
     out_dir = Path(out_dir)
-    if prompts is None and not finds:
-        raise PromptFileError("nothing to track: give a prompt file (--prompts) or a text prompt (--text)")
-    if prompts is not None and not Path(prompts).is_file():
-        raise PromptFileError(f"prompt file {prompts} not found")
+    check_job_prompts(prompts, finds)
     reader_opts = {k: v for k, v in video_options.items() if k != "intensity"}
     with open_reader(source, **reader_opts) as rd:  # validate the prompts before any work
         info = rd.info
-    if prompts is not None:
-        objects = load_prompt_file(prompts, n_frames=info.n_frames, width=info.width, height=info.height)
-    else:
-        objects = PromptSet()
-    if finds:
-        objects.finds += _check_finds(list(finds), Path("--text"), info.n_frames, info.width, info.height)
+    objects = load_job_prompts(prompts, finds, n_frames=info.n_frames, width=info.width, height=info.height)
     if out_dir.exists() and any(out_dir.iterdir()):
         names = {p.name for p in out_dir.iterdir()}
         if not (names & OURS or force):
@@ -112,9 +102,7 @@ def start_track(source, prompts, out_dir, *, model: str | None = None, checkpoin
         raise JobMismatchError(f"{out_dir} holds another job ({what}); choose another --out, or pass --force to "
                                "replace it", differences=e.differences) from e
     try:
-        resumed = bool(session.obj_ids)
-        changed = apply_prompt_changes(session, objects)
-        done_before = _frames_done(session)
+        resumed, changed, done_before = apply_job_prompts(session, objects)
         session.results.root.attrs["job"] = {"source": str(Path(source).resolve()) if isinstance(source, (str, Path)) else None,
                                              "model": session.backend.spec.name, "image_size": session.backend.image_size,
                                              "direction": direction, "video_options": video_options}
@@ -134,23 +122,138 @@ def start_track(source, prompts, out_dir, *, model: str | None = None, checkpoin
     return session, start
 
 
+@dataclass(frozen=True)
+class RemoteJobStart:
+    """What a ``track --server`` run found in its session on the server (:func:`start_remote_track`).
+
+    ``workdir``: the session's folder on the server; ``resumed``: the session held objects already;
+    ``frames_done``: video frames finished for every object and still valid after the prompt file's
+    changes; ``prompts_changed``: prompts added, changed or removed since the last run (applied as
+    corrections). What the run computes is the server's plan: :func:`run_job` returns it afterwards."""
+
+    workdir: str
+    resumed: bool
+    n_frames: int
+    frames_done: int
+    prompts_changed: int
+
+
+def start_remote_track(client, video, prompts, *, workdir=None, model: str | None = None, checkpoint=None,
+                       image_size: int | None = None, force: bool = False, video_options: dict | None = None,
+                       config=None, finds=()):
+    """Open (or reopen) the job's session on a ``samtrack serve`` server and apply the prompt file;
+    returns (:class:`~samtrack.remote.session.RemoteSession`, :class:`RemoteJobStart`).
+
+    ``client``: a :class:`samtrack.remote.client.Client`; ``video``, ``workdir`` (None: the server's default
+    folder for this video, model and size) and ``checkpoint`` are paths on the server. ``prompts`` (a local
+    file, its mask images read here) and ``finds`` are as :func:`start_track` takes them: the file is
+    validated against the remote video's frame count and size before any prompt is sent, then applied as
+    :func:`apply_prompt_changes` applies it (the same session folder again resumes: only what changed or is
+    missing is computed). ``force``: discard the session's results first (``reset``).
+
+    Raises :class:`PromptFileError` for a bad prompt file, :class:`JobMismatchError` when the folder holds
+    another job and ``force`` is not set, and the client's errors
+    (:class:`~samtrack.errors.ForbiddenPathError` for a path outside the server's roots, ...)."""
+    from samtrack.errors import RemoteError
+
+    check_job_prompts(prompts, finds)
+    try:
+        session = client.open_session(video, model=model, checkpoint=checkpoint, image_size=image_size,
+                                      workdir=workdir, reset=force, config=config, **dict(video_options or {}))
+    except JobMismatchError as e:
+        what = str(e).split(": ", 1)[-1].split(". They are not used")[0]
+        where = f"{workdir} on the server" if workdir is not None else "the server's session folder for this video"
+        raise JobMismatchError(f"{where} holds another job ({what}); choose another --workdir, or pass --force to "
+                               "replace it", differences=e.differences) from e
+    try:
+        objects = load_job_prompts(prompts, finds, n_frames=session.n_frames, width=session.width,
+                                   height=session.height)
+        resumed, changed, done = apply_job_prompts(session, objects)
+    except BaseException as e:
+        try:
+            session.close()
+        except RemoteError as closing:  # the first error is the one to report
+            log.warning("closing the remote session after %s: %s", type(e).__name__, closing)
+        raise
+    if resumed:
+        log.info("resuming %s on %s: %d of %d frames done, %d prompt(s) changed", session.workdir, client.url,
+                 done, session.n_frames, changed)
+    return session, RemoteJobStart(str(session.workdir), resumed, session.n_frames, done, changed)
+
+
+def run_job(session, direction: str = "both", *, progress: Callable[[int, int], None] | None = None,
+            redetect_every: int | None = None) -> list[int]:
+    """Propagate a job's session, local or remote (with ``redetect_every=N``: the job's object-creating
+    prompts run again every N frames, see ``TrackingSession.propagate_and_redetect``). ``progress(done,
+    total)`` counts the frames the propagation reports. Returns the video frames this run computed,
+    ascending: those never run or stale for some object before, propagated now (prompted frames and
+    frames already valid are not computed again)."""
+    _check_direction(direction)
+    before = {oid: np.array(session.status(oid)) for oid in session.obj_ids}
+    if redetect_every:
+        run = session.propagate_and_redetect(redetect_every, direction, progress=progress)
+    else:
+        run = session.propagate(direction, progress=progress) if session.obj_ids else ()
+    for _ in run:
+        pass
+    n = session.n_frames
+    computed = np.zeros(n, bool)
+    for oid in session.obj_ids:
+        old = before.get(oid, np.zeros(n, np.uint8))  # objects found by re-detection: every frame is new
+        computed |= ((old == 0) | (old == 3)) & (np.asarray(session.status(oid)) == 1)
+    return np.flatnonzero(computed).tolist()
+
+
 def run_track(source, prompts, out_dir, *, direction: str = "both", progress: Callable[[int, int], None] | None = None,
               redetect_every: int | None = None, **kw):
-    """:func:`start_track`, then propagate (with ``redetect_every=N``: the job's object-creating
-    prompts run again every N frames, see ``TrackingSession.propagate_and_redetect``); returns the
-    open session (the caller closes it)."""
+    """:func:`start_track`, then :func:`run_job`; returns the open session (the caller closes it)."""
     session, _ = start_track(source, prompts, out_dir, direction=direction, **kw)
     try:
-        if redetect_every:
-            run = session.propagate_and_redetect(redetect_every, direction, progress=progress)
-        else:
-            run = session.propagate(direction, progress=progress) if session.obj_ids else ()
-        for _ in run:
-            pass
+        run_job(session, direction, progress=progress, redetect_every=redetect_every)
     except BaseException:
         session.close()
         raise
     return session
+
+
+def _check_direction(direction: str) -> None:
+    if direction not in ("forward", "backward", "both"):
+        raise InvalidOptionError(f"direction {direction!r}: use forward, backward or both")
+
+
+def check_job_prompts(prompts, finds=()) -> None:
+    """Raise :class:`PromptFileError` when there is nothing to track (no prompt file and no ``finds``) or the
+    prompt file ``prompts`` does not exist: the checks that need no video, made before any work."""
+    from samtrack.session.prompt_file import PromptFileError
+
+    if prompts is None and not finds:
+        raise PromptFileError("nothing to track: give a prompt file (--prompts) or a text prompt (--text)")
+    if prompts is not None and not Path(prompts).is_file():
+        raise PromptFileError(f"prompt file {prompts} not found")
+
+
+def load_job_prompts(prompts, finds=(), *, n_frames: int, width: int, height: int):
+    """The job's prompts: the prompt file ``prompts`` (or none) plus ``finds`` (dicts of a prompt file's
+    ``"find"`` list), validated against a video of ``n_frames`` frames of ``width`` x ``height`` pixels;
+    a :class:`~samtrack.session.prompt_file.PromptSet`. Raises :class:`PromptFileError` naming the field and
+    the object."""
+    from samtrack.session.prompt_file import PromptSet, _check_finds, load_prompt_file
+
+    check_job_prompts(prompts, finds)
+    objects = load_prompt_file(prompts, n_frames=n_frames, width=width, height=height) if prompts is not None \
+        else PromptSet()
+    if finds:
+        objects.finds += _check_finds(list(finds), Path("--text"), n_frames, width, height)
+    return objects
+
+
+def apply_job_prompts(session, objects) -> tuple[bool, int, int]:
+    """:func:`apply_prompt_changes` on any session (:class:`~samtrack.session.protocol.Session`, local or
+    remote); returns (resumed: the session held objects before, prompts changed, video frames done for every
+    object afterwards)."""
+    resumed = bool(session.obj_ids)
+    changed = apply_prompt_changes(session, objects)
+    return resumed, changed, _frames_done(session)
 
 
 def _frames_done(session) -> int:
@@ -172,9 +275,12 @@ def _same(old, new: dict, width: int, height: int) -> bool:
 
 
 def apply_prompt_changes(session, objects) -> int:
-    """Make the session's objects and prompts equal to a prompt file's; returns how many prompts
-    were added, changed or removed. Unchanged prompts are left alone (nothing becomes stale);
-    changes are corrections: only the frames they affect are recomputed."""
+    """Make the session's objects and prompts equal to a prompt file's (``objects``: a validated
+    :class:`~samtrack.session.prompt_file.PromptSet`); returns how many prompts were added, changed or
+    removed. Works on any session, local or remote (:class:`~samtrack.session.protocol.Session` with
+    ``concepts``, ``find_objects``, ``find_objects_created`` and ``remove_find``). Unchanged prompts are
+    left alone (nothing becomes stale); changes are corrections: only the frames they affect are
+    recomputed. Raises the session's errors (:class:`PromptError`, ...)."""
     n = 0
     finds = list(getattr(objects, "finds", ()))
     for frame, query in list(session.concepts):  # object-creating prompts no longer in the file: their objects go

@@ -23,14 +23,14 @@ from typing import Callable, Iterator
 import httpx
 import numpy as np
 
-from samtrack.errors import (FrameIndexError, InvalidOptionError, SamtrackError, ServerUnavailableError,
-                             SessionBusyError, SessionClosedError, UnknownObjectError)
+from samtrack.errors import (FrameIndexError, InvalidOptionError, PromptError, SamtrackError,
+                             ServerUnavailableError, SessionBusyError, SessionClosedError, UnknownObjectError)
 from samtrack.remote import wire
 from samtrack.remote._http import Backoff, jsonable
 from samtrack.remote.views import (RemoteBackend, RemoteFrames, RemoteResults, RemoteVideoInfo, model_spec,
                                    unzip_export)
 from samtrack.session.finding import MATCH_IOU, FoundObjects
-from samtrack.session.prompts import Everything, make_concept, make_mask, prompt_from_record, prompt_record
+from samtrack.session.prompts import Concept, Everything, make_concept, make_mask, prompt_from_record, prompt_record
 from samtrack.session.types import FrameResult
 
 log = logging.getLogger(__name__)
@@ -295,6 +295,28 @@ class RemoteSession:
         q = Everything(float(threshold), tuple(sorted(options.items())))
         return self._find(frame, q, {"kind": "everything", "threshold": threshold, **_match(match_iou),
                                      **({"options": options} if options else {})})
+
+    def find_objects(self, frame: int, query, *, match_iou: float = MATCH_IOU) -> FoundObjects:
+        """Run an object-creating prompt (a :class:`~samtrack.session.prompts.Concept` or
+        :class:`~samtrack.session.prompts.Everything`, as in a prompt file's ``"find"`` list or
+        :attr:`concepts`) on ``frame`` and create objects for what is new there, as the local
+        :meth:`~samtrack.session.finding.ObjectFinding.find_objects`. Raises :class:`PromptError` for
+        another query type, and the local API's errors (a model family that cannot run this query, a frame
+        out of range)."""
+        if isinstance(query, Concept) and query.text:
+            return self.add_text(frame, query.text, boxes=query.boxes or None, box_labels=query.box_labels or None,
+                                 threshold=query.threshold, match_iou=match_iou)
+        if isinstance(query, Concept):
+            return self.add_exemplars(frame, query.boxes, query.box_labels, threshold=query.threshold,
+                                      match_iou=match_iou)
+        if isinstance(query, Everything):
+            return self.segment_everything(frame, threshold=query.threshold, match_iou=match_iou,
+                                           **dict(query.options))
+        raise PromptError(f"query {query!r}: give a Concept (text or exemplar boxes) or Everything")
+
+    def find_objects_created(self) -> set[int]:
+        """Ids of the objects that object-creating prompts made (still present or not)."""
+        return self._cached(("created",), lambda: {int(o) for o in self._json("GET", "/created")["obj_ids"]})
 
     def remove_find(self, frame: int, query) -> list[int]:
         """Forget an object-creating prompt given on ``frame`` and remove the objects it created; their ids."""

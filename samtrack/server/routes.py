@@ -256,6 +256,10 @@ def make_router(state) -> APIRouter:  # noqa: C901  (one small function per endp
             raise WireError(f"query: not a concept record ({e}); send one from the session state's 'concepts'") from e
         return {"removed": change(sid, lambda s: s.remove_find(body.frame, query))}
 
+    @r.get("/sessions/{sid}/created")
+    def created(sid: str):
+        return {"obj_ids": sorted(int(o) for o in read(sid, lambda s: s.find_objects_created()))}
+
     @r.post("/sessions/{sid}/clear")
     def clear(sid: str, body: ClearBody):
         change(sid, lambda s: s.clear_prompts(body.frame, body.obj_id))
