@@ -209,3 +209,32 @@ def test_track_server_mistakes_are_one_line(assets, server, tmp_path, capsys):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and r.stderr.startswith("error:"), r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "token" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_apply_prompt_changes_with_finds_on_a_remote_session(assets, server, tmp_path):
+    """The job's logic on a RemoteSession: object-creating prompts run once, are kept while the file keeps
+    them and removed with it; the local API's errors (a SAM2 model has no text prompts)."""
+    from samtrack.errors import PromptError
+    from samtrack.job import apply_prompt_changes
+    from samtrack.session.prompt_file import PromptSet
+    from samtrack.session.prompts import Concept, Everything
+
+    root, vid, ck = assets
+    everything = (0, Everything(0.0, (("points_per_side", 4),)))  # a small grid: a fraction of a second
+    local = samtrack.open_session(vid, checkpoint=ck, image_size=SIZE, device="cpu", workdir=tmp_path / "w")
+    with samtrack.connect(server.url, token_file=server.token_file) as client:
+        remote = client.open_session(str(vid), checkpoint=str(ck), image_size=SIZE, workdir=str(root / "finds"))
+        try:
+            for s in (local, remote):
+                assert apply_prompt_changes(s, PromptSet([], [everything])) == 1
+                assert s.concepts == [everything]
+                assert apply_prompt_changes(s, PromptSet([], [everything])) == 0  # the same file: not run again
+                assert s.find_objects_created() == set(s.obj_ids)
+                assert apply_prompt_changes(s, PromptSet([], [])) == 1 and s.concepts == []
+                with pytest.raises(PromptError, match="concept prompt"):
+                    s.find_objects(0, Concept("cell"))
+            with pytest.raises(PromptError, match="Concept"):
+                remote.find_objects(0, "cell")
+        finally:
+            remote.close()
+            local.close()
