@@ -170,6 +170,7 @@ def test_track_server_mistakes_are_one_line(assets, server, tmp_path, capsys):
     bad.write_text(json.dumps({"objects": [{"id": 1, "prompts": [{"frame": N + 3, "points": [[1, 1]]}]}]}))
     wrong = tmp_path / "wrong-token"
     wrong.write_text("not-the-token\n")
+    media.write_video(root / "other.mp4", N, w=W, h=H, frames=[media.frame_pattern(i, H, W, seed=2) for i in range(N)])
     outside = tmp_path / "outside.mp4"
     shutil.copy(vid, outside)
     base = ["--out", tmp_path / "out", "--checkpoint", ck, "--image-size", SIZE]
@@ -184,6 +185,8 @@ def test_track_server_mistakes_are_one_line(assets, server, tmp_path, capsys):
         "missing token file": (["track", vid, "-p", good, *srv(token_file=tmp_path / "nope"), *base],
                                "token file"),
         "bad prompt file": (["track", vid, "-p", bad, *srv(), *base, "--workdir", root / "bad"], f"{N + 3}"),
+        "another job in --workdir": (["track", root / "other.mp4", "-p", good, *srv(), *base, "--workdir",
+                                      root / "bad"], "--force"),
         "bad prompt file, uploaded": (["track", outside, "--upload", "-p", bad, *srv(), *base], f"{N + 3}"),
         "workdir without server": (["track", vid, "-p", good, *base, "--workdir", root / "x"], "--server"),
         "device with server": (["track", vid, "-p", good, *srv(), *base, "--device", "cpu"], "--device"),
@@ -202,6 +205,10 @@ def test_track_server_mistakes_are_one_line(assets, server, tmp_path, capsys):
         finally:
             s.close()
     assert [f.name for f in (server.workdir / "sessions" / "uploads").rglob("*.mp4")] == ["outside.mp4"]  # sent
+    rc, err = run(["track", root / "other.mp4", "-p", good, *srv(), *base, "--workdir", root / "bad", "--force",
+                   "--direction", "forward"], capsys)  # --force: the other job's folder is reset, then used
+    assert rc == 0, err
+    assert "resuming" not in err and sorted(stores(root / "bad")) == [1, 2]
 
     # the real entry point, a wrong token: one line, exit 2
     r = subprocess.run([sys.executable, "-m", "samtrack.cli", "track", str(vid), "-p", str(good), "--server",
