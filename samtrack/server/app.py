@@ -133,7 +133,25 @@ class Guard:
             except E.SamtrackError as e:
                 await error_response(e)(scope, receive, send)
                 return
-        await self.app(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as e:  # noqa: BLE001  (a server fault: answered here, the connection stays usable)
+            # Starlette's ServerErrorMiddleware answers too but then re-raises, and uvicorn drops the
+            # connection: the client's next request on it (keep-alive) failed with a reset
+            if started:
+                raise
+            await error_response(e, 500)(scope, receive, send)
 
 
 def error_response(exc: BaseException, status: int | None = None) -> JSONResponse:

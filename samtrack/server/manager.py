@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import stat
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -87,6 +88,35 @@ class Served:
                 "propagating": self.propagating, "queued": self.queued}
 
 
+def check_kinds(video: str, checkpoint: str | None, workdir: str | None, *, given: dict | None = None) -> None:
+    """Refuse (:class:`InvalidOptionError`) a video that is neither a regular file nor a folder, a checkpoint
+    that is not a regular file, and a workdir that exists but is not a folder, before anything opens them: a
+    FIFO or a device under a root would block the reader forever while it holds the device's lock. Only
+    ``os.stat`` runs (it opens nothing). ``given``: the client's own names, for the messages."""
+    given = given or {}
+
+    def mode(p: str) -> int | None:
+        try:
+            return os.stat(p).st_mode
+        except OSError:
+            return None
+
+    m = mode(video)
+    if m is not None and not (stat.S_ISREG(m) or stat.S_ISDIR(m)):
+        raise InvalidOptionError(f"video {given.get('video', video)!r} is not a regular file or a folder of images "
+                                 "(a pipe, socket or device): name a video file or upload one")
+    if checkpoint not in (None, "untrained"):
+        m = mode(checkpoint)
+        if m is not None and not stat.S_ISREG(m):
+            raise InvalidOptionError(f"checkpoint {given.get('checkpoint', checkpoint)!r} is not a regular file: "
+                                     "name a .pt checkpoint file")
+    if workdir is not None:
+        m = mode(workdir)
+        if m is not None and not stat.S_ISDIR(m):
+            raise InvalidOptionError(f"workdir {given.get('workdir', workdir)!r} exists and is not a folder: name a "
+                                     "folder (new or a session's), or leave workdir out")
+
+
 class SessionManager:
     """Open sessions by id, the shared models and the devices. Thread-safe."""
 
@@ -121,6 +151,7 @@ class SessionManager:
         workdir = body.get("workdir")
         if workdir is not None:
             workdir = str(self.roots.resolve(workdir, what="workdir"))
+        check_kinds(video, ckpt, workdir, given=body)
         opts = dict(body.get("video_options") or {})
         config = dict(body.get("config") or {})
         if config:
@@ -279,6 +310,7 @@ class SessionManager:
                 self.roots.resolve(p, what=what)
             if args.checkpoint not in (None, "untrained"):
                 self.roots.resolve(args.checkpoint, what="checkpoint")
+            check_kinds(args.video, args.checkpoint, args.workdir)
             log.info("reopening session %s from %s", sid, args.workdir)
             return self._start(sid, args, self.model(args))
 

@@ -8,22 +8,31 @@ import asyncio
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from samtrack import __version__
-from samtrack.errors import InvalidOptionError
+from samtrack.errors import InvalidOptionError, PromptError
 from samtrack.remote.wire import WireError, decode_masks, encode_array, encode_masks, encode_result
 from samtrack.server.streaming import PropagationJob
 from samtrack.server.uploads import export_zip, store_upload
 
 
 class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: a string, a bool or a float where an integer belongs is a 422, not silently converted
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+# numbers only (a string or null inside is a 422, never a server fault); the session checks shapes and ranges,
+# so a ragged or flat list still gets the local API's message
+Coords = list[list[float]] | list[float]
+Label = Annotated[int, Field(ge=-2**31, le=2**31 - 1)]
+# clicks on one prompt: the model's cost grows with their number (200,000 held the device for minutes)
+MAX_POINTS = 1000
 
 
 class OpenBody(Body):
@@ -48,10 +57,10 @@ class PromptBody(Body):
     kind: Literal["points", "box", "mask"]
     frame: int
     obj_id: int
-    points: Any = None
-    labels: Any = None
+    points: Coords | None = None
+    labels: list[Label] | None = None
     clear: bool = True
-    box: Any = None
+    box: Coords | None = None
     mask: Any = None
 
 
@@ -59,8 +68,8 @@ class FindBody(Body):
     kind: Literal["text", "exemplars", "everything"]
     frame: int
     text: str | None = None
-    boxes: Any = None
-    box_labels: Any = None
+    boxes: Coords | None = None
+    box_labels: list[Label] | None = None
     threshold: float | None = None
     options: dict | None = None
 
@@ -90,6 +99,48 @@ class ExportBody(Body):
     format: str
     allow_incomplete: bool = False
     options: dict | None = None
+
+
+def rle_counts(counts: str) -> list[int]:
+    """The run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``), without trusting it:
+    raises :class:`WireError` for a character outside the alphabet or a string cut in the middle of a value."""
+    out: list[int] = []
+    i, n = 0, len(counts)
+    while i < n:
+        x, k, more = 0, 0, True
+        while more:
+            if i >= n:
+                raise WireError("mask: the RLE 'counts' string ends in the middle of a run length")
+            c = ord(counts[i]) - 48
+            if not 0 <= c < 64:
+                raise WireError(f"mask: {counts[i]!r} is not a COCO RLE character (those are '0' to 'o')")
+            x |= (c & 0x1f) << (5 * k)
+            more = bool(c & 0x20)
+            i += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(out) > 2:
+            x += out[-2]
+        out.append(x)
+    return out
+
+
+def check_rle(rle: dict, height: int, width: int) -> None:
+    """Raise :class:`WireError` unless ``rle`` is a COCO RLE of exactly ``height`` x ``width`` pixels: size
+    ``[H, W]`` integers, ``counts`` a compressed string whose runs are not negative and add up to H * W (a
+    garbage or truncated string would otherwise decode into some mask)."""
+    size, counts = rle.get("size"), rle.get("counts")
+    if (not isinstance(size, list) or len(size) != 2 or not all(type(v) is int for v in size)
+            or not isinstance(counts, str)):
+        raise WireError("mask: send a COCO RLE {'size': [H, W], 'counts': str} (samtrack.remote.wire.encode_masks)")
+    if size != [height, width]:
+        raise WireError(f"mask: an RLE of size {size} for a {height}x{width} video; the mask must be (H, W) "
+                        "at video resolution")
+    runs = rle_counts(counts)
+    if any(r < 0 for r in runs) or sum(runs) != height * width:
+        raise WireError(f"mask: the RLE's runs cover {sum(runs)} pixels (or are negative), not the frame's "
+                        f"{height * width}; encode the (H, W) mask with samtrack.remote.wire.encode_masks")
 
 
 def _ints(text: str | None, what: str) -> list[int] | None:
@@ -218,6 +269,10 @@ def make_router(state) -> APIRouter:  # noqa: C901  (one small function per endp
 
     @r.post("/sessions/{sid}/prompts")
     def prompt(sid: str, body: PromptBody):
+        if body.points is not None and len(body.points) > MAX_POINTS:
+            raise PromptError(f"{len(body.points)} points on one prompt: this server takes at most {MAX_POINTS}; "
+                              "a few clicks (or a box or a mask) are what the model needs")
+
         def run(s):
             if body.kind == "points":
                 return s.add_points(body.frame, body.obj_id, body.points, body.labels, clear=body.clear)
@@ -225,6 +280,7 @@ def make_router(state) -> APIRouter:  # noqa: C901  (one small function per endp
                 return s.add_box(body.frame, body.obj_id, body.box, points=body.points, labels=body.labels)
             mask = body.mask
             if isinstance(mask, dict):
+                check_rle(mask, s.height, s.width)
                 mask = decode_masks([mask], s.height, s.width)[0]
             elif mask is not None:
                 raise WireError("mask: send a COCO RLE {'size': [H, W], 'counts': str} (samtrack.remote.wire)")

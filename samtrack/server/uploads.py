@@ -58,6 +58,8 @@ async def store_upload(request, name: str, folder: Path, limit: int) -> Path:
                     raise _too_large(limit)
                 digest.update(chunk)
                 await run_in_threadpool(f.write, chunk)
+        if size == 0:
+            raise InvalidOptionError(f"upload {name!r} is empty: send the video file's bytes as the request body")
         final = folder / digest.hexdigest()[:16] / name
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.is_file() and final.stat().st_size == size:
