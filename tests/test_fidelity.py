@@ -177,6 +177,14 @@ def test_c_correction_sticks_like_upstream_with_correct_as_cond(setup, up_featur
     theirs[(1, 25)] = m[0, 0].numpy()
     _up_collect(pred.propagate_in_video(ups, start_frame_idx=25), ids, theirs)
     assert _compare(ours, theirs) <= TOL
+    # a propagated keyframe clicked again, twice: each click reads that frame's last propagated (encoded) output
+    # as its conditioning memory, as upstream's re-prompts read cond_frame_outputs (the second click crashed
+    # in sam2's memory attention when the first had replaced that output)
+    for pts in ([[42, 61]], [[60, 50]]):
+        r = s.add_points(0, 1, pts, [1])
+        _, _, m = pred.add_new_points_or_box(ups, 0, 1, points=np.array(pts, np.float32),
+                                             labels=np.array([1], np.int32))
+        assert _compare({(1, 0): r.logits[0]}, {(1, 0): m[0, 0].numpy()}) <= TOL
     # the correction is still there after another propagation in both directions
     list(s.propagate("both"))
     np.testing.assert_array_equal(s.frame_result(25).logits[0], ours[(1, 25)])

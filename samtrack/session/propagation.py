@@ -130,6 +130,7 @@ class Propagation:
                 mm = self.backend.encode_memory(self._frame_features(f), e.mask_logits, e.object_score, True)
                 self.bank.put(o.obj_id, f, replace(e, maskmem=mm, pending=False))
             o.pending.clear()
+            o.held.clear()
         self.flush()
 
     def _sweep(self, direction: str, steps: list[Step], yields: dict[int, tuple], objs) -> Iterator[FrameResult | None]:
@@ -201,10 +202,10 @@ class Propagation:
 
     def _view(self, o: _Object, f: int, rev: bool) -> MemoryView:
         """The keyframes (nearest N) and other frames the step at ``f`` reads, with memory encoded."""
-        keys = o.finalized_keyframes()
+        keys = sorted(set(o.finalized_keyframes()) | set(o.held))
         cap = self.config.max_keyframes_in_attention
         selected = _closest(f, keys, cap)
-        cond = {t: self._full_entry(o.obj_id, t) for t in selected}
+        cond = {t: self._held_entry(o, t) if t in o.held else self._full_entry(o.obj_id, t) for t in selected}
         other = {}
         history = lambda: FrameHistory(*self.bank.scores(o.obj_id))  # noqa: E731  (read only if the family asks)
         for t in self.backend.frames_read(f, rev, selected, self.n_frames, history=history):
@@ -214,6 +215,15 @@ class Propagation:
             if e is not None:
                 other[t] = self._full_entry(o.obj_id, t, e)
         return MemoryView(cond, other)
+
+    def _held_entry(self, o: _Object, t: int) -> MemoryEntry:
+        """A held (replaced, still read) keyframe output with its memory encoded (re-encoded if paged out)."""
+        e = o.held[t]
+        if e.maskmem is None:
+            logits = e.mem_logits if e.mem_logits is not None else e.mask_logits
+            e = o.held[t] = replace(e, maskmem=self.backend.encode_memory(self._frame_features(t), logits,
+                                                                          e.object_score, e.from_prompt))
+        return e
 
     def _full_entry(self, obj_id: int, t: int, e: MemoryEntry | None = None) -> MemoryEntry:
         e = self.bank.get(obj_id, t) if e is None else e

@@ -45,6 +45,10 @@ class _Object:
     obj_id: int
     prompts: dict[int, Points | Mask] = field(default_factory=dict)
     pending: set[int] = field(default_factory=set)  # prompted, memory not encoded yet
+    # finalized keyframe outputs replaced by a pending re-prompt of the same frame: what a prompt step still
+    # reads as that frame's conditioning memory until the next propagation encodes the new one (upstream keeps
+    # the consolidated output in cond_frame_outputs and writes re-prompts to its temporary dict)
+    held: dict[int, MemoryEntry] = field(default_factory=dict)
     visited: np.ndarray | None = None  # int8 per frame: -1 never tracked, 0 forward, 1 backward
 
     @property
@@ -193,6 +197,7 @@ class TrackingSession(ObjectFinding, Propagation, FeatureSource):
                 continue
             del o.prompts[frame]
             o.pending.discard(frame)
+            o.held.pop(frame, None)
             self.results.save_prompt(o.obj_id, frame, None)
             self._mark_stale(o.obj_id, frame)
             e = self.bank.get(o.obj_id, frame)
@@ -234,6 +239,9 @@ class TrackingSession(ObjectFinding, Propagation, FeatureSource):
             out = self.backend.prompt(feats, frame, view, reverse=reverse, n_frames=self.n_frames, **kw)
         entry = MemoryEntry(obj_ptr=out.obj_ptr[0], object_score=out.object_score[0], mask_logits=out.mask_logits[0],
                             iou=float(out.iou[0]), from_prompt=True, reverse=reverse, keyframe=True, pending=True)
+        prev = self.bank.get(obj_id, frame)
+        if tracked and prev is not None and prev.keyframe and not prev.pending and frame not in o.held:
+            o.held[frame] = prev  # a finalized keyframe prompted again: later prompt steps still read it
         self.bank.put(obj_id, frame, entry)
         o.prompts[frame] = prompt
         o.pending.add(frame)
