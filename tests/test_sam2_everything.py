@@ -139,6 +139,8 @@ def test_bad_requests_say_what_is_wrong(backend, frame):
         backend.detect(frame, None, DetectRequest(everything=True, threshold=1.5))
     with pytest.raises(InvalidOptionError, match="points_per_side"):
         backend.detect(frame, None, DetectRequest(everything=True, options={"points_per_side": 0}))
+    with pytest.raises(InvalidOptionError, match="points_per_side=1000000: at most 128"):  # not a 7 TiB grid
+        backend.detect(frame, None, DetectRequest(everything=True, options={"points_per_side": 10**6}))
     with pytest.raises(PromptError, match=r"\(H, W, 3\) uint8"):
         backend.detect(frame[..., 0], None, DetectRequest(everything=True))
 

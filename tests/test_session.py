@@ -248,3 +248,27 @@ def test_reprompting_a_keyframe_whose_memory_has_no_pointer_on_cpu(session):
     assert s.prompt_at(4, 1).box == (20.0, 20.0, 70.0, 60.0)
     i = r.obj_ids.index(1)
     assert r.masks[i].shape == (96, 128) and np.isfinite(r.object_scores[i]) and np.isfinite(r.logits[i]).all()
+
+
+def test_object_metadata_labels_and_result_ids_are_checked(session):
+    """A colour, parent, label or object id that means nothing is refused in words, not stored or guessed."""
+    from samtrack.errors import PromptError, UnknownObjectError
+    from samtrack.session.prompts import make_points
+
+    with pytest.raises(PromptError, match="1 \\(positive\\) or 0"):
+        make_points([[1, 1]], [0.5], 10, 10)  # was silently truncated to 0 (negative)
+    with pytest.raises(PromptError, match="1 \\(positive\\) or 0"):
+        make_points([[1, 1]], ["a"], 10, 10)
+    assert make_points([[1, 1]], [1.0], 10, 10).labels == (1,)
+    s = session
+    s.add_points(0, 1, [[5, 5]], [1])
+    for bad in ("notacolor", (2**70, 0, 0), (1, 2), (True, 0, 0), (0, 0, 256)):
+        with pytest.raises(PromptError, match="three integers 0..255"):
+            s.add_object(1, color=bad)
+    for bad in (1, 0, -3, "2", True):
+        with pytest.raises(PromptError, match="parent"):
+            s.add_object(1, parent=bad)
+    s.add_object(2, color=np.array([10, 20, 30]), parent=1)
+    assert s.results.object_meta(2)["color"] == [10, 20, 30] and s.results.object_meta(2)["parent"] == 1
+    with pytest.raises(UnknownObjectError, match="unknown object 7"):
+        s.frame_result(0, [7])

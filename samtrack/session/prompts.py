@@ -153,11 +153,16 @@ def make_points(points, labels, width: int, height: int, *, box=None) -> Points:
         pts = pts[None]
     if pts.ndim != 2 or pts.shape[1] != 2:
         raise PromptError(f"points must be (N, 2) as (x, y) pairs, got shape {pts.shape}")
-    lab = np.asarray(labels if labels is not None else np.zeros(0), dtype=np.int64).reshape(-1)
+    try:
+        given = np.asarray(labels if labels is not None else np.zeros(0)).reshape(-1)
+        lab = given.astype(np.int64)
+    except (TypeError, ValueError, OverflowError):
+        raise PromptError(f"labels must be 1 (positive) or 0 (negative), got {labels!r}") from None
     if len(lab) != len(pts):
         raise PromptError(f"{len(pts)} points but {len(lab)} labels: give one label (1 positive, 0 negative) per point")
-    if not np.isin(lab, (0, 1)).all():
-        raise PromptError(f"labels must be 1 (positive) or 0 (negative), got {sorted(set(lab.tolist()))}")
+    if not np.isin(lab, (0, 1)).all() or (given.dtype.kind == "f" and not np.array_equal(given, lab)):
+        shown = sorted(set(given.tolist())) if given.dtype.kind in "fiub" else sorted(set(lab.tolist()))
+        raise PromptError(f"labels must be 1 (positive) or 0 (negative), got {shown}")
     if not np.isfinite(pts).all():
         raise PromptError("points contain NaN or infinity")
     bad = (pts[:, 0] < 0) | (pts[:, 0] > width) | (pts[:, 1] < 0) | (pts[:, 1] > height)

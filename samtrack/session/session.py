@@ -129,6 +129,16 @@ class TrackingSession(ObjectFinding, Propagation, FeatureSource):
         if not isinstance(obj_id, (int, np.integer)) or not 1 <= obj_id <= 2**31 - 1:
             raise PromptError(f"object ids are integers from 1 to 2**31 - 1, got {obj_id!r}")
         obj_id = int(obj_id)
+        if parent is not None and (isinstance(parent, bool) or not isinstance(parent, (int, np.integer))
+                                   or not 1 <= parent <= 2**31 - 1 or int(parent) == obj_id):
+            raise PromptError(f"parent {parent!r} of object {obj_id}: the id of another object (1 to 2**31 - 1), "
+                              "the cell it divided from, or None")
+        if color is not None:
+            c = list(color) if isinstance(color, (list, tuple, np.ndarray)) else []
+            if len(c) != 3 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v <= 255
+                                      for v in c):
+                raise PromptError(f"color {color!r} of object {obj_id}: give (r, g, b) as three integers 0..255")
+            color = tuple(int(v) for v in c)
         if obj_id not in self._objects:
             self._objects[obj_id] = _Object(obj_id, visited=np.full(self.n_frames, -1, np.int8))
         self.results.add_object(obj_id, name=name, parent=parent, color=color)
@@ -294,6 +304,8 @@ class TrackingSession(ObjectFinding, Propagation, FeatureSource):
         """Masks, logits and scores of ``frame`` for the given objects (default all)."""
         self._check_frame(frame)
         ids = list(self.obj_ids if obj_ids is None else obj_ids)
+        for oid in ids:
+            self._obj(oid)  # an unknown id: UnknownObjectError, not an empty mask
         if ids and all((oid, frame) in self._fresh for oid in ids):  # just computed: no second upsampling
             vals = [self._fresh[(oid, frame)] for oid in ids]
             logits = np.stack([v[0] for v in vals]).astype(np.float32, copy=False)

@@ -43,6 +43,9 @@ OPTIONS = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_
            "multimask_output")
 _POSITIVE_INT = ("points_per_side", "points_per_batch")
 _NON_NEGATIVE_INT = ("crop_n_layers", "min_mask_region_area", "crop_n_points_downscale_factor")
+# upper bounds that keep one request within a machine (points_per_side=10**6 asked for a 7 TiB grid):
+# upstream's largest documented setting is 64 points per side and 1 crop layer
+_AT_MOST = {"points_per_side": 128, "points_per_batch": 4096, "crop_n_layers": 3}
 
 
 def generator_options(request: DetectRequest) -> dict[str, Any]:
@@ -60,6 +63,9 @@ def generator_options(request: DetectRequest) -> dict[str, Any]:
         v, low = out.get(k), 1 if k in _POSITIVE_INT else 0
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low):
             raise InvalidOptionError(f"'everything' option {k}={v!r}: use a whole number >= {low}")
+        if v is not None and k in _AT_MOST and v > _AT_MOST[k]:
+            raise InvalidOptionError(f"'everything' option {k}={v!r}: at most {_AT_MOST[k]} (more would not fit "
+                                     "a machine's memory)")
     for k in ("pred_iou_thresh", "stability_score_thresh"):
         if k in out and not 0.0 <= float(out[k]) <= 1.0:
             raise InvalidOptionError(f"'everything' {'threshold' if k == 'pred_iou_thresh' else k}={out[k]!r}: "
