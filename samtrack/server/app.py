@@ -156,7 +156,9 @@ class Guard:
 
 def error_response(exc: BaseException, status: int | None = None) -> JSONResponse:
     status = status or status_of(exc)
-    if status >= 500:
+    if status >= 500 and isinstance(exc, E.SamtrackError):  # a typed error (no checkpoint, out of memory): said
+        log.warning("%s: %s", type(exc).__name__, exc)   # to the client; no traceback in the server's log
+    elif status >= 500:
         log.error("server fault: %s", exc, exc_info=exc)
     return JSONResponse(error_body(exc), status_code=status)
 
