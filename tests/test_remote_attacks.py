@@ -93,6 +93,19 @@ def test_a_workdir_that_is_a_file_is_a_4xx_and_the_connection_stays_usable(data,
     assert click(http, sid)["frame"] == 0
 
 
+def test_a_workdir_that_is_one_of_the_servers_own_folders_is_refused(srv, http, sid):
+    # a root itself, the sessions folder, its id records or the uploads: a session's stores would be written
+    # among the user's videos or the server's own files
+    sessions = srv.workdir / "sessions"
+    for wd in (".", str(srv.roots[0]), str(sessions), str(sessions / "ids"), str(sessions / "ids" / "x"),
+               str(sessions / "uploads" / "y")):
+        msg = err(http.post("/v1/sessions", json={"video": "a.mp4", "checkpoint": "ck.pt", "image_size": SIZE,
+                                                  "workdir": wd}), 400, "InvalidOptionError")
+        assert "own folders" in msg, wd
+    assert not (sessions / "ids" / "x").exists()
+    assert click(http, sid)["frame"] == 0
+
+
 def test_a_server_fault_leaves_the_connection_usable(srv, http, sid):
     # an option the generator does not know fails deep inside the session (not a samtrack error); whatever
     # the status, the answer is the error body and the next request on the same connection works (before:

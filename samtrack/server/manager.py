@@ -151,6 +151,7 @@ class SessionManager:
         workdir = body.get("workdir")
         if workdir is not None:
             workdir = str(self.roots.resolve(workdir, what="workdir"))
+            self._check_workdir(Path(workdir))
         check_kinds(video, ckpt, workdir, given=body)
         opts = dict(body.get("video_options") or {})
         config = dict(body.get("config") or {})
@@ -162,6 +163,17 @@ class SessionManager:
             except TypeError as e:
                 raise InvalidOptionError(f"config: {e}; the keys are those of samtrack.SessionConfig") from None
         return OpenArgs(video, body.get("model"), ckpt, body.get("image_size"), workdir, opts, config)
+
+    def _check_workdir(self, wd: Path) -> None:
+        """A session folder of its own: not a root itself, not the sessions folder, not inside the server's
+        own records (``ids``) or the uploads (their files would be mixed with a session's stores)."""
+        own = [self.sessions_dir, *self.roots.roots]
+        private = [self.ids_dir, self.sessions_dir / "uploads"]
+        real = [Path(os.path.realpath(p)) for p in own], [Path(os.path.realpath(p)) for p in private]
+        if wd in real[0] or any(wd == p or p in wd.parents for p in real[1]):
+            raise InvalidOptionError(f"workdir {str(wd)!r} is one of the server's own folders (a root, the "
+                                     "sessions folder, its ids or uploads): name a new folder below a root, or "
+                                     "leave workdir out for the server's default")
 
     def model(self, args: OpenArgs):
         """The backend for ``args`` (built once per model, checkpoint, image size and device)."""
