@@ -101,4 +101,6 @@ def test_server_field_connects_and_opens_on_the_server(make_napari_viewer, serve
     w.btn_add.click()
     _click(viewer, 30, 30)
     assert w.session.keyframes(1) == [2]
+    assert not w.connect_server("http://127.0.0.1:9", token="x")  # a shown video never moves machines
+    assert "new window" in w.status.text() and w.remote
     w.close_session()

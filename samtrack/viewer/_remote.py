@@ -44,7 +44,7 @@ class RemoteInput:
 
     @property
     def remote(self) -> bool:
-        """True when the shown session lives on a server."""
+        """True when connected to a server: the shown session (if any) lives there."""
         return self._client is not None
 
     def connect_server(self, url: str, *, token: str | None = None, token_file=None) -> bool:
@@ -52,6 +52,10 @@ class RemoteInput:
         Says what went wrong in the status line; True when connected."""
         import samtrack
 
+        if self.frames is not None:  # the shown video stays where it is (a session never moves machines)
+            self._say("this widget already shows a video: use the server in a new window "
+                      "(samtrack view --server URL PATH)")
+            return False
         self.server_edit.setText(url or "")
         if not url:
             self._drop_client()
@@ -61,10 +65,6 @@ class RemoteInput:
             client = samtrack.connect(url, token=token, token_file=token_file)
         except SamtrackError as e:
             self._say(f"error: {e}")
-            return False
-        if self.session is not None and self._client is not None and client is not self._client:
-            self._say("this widget already shows a remote video: open another in a new window")
-            client.close()
             return False
         self._drop_client()
         self._client = client
