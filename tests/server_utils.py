@@ -154,3 +154,34 @@ class ServerProcess:
         self.stop()
         if et is not None:
             sys.stderr.write(f"\n----- samtrack serve log ({self.log_path}) -----\n{self.log()[-8000:]}\n")
+
+
+# A local and a served session compute with the same number of torch threads (CPU reductions may round
+# differently otherwise): SERVER_ENV for the server subprocess, same_torch_threads() for this process.
+THREADS = max(1, min(2, os.cpu_count() or 1))
+SERVER_ENV = {"OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
+
+
+def same_torch_threads():
+    """Generator for a module-scoped fixture: this process uses THREADS torch threads, restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(before)
+
+
+def ok(r) -> dict:
+    """The JSON of a 200 answer (the body in the assertion message otherwise)."""
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def err(r, status: int, kind: str) -> str:
+    """The message of an error answer with ``status`` and error type ``kind``."""
+    assert r.status_code == status, r.text
+    e = r.json()["error"]
+    assert e["type"] == kind, e
+    return e["message"]
+

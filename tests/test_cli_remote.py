@@ -5,7 +5,6 @@ local job recomputes (and no others); a re-run with nothing changed computes not
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -21,27 +20,18 @@ from samtrack.io.result_store import Status
 from samtrack.job import open_results
 from tests import media
 from tests import model_utils as mu
-from tests.server_utils import ServerProcess, free_port
+from tests.server_utils import SERVER_ENV, ServerProcess, free_port, same_torch_threads
 
 N = 12  # frames
 W, H = 96, 64
 SIZE = mu.IMAGE_SIZE  # 256
-THREADS = max(1, min(2, os.cpu_count() or 1))  # the same torch threads on both sides: the same rounding
-SERVER_ENV = {"OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
 
 PROMPTS = {"objects": [
     {"id": 1, "name": "a", "prompts": [{"frame": 0, "points": [[30, 30]], "labels": [1]}]},
     {"id": 2, "name": "b", "prompts": [{"frame": 5, "box": [55, 15, 85, 50]}]}]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _same_threads():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    yield
-    torch.set_num_threads(before)
+_same_threads = pytest.fixture(scope="module", autouse=True)(same_torch_threads)
 
 
 @pytest.fixture(scope="module")

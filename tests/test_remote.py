@@ -4,7 +4,6 @@ a server killed with SIGKILL mid-stream (every frame exactly once, stores comple
 from __future__ import annotations
 
 import logging
-import os
 import threading
 
 import numpy as np
@@ -18,24 +17,14 @@ from samtrack.io.result_store import Status
 from samtrack.session.protocol import Session
 from tests import media
 from tests import model_utils as mu
-from tests.server_utils import ServerProcess, free_port
+from tests.server_utils import SERVER_ENV, ServerProcess, free_port, same_torch_threads
 
 N = 12  # frames
 W, H = 96, 64
 SIZE = mu.IMAGE_SIZE  # 256
-# both sides compute with the same number of torch threads (CPU reductions may round differently otherwise)
-THREADS = max(1, min(2, os.cpu_count() or 1))
-SERVER_ENV = {"OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _same_threads():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    yield
-    torch.set_num_threads(before)
+_same_threads = pytest.fixture(scope="module", autouse=True)(same_torch_threads)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ pytest.importorskip("fastapi")
 from samtrack.remote.wire import encode_masks  # noqa: E402
 from tests import media  # noqa: E402
 from tests import model_utils as mu  # noqa: E402
-from tests.server_utils import ServerProcess  # noqa: E402
+from tests.server_utils import ServerProcess, ok  # noqa: E402
+from tests.server_utils import err as error_message  # noqa: E402
 
 SIZE = 128
 H, W = 64, 96
@@ -55,17 +56,10 @@ def sid(http):
     return ok(http.post("/v1/sessions", json={"video": "a.mp4", "checkpoint": "ck.pt", "image_size": SIZE}))["id"]
 
 
-def ok(r) -> dict:
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
 def err(r, status: int, kind: str) -> str:
-    assert r.status_code == status, r.text
-    e = r.json()["error"]
-    assert e["type"] == kind, e
-    assert "Traceback" not in e["message"]
-    return e["message"]
+    msg = error_message(r, status, kind)
+    assert "Traceback" not in msg
+    return msg
 
 
 def click(http, sid: str, frame: int = 0):

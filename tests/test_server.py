@@ -18,7 +18,7 @@ pytest.importorskip("fastapi")
 from samtrack.remote.wire import decode_array, decode_result  # noqa: E402
 from tests import media  # noqa: E402
 from tests import model_utils as mu  # noqa: E402
-from tests.server_utils import ServerProcess  # noqa: E402
+from tests.server_utils import ServerProcess, err, ok  # noqa: E402
 
 SIZE = 128  # model input size: small, so the CPU tests stay quick
 N, LONG = 10, 24  # frames of the short videos and of the one that keeps the device busy
@@ -52,18 +52,6 @@ def srv(data):
 def http(srv):
     with httpx.Client(base_url=srv.url, headers=srv.headers, timeout=300) as c:
         yield c
-
-
-def ok(r) -> dict:
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def err(r, status: int, kind: str) -> str:
-    assert r.status_code == status, r.text
-    e = r.json()["error"]
-    assert e["type"] == kind, e
-    return e["message"]
 
 
 def open_session(http, video: str) -> dict:

@@ -58,10 +58,12 @@ class Http:
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def close(self) -> None:
+        """Close the HTTP connections (only those of a client this object created, not an injected one)."""
         if self._own:
             self.http.close()
 
     def unavailable(self, err: BaseException, waited: float = 0.0) -> ServerUnavailableError:
+        """The :class:`ServerUnavailableError` for transport error ``err`` after ``waited`` seconds of retries."""
         how = f" for {waited:.0f} s" if waited >= 1 else ""
         return ServerUnavailableError(
             f"cannot reach the samtrack server at {self.url}{how} ({type(err).__name__}: {err}); check that "
@@ -89,6 +91,7 @@ class Http:
             return r
 
     def json(self, method: str, path: str, **kw) -> dict:
+        """:meth:`request`, then its JSON body (a body that is not JSON raises :class:`WireError`)."""
         r = self.request(method, path, **kw)
         try:
             return r.json()
@@ -173,6 +176,7 @@ class Backoff:
         return True
 
     def reset(self) -> None:
+        """Start over: the next wait is the shortest and the time budget is whole again."""
         self.delay, self.start, self.waited = 0.2, None, 0.0
 
 

@@ -178,10 +178,12 @@ class RemoteSession:
     # -- objects -------------------------------------------------------------------------------
     @property
     def obj_ids(self) -> list[int]:
+        """The session's object ids, ascending (from the cached session state)."""
         return sorted(int(o) for o in self.state()["obj_ids"])
 
     @property
     def closed(self) -> bool:
+        """True after :meth:`close` (the session itself stays on the server, in its folder)."""
         return self._closed
 
     def add_object(self, obj_id: int, *, name: str | None = None, parent: int | None = None, color=None) -> None:

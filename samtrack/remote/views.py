@@ -85,6 +85,7 @@ class RemoteFrames:
         return img
 
     def close(self) -> None:
+        """Forget the cached frames (the video stays on the server)."""
         with self._lock:
             self._cache.clear()
 
@@ -99,6 +100,7 @@ class RemoteResults:
 
     @property
     def object_ids(self) -> list[int]:
+        """The session's object ids, ascending."""
         return self._s.obj_ids
 
     def object_meta(self, obj_id: int) -> dict:
