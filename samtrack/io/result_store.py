@@ -55,8 +55,8 @@ class ResultStore:
         self._lock = threading.RLock()
         self._cache: dict[int, dict] = {}
         self._dirty: dict[int, set[int]] = {}  # frames whose small vectors are not on disk yet
-        self._masks: dict[int, dict[int, np.ndarray]] = {}  # masks not written yet (bulk-written at flush)
-        self._flushing: dict[int, dict[int, np.ndarray]] = {}  # masks being written by a flush (still readable)
+        self._masks: dict[int, dict] = {}  # masks not written yet, encoded (FrameArray.encode; bulk-written at flush)
+        self._flushing: dict[int, dict] = {}  # masks being written by a flush (still readable)
         self.flush_lock = threading.Lock()  # one flush at a time, in order; held around snapshot + write
         self._objects: dict[str, dict] = dict(self.root.attrs.get("objects", {}))
 
@@ -128,7 +128,9 @@ class ResultStore:
         self._check(frame)
         with self._lock:
             a = self._arrays(obj_id)
-            self._masks.setdefault(obj_id, {})[frame] = np.ascontiguousarray(mask, dtype=bool)
+        queued = a["mask"].encode(np.asarray(mask, dtype=bool))  # encoded now: KBs held, not MBs (shards.Encoded)
+        with self._lock:
+            self._masks.setdefault(obj_id, {})[frame] = queued
             for k, v in (("object_score", object_score), ("iou", iou), ("source", source), ("status", int(status))):
                 a["_" + k][frame] = v
             self._dirty.setdefault(obj_id, set()).add(frame)
@@ -258,8 +260,8 @@ class ResultStore:
             queued = self._masks.get(obj_id, {}).get(frame)
             if queued is None:
                 queued = self._flushing.get(obj_id, {}).get(frame)
-            if queued is not None:
-                return queued.copy()
+        if queued is not None:
+            return a["mask"].decode(queued)
         return a["mask"].read(frame)
 
     def label_frame(self, frame: int) -> np.ndarray:

@@ -108,6 +108,18 @@ def _encoder(name: str, cfg: dict, itemsize: int):
         return Blosc(**kw)
 
 
+class Encoded:
+    """One frame already encoded by a :class:`ShardWriter`'s codec: ``data`` (bytes), or None for an
+    all-zero frame stored as no bytes. Queued writes hold this instead of the frame: a 1080p mask is
+    ~2 KB instead of 2 MB of fresh memory, which cost more in page faults (3.2 ms per frame kept until
+    the flush) than encoding it at once (0.3-0.7 ms; 2-core VM)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | None):
+        self.data = data
+
+
 class ShardWriter:
     """Writes shard ``k`` (frames (n, *frame_shape) of ``dtype``) as zarr would; an OSError (disk full) propagates."""
 
@@ -146,10 +158,29 @@ class ShardWriter:
         if len(rows) < self._f:
             parts = self._read_parts(k)
         for j, frame in rows.items():
+            if isinstance(frame, Encoded):  # encoded when queued (:meth:`encode_frame`)
+                if not 0 <= j < self._f:
+                    raise ValueError(f"shard {k}: frame {j} does not fit {self._f} frames")
+                parts[j] = frame.data
+                continue
             if not 0 <= j < self._f or tuple(frame.shape) != self._frame_shape:
                 raise ValueError(f"shard {k}: frame {j} of {tuple(frame.shape)} does not fit {self._frame_shape}")
             parts[j] = None if skip_empty and not frame.any() else self._encode(frame)
         self._write(k, parts)
+
+    def encode_frame(self, frame: np.ndarray, *, skip_empty: bool = False) -> Encoded:
+        """``frame`` (frame_shape, the array's dtype) encoded now, for :meth:`update_chunk` later.
+        Raises ValueError when its shape does not fit."""
+        if tuple(frame.shape) != self._frame_shape:
+            raise ValueError(f"a frame of {tuple(frame.shape)} does not fit {self._frame_shape}")
+        return Encoded(None if skip_empty and not frame.any() else self._encode(frame))
+
+    def decode_frame(self, enc: Encoded) -> np.ndarray:
+        """The frame an :meth:`encode_frame` result holds (a new array)."""
+        out = np.zeros(self._frame_shape, self._dtype)
+        if enc.data is not None:
+            self._codec.decode(enc.data, out=out.view(np.uint8) if self._dtype == np.bool_ else out)
+        return out
 
     def _encode(self, frame: np.ndarray) -> bytes:
         a = np.ascontiguousarray(frame, self._dtype)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from samtrack.io.shards import ShardReader, ShardWriter
+from samtrack.io.shards import Encoded, ShardReader, ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +101,22 @@ class FrameArray:
     def sharded(self) -> bool:
         return self._writer is not None
 
-    def write_rows(self, rows: dict[int, np.ndarray]) -> None:
-        """Store ``{frame: row}``; each shard touched is written once."""
+    def encode(self, row: np.ndarray):
+        """``row`` ready to queue for :meth:`write_rows`: encoded now when sharded (an
+        :class:`~samtrack.io.shards.Encoded`, a few KB for a mask), else a private copy.
+        Raises ValueError when its shape does not fit."""
         if self._writer is None:
-            write_runs(self._zarr, rows)
+            return np.array(row, dtype=self._zarr.dtype, copy=True)
+        return self._writer.encode_frame(row, skip_empty=self._skip_empty)
+
+    def decode(self, queued) -> np.ndarray:
+        """A new array with the row an :meth:`encode` result holds."""
+        return self._writer.decode_frame(queued) if isinstance(queued, Encoded) else queued.copy()
+
+    def write_rows(self, rows: dict) -> None:
+        """Store ``{frame: row}`` (arrays, or :meth:`encode` results); each shard touched is written once."""
+        if self._writer is None:
+            write_runs(self._zarr, {i: self.decode(r) if isinstance(r, Encoded) else r for i, r in rows.items()})
             return
         f = self.frames_per_file
         by_shard: dict[int, dict[int, np.ndarray]] = {}

@@ -44,10 +44,11 @@ class Launched:
             if event is not None:
                 event.synchronize()  # this frame's copies only; the next frame keeps computing
             video = host["video"].numpy()
+            masks = video > 0  # the batch's masks at once
             for i, (oid, e, source) in enumerate(entries):
                 e.iou = float(host["iou"][i])
                 he = MemoryEntry(obj_ptr=host["ptr"][i], object_score=host["score"][i], mask_logits=host["logits"][i],
                                  iou=e.iou, from_prompt=False, reverse=e.reverse,
                                  mem_logits=None if host["mem"] is None else host["mem"][i])
                 session.bank.persist(oid, self.frame, he)
-                session._store(self.frame, oid, video[i], he, Status.PROPAGATED, source=source)
+                session._store(self.frame, oid, video, he, Status.PROPAGATED, source=source, row=i, masks=masks)

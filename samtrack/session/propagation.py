@@ -139,10 +139,12 @@ class Propagation:
         by_id = {o.obj_id: o for o in objs}
         held = None  # the frame in flight: (frame, object ids to report, launched step)
         try:
-            for step in steps:
+            for i, step in enumerate(steps):
                 if self._closed:  # closed under a running propagation: the frame in flight is not stored
                     return
                 f = step.frame
+                if i + 1 < len(steps) and steps[i + 1].compute:
+                    self._prefetch_input(steps[i + 1].frame)  # read and resized while this frame computes
                 for oid in step.started:
                     o = by_id[oid]
                     if o.visited[f] != int(rev):

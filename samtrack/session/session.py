@@ -24,6 +24,7 @@ from samtrack.errors import (FrameIndexError, OutOfMemoryError, PromptError, Ses
                              UnknownObjectError)
 from samtrack.io.feature_store import FeatureStore
 from samtrack.io.frame_store import FrameStore
+from samtrack.io.model_input import MODEL_INPUT_VERSION
 from samtrack.io.result_store import ResultStore, Status
 from samtrack.memory.bank import MemoryBank
 from samtrack.session.backends.base import MemoryEntry
@@ -80,13 +81,17 @@ class TrackingSession(ObjectFinding, Propagation, FeatureSource):
                                host_budget_bytes=self.config.host_budget_bytes)
         if signature is not None:
             sign_job(self.workdir, signature)
-        self.features: FeatureStore | None = None  # image features on disk (a cache, signed like the job)
+        self.features: FeatureStore | None = None  # image features on disk (a cache, signed like the job
+        # and by how frames become model input: a store built from other inputs is rebuilt)
         self._features_in_flight: tuple | None = None  # (frame, host tensors, CUDA event): being copied
         if signature is not None and self.config.feature_store and hasattr(backend, "features_to_store"):
-            self.features = FeatureStore(self.workdir / "features.zarr", self.n_frames, signature=signature,
+            self.features = FeatureStore(self.workdir / "features.zarr", self.n_frames,
+                                         signature={**signature, "model_input": MODEL_INPUT_VERSION},
                                          disk_budget_bytes=self.config.feature_disk_budget_bytes)
         self._objects: dict[int, _Object] = {}
         self._features: collections.OrderedDict[int, object] = collections.OrderedDict()
+        self._inputs: dict = {}  # frame -> Future of its model input, prepared ahead (features.py)
+        self._input_pool = None  # the thread preparing them, started on first use
         self._cancel = threading.Event()
         self._flusher = Flusher(self.results, self.bank)
         self._fresh: dict[tuple[int, int], tuple] = {}  # this frame's results at video resolution
@@ -259,7 +264,7 @@ class TrackingSession(ObjectFinding, Propagation, FeatureSource):
         self._mark_stale(obj_id, frame)
         # a mask prompt is stored exactly as given (what the user painted is what the frame shows);
         # the model's memory of it comes from its own low-res reading, as upstream's
-        self._store(frame, obj_id, self._video_logits(out.mask_logits)[0], entry, Status.PROMPTED, source=frame,
+        self._store(frame, obj_id, self._video_logits(out.mask_logits), entry, Status.PROMPTED, source=frame,
                     mask=prompt.mask if isinstance(prompt, Mask) else None)
         self._fresh.clear()
         if not flush:
@@ -294,11 +299,16 @@ class TrackingSession(ObjectFinding, Propagation, FeatureSource):
         return self.backend.to_video_res(low_res, self.height, self.width).cpu().numpy()
 
     def _store(self, f: int, obj_id: int, video: np.ndarray, e: MemoryEntry, status: Status, source: int,
-               mask: np.ndarray | None = None) -> None:
-        """Write one object's result, given its (H, W) float32 logits at video resolution."""
-        self.results.write(f, obj_id, video > 0 if mask is None else mask, status=status,
-                           object_score=float(e.object_score.reshape(-1)[0]), iou=e.iou, source=source)
-        self._fresh[(obj_id, f)] = (video, float(e.object_score.reshape(-1)[0]), e.iou)
+               mask: np.ndarray | None = None, *, row: int = 0, masks: np.ndarray | None = None) -> None:
+        """Write one object's result. ``video``: (B, H, W) float32 logits at video resolution of the
+        batch the object was computed in, the object's at ``row``; ``masks``: ``video > 0`` of the
+        batch when already computed; ``mask``: (H, W) bool stored instead (a mask prompt, as given)."""
+        batch = masks if mask is None else None  # the rows a frame_result may return as they are
+        if mask is None:
+            mask = masks[row] if masks is not None else video[row] > 0
+        score = float(e.object_score.reshape(-1)[0])
+        self.results.write(f, obj_id, mask, status=status, object_score=score, iou=e.iou, source=source)
+        self._fresh[(obj_id, f)] = (video, row, score, e.iou, mask, batch)
 
     def frame_result(self, frame: int, obj_ids=None) -> FrameResult:
         """Masks, logits and scores of ``frame`` for the given objects (default all)."""
@@ -308,9 +318,16 @@ class TrackingSession(ObjectFinding, Propagation, FeatureSource):
             self._obj(oid)  # an unknown id: UnknownObjectError, not an empty mask
         if ids and all((oid, frame) in self._fresh for oid in ids):  # just computed: no second upsampling
             vals = [self._fresh[(oid, frame)] for oid in ids]
-            logits = np.stack([v[0] for v in vals]).astype(np.float32, copy=False)
-            return FrameResult(frame, ids, self._exact_masks(frame, ids, logits), logits,
-                               np.array([v[1] for v in vals], np.float32), np.array([v[2] for v in vals], np.float32))
+            batch, r0, n = vals[0][0], vals[0][1], len(ids)
+            if vals[0][5] is not None and all(v[0] is batch and v[5] is vals[0][5] and v[1] == r0 + k
+                                              for k, v in enumerate(vals)):
+                # the objects of one batch, in order: its rows, not copies (the result store encoded its own)
+                logits, masks = batch[r0:r0 + n], vals[0][5][r0:r0 + n]
+            else:
+                logits, masks = np.stack([v[0][v[1]] for v in vals]), np.stack([v[4] for v in vals])
+            return FrameResult(frame, ids, self._exact_masks(frame, ids, logits, masks),
+                               logits.astype(np.float32, copy=False), np.array([v[2] for v in vals], np.float32),
+                               np.array([v[3] for v in vals], np.float32))
         lows, scores, ious = [], [], []
         s = self.backend.low_res_size
         for oid in ids:
@@ -330,9 +347,10 @@ class TrackingSession(ObjectFinding, Propagation, FeatureSource):
         return FrameResult(frame, ids, self._exact_masks(frame, ids, logits), logits.astype(np.float32),
                            np.array(scores, np.float32), np.array(ious, np.float32))
 
-    def _exact_masks(self, frame: int, ids, logits: np.ndarray) -> np.ndarray:
-        """Masks from logits, except where a mask prompt gives the frame's mask exactly."""
-        masks = logits > 0
+    def _exact_masks(self, frame: int, ids, logits: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
+        """Masks from logits (or ``masks``, already ``logits > 0``), except where a mask prompt gives the
+        frame's mask exactly."""
+        masks = logits > 0 if masks is None else masks
         for k, oid in enumerate(ids):
             p = self._objects[oid].prompts.get(frame) if oid in self._objects else None
             if isinstance(p, Mask):
@@ -390,7 +408,7 @@ class TrackingSession(ObjectFinding, Propagation, FeatureSource):
             return
         self._closed = True
         first: BaseException | None = None
-        for step in (self.flush, self._flusher.close, self.bank.close, self.results.close, self._features.clear,
+        for step in (self._close_inputs, self.flush, self._flusher.close, self.bank.close, self.results.close, self._features.clear,
                      self._store_features, self.features.close if self.features is not None else None,
                      self.frames.close):
             if step is None:

@@ -189,6 +189,9 @@ class Backend(Protocol):
     def encode_memory(self, feats: FrameFeatures, logits: torch.Tensor, object_score: torch.Tensor,
                       from_prompt: bool) -> torch.Tensor: ...
 
+    # (B, 1, s, s) low-res logits -> (B, H, W) float32 at video resolution, a new tensor the caller owns:
+    # the session hands its rows to the user as FrameResult.logits without a copy (FakeBackend, for benches
+    # and tests, returns one constant tensor instead)
     def to_video_res(self, logits: torch.Tensor, height: int, width: int) -> torch.Tensor: ...
 
     # optional: families that create objects (SAM3 text / exemplars, SAM2 "everything"). ``object_queries``

@@ -124,7 +124,9 @@ class FakeBackend:
         return self._maskmem
 
     def to_video_res(self, logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """(B, H, W): the disc upsampled once per batch size and video size, then reused."""
+        """(B, H, W): the disc upsampled once per batch size and video size, then the same tensor every call
+        (a cost-free model allocates nothing either). The one backend whose results' ``logits`` are shared:
+        never modify them in place."""
         key = (logits.shape[0], height, width)
         if key not in self._video:
             self._video[key] = F.interpolate(self._logits, size=(height, width), mode="bilinear",

@@ -1,0 +1,131 @@
+"""The host side of the tracking loop (issue 12): model inputs prepared ahead on a background
+thread, results handed out without copies yet never shared with the stores, queued masks encoded."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import samtrack
+from samtrack.errors import DecodeError
+from samtrack.io.result_store import ResultStore, Status
+from samtrack.session.backends.fake import FakeBackend
+from tests import media
+from tests import model_utils as mu
+
+N = 16
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("host")
+    return mu.make_checkpoint(tmp / "ck.pt", image_size=128), media.write_video(tmp / "v.mp4", N, w=128, h=96)
+
+
+def _open(assets, workdir):
+    ck, vid = assets
+    return samtrack.open_session(vid, checkpoint=ck, image_size=128, device="cpu", workdir=workdir)
+
+
+def _record_threads(s) -> list[tuple[int, str]]:
+    """Which thread prepared each frame's model input."""
+    seen, real = [], s._host_input
+
+    def host_input(f):
+        seen.append((f, threading.current_thread().name))
+        return real(f)
+
+    s._host_input = host_input
+    return seen
+
+
+def test_prefetched_inputs_give_the_same_logits_and_leave_the_tracking_thread(assets, tmp_path, monkeypatch):
+    runs = {}
+    for name in ("prefetch", "inline"):
+        s = _open(assets, tmp_path / name)
+        try:
+            if name == "inline":
+                s._prefetch_input = lambda f: None
+            s.add_points(0, 1, [[64, 48]], [1])
+            seen = _record_threads(s)
+            runs[name] = ({r.frame_idx: r.logits.copy() for r in s.propagate("forward")}, seen)
+        finally:
+            s.close()
+        assert not any(t.name.startswith("samtrack-input") for t in threading.enumerate())  # close stopped it
+    (pre, seen_pre), (inl, seen_inl) = runs["prefetch"], runs["inline"]
+    assert sorted(pre) == sorted(inl) == list(range(N))  # the keyframe, then every frame after it
+    for f in pre:
+        np.testing.assert_array_equal(pre[f], inl[f])  # the same input, prepared elsewhere: bit-identical
+    assert sorted(f for f, _ in seen_pre) == list(range(1, N))  # each frame prepared once (0: at the click)
+    assert all(t.startswith("samtrack-input") for _, t in seen_pre), seen_pre
+    assert all(t == threading.current_thread().name for _, t in seen_inl)
+
+
+def test_a_frame_that_fails_to_read_ahead_fails_at_that_frame_with_the_earlier_ones_kept(tmp_path):
+    vid = media.write_video(tmp_path / "v.mp4", 12, w=96, h=64)
+    s = samtrack.open_session(vid, backend=FakeBackend(64), workdir=tmp_path / "w")
+    try:
+        s.add_box(0, 1, [10, 10, 50, 40])
+        real = s.frames.read
+
+        def read(i):
+            if i == 6:
+                raise DecodeError("frame 6 cannot be decoded (test)", frame=6)
+            return real(i)
+
+        s.frames.read = read
+        got = []
+        with pytest.raises(DecodeError, match="frame 6"):
+            for r in s.propagate("forward"):
+                got.append(r.frame_idx)
+        assert got == [0, 1, 2, 3, 4]  # frame 5 was in flight: stored, not yielded
+        status = s.results.status(1)
+        assert (status[1:6] == Status.PROPAGATED).all() and (status[6:] == Status.NOT_RUN).all()
+    finally:
+        s.close()
+
+
+def test_results_handed_out_are_not_the_stored_masks(assets, tmp_path):
+    s = _open(assets, tmp_path / "w")
+    try:
+        s.add_box(0, 1, [20, 20, 70, 70])
+        s.add_box(0, 2, [60, 30, 120, 90])
+        results = list(s.propagate("forward"))
+        for r in results[:3]:
+            assert r.masks.shape == (2, 96, 128) and r.masks.dtype == bool
+            np.testing.assert_array_equal(r.masks, r.logits > 0)
+        kept = {(r.frame_idx, o): r.masks[k].copy() for r in results for k, o in enumerate(r.obj_ids)}
+        assert any(m.any() for m in kept.values())
+        for r in results:  # a user's in-place edits...
+            r.masks[...] = ~r.masks
+            r.logits[...] = 0
+        for (f, o), m in kept.items():  # ...change neither the queued nor, after the flush, the stored masks
+            np.testing.assert_array_equal(s.results.mask(f, o), m)
+        s.flush()
+        for (f, o), m in kept.items():
+            np.testing.assert_array_equal(s.results.mask(f, o), m)
+        again = s.frame_result(5)
+        np.testing.assert_array_equal(again.masks, np.stack([kept[(5, 1)], kept[(5, 2)]]))
+    finally:
+        s.close()
+
+
+def test_a_queued_mask_is_the_store_own_copy(tmp_path):
+    rs = ResultStore(tmp_path / "r.zarr", n_frames=40, height=270, width=480)
+    rs.add_object(1)
+    rng = np.random.default_rng(0)
+    given = {f: rng.random((270, 480)) > 0.7 for f in range(0, 40, 3)}
+    given[9][:] = False  # an empty mask (stored as no bytes)
+    for f, m in given.items():
+        rs.write(f, 1, m, status=Status.PROPAGATED, object_score=1.0, iou=0.5, source=0)
+    expect = {f: m.copy() for f, m in given.items()}
+    for m in given.values():  # the caller reuses its buffers after writing
+        m[...] = True
+    for f, m in expect.items():
+        np.testing.assert_array_equal(rs.mask(f, 1), m)  # queued, not written yet
+    rs.flush()
+    reopened = ResultStore(tmp_path / "r.zarr", n_frames=40, height=270, width=480)
+    for f, m in expect.items():
+        np.testing.assert_array_equal(reopened.mask(f, 1), m)
+    assert reopened.mask(1, 1) is None
