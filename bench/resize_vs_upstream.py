@@ -2,8 +2,9 @@
 
 Upstream ``load_video_frames`` reads a JPEG folder with PIL (resize, bicubic)
 or an mp4 with decord (decoder-side scaling). samtrack decodes once, caches
-the original pixels and resizes on the compute device (bicubic, antialiased,
-rounded to the uint8 grid). Differences are in 0..255 pixel levels.
+the original pixels and resizes them on the host on the uint8 grid (torch's
+antialiased bicubic uint8 kernel, which follows Pillow's arithmetic), for every
+device. Differences are in 0..255 pixel levels.
 Usage: python bench/resize_vs_upstream.py [--image-size 1024]
 """
 from __future__ import annotations

@@ -408,7 +408,9 @@ def batch(manifest: Path = typer.Argument(..., help="CSV or YAML manifest (video
           direction: str = typer.Option("both", "--direction", help="default direction: forward, backward or both"),
           export_formats: Optional[List[str]] = typer.Option(None, "--export", help="default exports, repeatable"),
           text: Optional[List[str]] = typer.Option(None, "--text", help="default text prompt (SAM3); repeatable"),
-          text_frame: int = typer.Option(0, "--text-frame", help="the frame --text looks at")) -> None:
+          text_frame: int = typer.Option(0, "--text-frame", help="the frame --text looks at"),
+          features: bool = typer.Option(False, "--features", help="encode every frame first and keep its image "
+                                        "features in the job folder (corrections there later encode nothing)")) -> None:
     """Track every video of a manifest, one resumable job each, on worker processes or a Ray cluster.
 
     Rows take their own options or these defaults; the manifest is checked as a whole first. Exits 1
@@ -423,7 +425,8 @@ def batch(manifest: Path = typer.Argument(..., help="CSV or YAML manifest (video
     if executor != "ray" and address:
         raise InvalidOptionError("--address is for --executor ray")
     defaults = RowDefaults(model=model, checkpoint=checkpoint, image_size=image_size, direction=direction,
-                           exports=tuple(export_formats or ()), text=tuple(text or ()), text_frame=text_frame)
+                           exports=tuple(export_formats or ()), text=tuple(text or ()), text_frame=text_frame,
+                           features=features)
     opts: dict = {"retries": retries, "workers": workers}
     if executor == "ray":
         opts.update(address=address, mode=ray_mode, gpus_per_video=gpus_per_video, cpus_per_video=cpus_per_video)

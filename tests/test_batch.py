@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import samtrack
 from tests import media
 from tests import model_utils as mu
 
@@ -376,3 +377,34 @@ def test_a_folder_holding_another_job_or_no_job_fails_that_video_saying_what_to_
     assert "source" in sa.error and "--force" not in sa.error
     assert sb.status == "failed" and "is not a samtrack job folder" in sb.error
     assert (Path(b.out_dir) / "notes.txt").read_text() == "mine" and sorted(os.listdir(b.out_dir)) == ["notes.txt"]
+
+
+def test_batch_features_precomputes_every_frame_and_a_later_correction_encodes_none(assets, tmp_path):
+    import dataclasses
+
+    from samtrack.batch import RowDefaults, load_manifest
+    from samtrack.batch.worker import ModelCache, run_job
+
+    m = load_manifest(write_manifest(assets, tmp_path / "m.csv", ("long",)), tmp_path / "out",
+                      defaults=RowDefaults(checkpoint=str(assets / "ck.pt"), image_size=128, features=True))
+    (job,) = m.jobs
+    assert job.features and job.key == dataclasses.replace(job, features=False).key  # results do not depend on it
+    models = ModelCache("cpu")
+    summary = run_job(job, models, lambda ev: None)
+    assert summary.status == "done", summary.error
+    backend = models.get(job)
+    s = samtrack.open_session(job.video, workdir=job.out_dir, backend=backend)
+    try:
+        assert s.features is not None and s.features.cached_frames == s.n_frames == job.n_frames
+        encoded = []
+        real = backend.encode_image
+        backend.encode_image = lambda x, f: (encoded.append(f), real(x, f))[1]
+        try:
+            (oid,) = s.obj_ids[:1]
+            s.add_points(job.n_frames // 2, oid, [[30, 30]], [1])
+            assert sum(1 for _ in s.propagate("both")) > 0
+        finally:
+            backend.encode_image = real
+        assert encoded == []  # every frame's features came from the job folder
+    finally:
+        s.close()

@@ -60,6 +60,7 @@ class RowDefaults:
     exports: tuple[str, ...] = ()
     text: tuple[str, ...] = ()
     text_frame: int = 0
+    features: bool = False  # encode every frame first, keeping its image features in the job folder
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ def load_manifest(path, out_dir, *, defaults: RowDefaults = RowDefaults()) -> Ma
     if bad:
         head = f"{path}: {len(bad)} problem(s) in {len({b.split(':')[0] for b in bad})} row(s); nothing was run"
         raise ManifestError(head + "\n  " + "\n  ".join(bad), problems=bad)
-    jobs = tuple(_job(r, out_dir, infos.get(r.number)) for r in rows)
+    jobs = tuple(_job(r, out_dir, infos.get(r.number), defaults.features) for r in rows)
     return Manifest(path, jobs, damaged)
 
 
@@ -384,7 +385,7 @@ def _stat(path) -> list | None:
     return [str(path), st.st_size, st.st_mtime_ns]
 
 
-def _job(r: _Row, out_dir: Path, info) -> VideoJob:
+def _job(r: _Row, out_dir: Path, info, features: bool = False) -> VideoJob:
     v = r.values
     key = {"format": KEY_FORMAT, "video": _stat(v["video"]), "prompts": _sha256(v["prompts"]), "model": v["model"],
            "checkpoint": _stat(v["checkpoint"]), "image_size": v["image_size"], "direction": v["direction"],
@@ -394,5 +395,5 @@ def _job(r: _Row, out_dir: Path, info) -> VideoJob:
                     out_dir=str((out_dir / v["name"]).resolve()), n_frames=getattr(info, "n_frames", 0),
                     model=v["model"], checkpoint=v["checkpoint"], image_size=v["image_size"],
                     direction=v["direction"], exports=tuple(v["exports"]), text=tuple(v["text"]),
-                    text_frame=v["text_frame"],
+                    text_frame=v["text_frame"], features=features,
                     key=hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest())

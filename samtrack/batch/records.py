@@ -17,7 +17,9 @@ class VideoJob:
     ``out_dir``: the video's job folder (``DIR/<name>``); ``n_frames``: the video's frame count
     found at validation; ``text``: object-creating text prompts on ``text_frame`` (SAM3);
     ``exports``: formats written into ``out_dir`` after tracking; ``key``: what the job was
-    computed from (inputs and options; a finished job with the same key is not run again)."""
+    computed from (inputs and options; a finished job with the same key is not run again); ``features``:
+    encode every frame first and keep the image features in ``out_dir`` (later corrections in that
+    folder encode nothing; results are the same either way, so it is not part of ``key``)."""
 
     name: str
     row: int
@@ -33,6 +35,7 @@ class VideoJob:
     text: tuple[str, ...] = ()
     text_frame: int = 0
     key: str = ""
+    features: bool = False  # precompute image features before tracking (kept in out_dir; not in ``key``)
 
     @property
     def model_key(self) -> tuple:

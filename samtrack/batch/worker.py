@@ -123,6 +123,8 @@ def track_video(job: VideoJob, backend, emit: Emit, *, attempt: int = 1, worker:
         emit(VideoEvent(job.name, "start", total=start.progress_total, attempt=attempt, worker=worker,
                         pid=os.getpid(), job=jp))
         progress = _Progress(emit, job.name, attempt)
+        if job.features and session.features is not None:
+            session.precompute_features()  # frames already in the folder's feature store are skipped
         t_track = time.perf_counter()
         if start.to_compute:
             for _ in session.propagate(job.direction, progress=progress):

@@ -40,6 +40,11 @@ class SessionConfig:
 
 @dataclass
 class FrameResult:
+    """One video frame's results for ``obj_ids`` (in that order). Video pixel grid, row-major (H, W).
+    The arrays are the caller's: no store keeps them (the result store encoded its own copy of each
+    mask), so they may be modified; ``masks`` is ``logits > 0`` except where a mask prompt on this
+    frame gives the mask exactly."""
+
     frame_idx: int
     obj_ids: list[int]
     masks: np.ndarray  # (n, H, W) bool
