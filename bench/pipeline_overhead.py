@@ -36,6 +36,17 @@ from pathlib import Path
 from _common import ROOT  # noqa: F401  (puts the repository on sys.path)
 
 
+def _timed(fn, total: list):
+    """``fn`` adding the seconds each call takes to ``total[0]``."""
+    def call(*args):
+        t = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            total[0] += time.perf_counter() - t
+    return call
+
+
 def run_session(vid: Path, n_obj: int, image_size: int, cold: bool, profile: bool) -> dict:
     import samtrack
     from samtrack.session.backends.fake import FakeBackend
@@ -47,23 +58,7 @@ def run_session(vid: Path, n_obj: int, image_size: int, cold: bool, profile: boo
                 fs.build()
         s = samtrack.open_session(vid, backend=FakeBackend(image_size), workdir=tmp)
         wait, prep = [0.0], [0.0]  # s the tracking thread waited for a model input; s spent preparing them
-        real_input, real_host = s._model_input, s._host_input
-
-        def model_input(f):
-            t = time.perf_counter()
-            try:
-                return real_input(f)
-            finally:
-                wait[0] += time.perf_counter() - t
-
-        def host_input(f):
-            t = time.perf_counter()
-            try:
-                return real_host(f)
-            finally:
-                prep[0] += time.perf_counter() - t
-
-        s._model_input, s._host_input = model_input, host_input
+        s._model_input, s._host_input = _timed(s._model_input, wait), _timed(s._host_input, prep)
         for k in range(n_obj):
             s.add_box(0, k + 1, [100 + 200 * k, 100, 300 + 200 * k, 400])
         wait[0] = prep[0] = 0.0

@@ -31,6 +31,9 @@ _VECTORS = ("object_score", "iou", "source", "status")  # written in this order:
 
 
 class Status(IntEnum):
+    """Per object and frame (uint8 on disk): never computed, tracked by propagation, prompted
+    (a keyframe), or stale (computed, then made out of date by a prompt change)."""
+
     NOT_RUN = 0
     PROPAGATED = 1
     PROMPTED = 2
@@ -38,6 +41,11 @@ class Status(IntEnum):
 
 
 class ResultStore:
+    """A job's results in ``<workdir>/results.zarr``: per object, (N, H, W) bool masks (video pixel grid)
+    and (N,) status, object score, predicted IoU and source keyframe; object names/parents/colours and
+    prompts as attributes. Writes are queued and reach the disk at :meth:`flush`. Raises
+    :class:`CacheError` when the folder holds another job's results."""
+
     def __init__(self, path: str | Path, *, n_frames: int, height: int, width: int, signature: dict | None = None):
         import zarr
 
@@ -63,12 +71,15 @@ class ResultStore:
     # -- objects ---------------------------------------------------------------
     @property
     def object_ids(self) -> list[int]:
+        """Ids of the objects held, ascending."""
         return sorted(int(k) for k in self._objects)
 
     def object_meta(self, obj_id: int) -> dict:
+        """A copy of ``{"name", "parent", "color"}`` of an object (KeyError for an unknown id)."""
         return dict(self._objects[str(obj_id)])
 
     def add_object(self, obj_id: int, *, name: str | None = None, parent: int | None = None, color=None) -> None:
+        """Add an object, or update the fields given (None keeps the stored value); its arrays are created."""
         with self._lock:
             meta = self._objects.get(str(obj_id), {})
             meta.update({"name": name or meta.get("name") or f"object-{obj_id}",
@@ -79,9 +90,11 @@ class ResultStore:
             self._arrays(obj_id)
 
     def close(self) -> None:
+        """Write what is queued."""
         self.flush()
 
     def remove_object(self, obj_id: int) -> None:
+        """Forget an object: its queued writes, metadata, prompts and arrays (waits for a running flush)."""
         with self.flush_lock, self._lock:  # not while a flush writes into its arrays
             self._dirty.pop(obj_id, None)
             self._masks.pop(obj_id, None)
@@ -137,6 +150,7 @@ class ResultStore:
 
     @property
     def dirty_frames(self) -> int:
+        """Object-frames whose scores/status are queued, not on disk yet."""
         return sum(len(v) for v in self._dirty.values())
 
     def flush(self) -> None:
@@ -192,6 +206,7 @@ class ResultStore:
                     self._dirty.setdefault(obj_id, set()).update(range(lo, hi))
 
     def set_status(self, obj_id: int, frames, status: Status) -> None:
+        """Set ``status`` on ``frames`` (frame indices) of an object; on disk at the next flush."""
         frames = np.asarray(list(frames), dtype=int)
         if frames.size == 0:
             return
@@ -227,9 +242,11 @@ class ResultStore:
             self.root.attrs["concepts"] = list(records)
 
     def load_concepts(self) -> list[dict]:
+        """The object-creating prompt records saved by :meth:`save_concepts`."""
         return list(self.root.attrs.get("concepts", []))
 
     def load_prompts(self) -> dict[int, dict[int, tuple[dict, np.ndarray | None]]]:
+        """{object: {frame: (prompt record, (H, W) bool mask of a mask prompt or None)}}."""
         out: dict = {}
         for oid, per in self.root.attrs.get("prompts", {}).items():
             for f, rec in per.items():
@@ -241,12 +258,15 @@ class ResultStore:
 
     # -- reads -----------------------------------------------------------------
     def status(self, obj_id: int) -> np.ndarray:
+        """(N,) uint8 :class:`Status` per frame (a copy)."""
         return self._arrays(obj_id)["_status"].copy()
 
     def sources(self, obj_id: int) -> np.ndarray:
+        """(N,) int32 keyframe whose pass computed each frame, -1 where none (a copy)."""
         return self._arrays(obj_id)["_source"].copy()
 
     def scores(self, obj_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """(N,) float32 object-presence logits and (N,) predicted IoUs, NaN where not computed (copies)."""
         a = self._arrays(obj_id)
         return a["_object_score"].copy(), a["_iou"].copy()
 

@@ -134,6 +134,8 @@ class ShardWriter:
     @classmethod
     def for_array(cls, array_dir: Path, frame_shape: tuple[int, ...], chunk_frames: int,
                   dtype: str = "uint8") -> "ShardWriter | None":
+        """A writer when ``array_dir/zarr.json`` describes this module's layout exactly and crc32c is
+        available, else None (the caller writes through zarr)."""
         layout = _layout(array_dir, frame_shape, chunk_frames, dtype)
         crc = _crc32c()
         if layout is None or crc is None:
