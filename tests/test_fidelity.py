@@ -211,3 +211,54 @@ def test_e_clip_shorter_than_the_memory_window(setup, tmp_path):
     assert len(theirs) == 4
     assert _compare(ours, theirs) <= TOL
     s.close()
+
+
+STAGGERED = {1: (0, [[40, 60]]), 2: (5, [[100, 40]]), 3: (12, [[120, 90]])}  # object: (keyframe, click)
+
+
+@pytest.fixture(scope="module")
+def staggered_upstream(setup, up_features):
+    """Upstream, one state per object, each propagated forward from its own keyframe."""
+    s = _session(setup, "f_ref")
+    theirs = {}
+    for oid, (f, pts) in STAGGERED.items():
+        pred, st = _upstream(setup, s, f"f{oid}", up_features)
+        _, ids, m = pred.add_new_points_or_box(st, f, oid, points=np.array(pts, np.float32),
+                                               labels=np.array([1], np.int32))
+        theirs[(oid, f)] = m[0, 0].numpy()
+        _up_collect(pred.propagate_in_video(st, start_frame_idx=f), ids, theirs)
+    s.close()
+    return theirs
+
+
+@pytest.mark.parametrize("pad", [True, False])
+def test_f_objects_reading_different_frames_share_a_batch(setup, staggered_upstream, pad):
+    """Three objects with keyframes on frames 0, 5 and 12 read different memory frames on every
+    later frame (and, until frame 28, different numbers of them). Padded (``pad_read_sets=True``,
+    the CUDA default): every frame is one launch, shorter read sets masked out of memory attention.
+    Not padded (the CPU default): one launch per read-set shape, which is one launch from frame 28
+    on, where each object reads 1 keyframe memory and 6 earlier ones and 16 object pointers
+    (upstream's 15 previous frames and the keyframe's). Logits equal upstream's run of each object
+    alone either way."""
+    s = _session(setup, f"f_{pad}", pad_read_sets=pad)
+    launches: dict = {}
+    track = s.backend.track
+
+    def counted(feats, req, n):
+        launches.setdefault(req.frame_idx, []).append(len(req.views))
+        return track(feats, req, n)
+
+    s.backend.track = counted
+    ours = {}
+    for oid, (f, pts) in STAGGERED.items():
+        ours[(oid, f)] = s.add_points(f, oid, pts, [1]).logits[0]
+    _collect(s.propagate("forward"), ours)
+    assert _compare(ours, staggered_upstream) <= TOL
+    after = {f: v for f, v in launches.items() if f > 12}
+    assert after and all(sum(v) == 3 for v in after.values())
+    if pad:
+        assert all(len(v) == 1 for v in launches.values()), launches
+    else:
+        assert all(len(v) > 1 for f, v in after.items() if f < 28), launches  # shapes differ: split
+        assert all(len(v) == 1 for f, v in after.items() if f >= 28), launches
+    s.close()

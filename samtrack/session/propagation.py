@@ -177,9 +177,17 @@ class Propagation:
         it); host copies of the results are started, and stored by :meth:`Launched.store`."""
         feats = self._frame_features(f)
         groups: dict[tuple, list] = collections.defaultdict(list)
+        batch_key = getattr(self.backend, "batch_key", None)
+        pad = self.config.pad_read_sets
+        if pad is None:
+            pad = self.backend.device.type == "cuda"
         for o, k in todo:  # (object, keyframe whose pass computes it)
             view = self._view(o, f, rev)
-            groups[(tuple(sorted(view.cond)), tuple(sorted(view.other)))].append((o, view, k))
+            if batch_key is not None:  # the family batches objects reading different frames
+                key = batch_key(view, f, rev, self.n_frames, pad=pad)
+            else:  # objects reading the same frames
+                key = (tuple(sorted(view.cond)), tuple(sorted(view.other)))
+            groups[key].append((o, view, k))
         launched = Launched(f)
         for members in groups.values():
             with self._oom_guard():

@@ -68,6 +68,9 @@ class TrackingSession(ObjectFinding, Propagation, FeatureSource):
         self.frames = frames
         self.backend = backend
         self.config = config or SessionConfig()
+        if hasattr(backend, "cuda_graphs"):  # the family can replay its tracking step from CUDA graphs
+            graphs = self.config.cuda_graphs
+            backend.cuda_graphs = backend.device.type == "cuda" if graphs is None else graphs
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         info = frames.info

@@ -22,7 +22,16 @@ class SessionConfig:
     prompting a revisited frame and a reopened job never run the image
     encoder on a frame twice; ``feature_disk_budget_bytes`` caps it (least
     recently used shards are removed; None: no cap). Stored in the dtype the
-    encoder produced (exact)."""
+    encoder produced (exact). ``pad_read_sets``: track all objects of a frame
+    in one batch, padding the memory read sets of objects that read fewer or
+    other frames (one launch per frame); False: one batch per read-set shape
+    (no padding computed); None (default): pad on CUDA, not on the CPU, where
+    padding costs compute and launches cost little. Families that cannot pad
+    (SAM3) batch objects reading the same frames either way. ``cuda_graphs``:
+    replay the tracking step from CUDA graphs (SAM2 family; each new graph is
+    checked once against the eager step, and graphs turn off for the session
+    if one differs); None (default): on CUDA; True on another device raises
+    InvalidOptionError."""
 
     max_keyframes_in_attention: int | None = 8
     overlap_rule: str = "nearer"
@@ -30,6 +39,8 @@ class SessionConfig:
     feature_cache_frames: int = 8
     feature_store: bool = True
     feature_disk_budget_bytes: int | None = 20 * 2**30
+    pad_read_sets: bool | None = None
+    cuda_graphs: bool | None = None
 
     def __post_init__(self):
         if self.overlap_rule not in RULES:

@@ -133,6 +133,7 @@ class Sam2Backend:
         self._pos_enc: list[torch.Tensor] | None = None
         self._fpn_pos_cache: dict[tuple, list[torch.Tensor]] = {}
         self._holes_ok = True
+        self._graphs = None  # sam2_graphs.GraphedTracker when cuda_graphs is on
         self.calls: dict = {"encode_image": collections.Counter(), "track": collections.Counter(),
                             "prompt": collections.Counter(), "encode_memory": collections.Counter()}
 
@@ -230,17 +231,71 @@ class Sam2Backend:
         return [x.expand(batch, -1, -1, -1) for x in self._pos_enc]
 
     # -- steps ----------------------------------------------------------------
+    def batch_key(self, view: MemoryView, frame_idx: int, reverse: bool, n_frames: int, *, pad: bool):
+        """Objects whose keys are equal run as one batch. ``pad``: every object in one batch, read sets
+        padded to the longest (one launch per frame: what a GPU wants); else objects whose read sets
+        have the same shape (no padding computed: what a CPU wants, where padding costs compute)."""
+        if pad:
+            return ()
+        from samtrack.session.backends.sam2_padded import read_set
+
+        return read_set(self.model, view, frame_idx, reverse, n_frames).shape
+
     @torch.inference_mode()
     def track(self, feats: FrameFeatures, req: TrackRequest, n_frames: int) -> StepOutput:
-        """One tracking step for a batch of objects whose views hold the same frames."""
+        """One tracking step for a batch of objects. Each object's memory read set is assembled as
+        upstream's ``_prepare_memory_conditioned_features`` would for it alone; objects reading
+        different frames (or different numbers of frames) share the batch, shorter read sets padded
+        and masked out of memory attention (``sam2_padded``)."""
+        from samtrack.session.backends import sam2_padded as pad
+
         b = len(req.views)
         self.calls["track"][req.frame_idx] += b
-        frames = self.frames_read(req.frame_idx, req.reverse, list(req.views[0].cond), n_frames)
+        sets = [pad.read_set(self.model, v, req.frame_idx, req.reverse, n_frames) for v in req.views]
         with self._ctx():
             vf, vp, sizes = self._features(feats, b)
-            od = self._output_dict(req.views, frames)
-            return self._step(req.frame_idx, False, vf, vp, sizes, None, None, od, n_frames, req.reverse,
-                              None, run_mem_encoder=True, from_prompt=False)
+            if self._graphs is not None:
+                replayed = self._graphs.run(vf, vp, sizes, sets, self._memory_pos(), n_frames)
+                if replayed is not None:
+                    ious, low_res, obj_ptr, score, maskmem = replayed
+                    return self._outputs(vf, sizes, (None, None, ious, low_res, None, obj_ptr, score), None,
+                                         run_mem_encoder=False, from_prompt=False, maskmem=maskmem)
+            mem = pad.assemble(self.model, sets, self._memory_pos(), n_frames, self.device)
+            sam_out = pad.track_heads(self.model, vf, vp, sizes, mem)
+            return self._outputs(vf, sizes, sam_out, None, run_mem_encoder=True, from_prompt=False)
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether tracking steps replay CUDA graphs (``sam2_graphs``); settable. Setting it True on
+        a backend whose device is not CUDA raises InvalidOptionError."""
+        return self._graphs is not None and self._graphs.enabled
+
+    @cuda_graphs.setter
+    def cuda_graphs(self, on: bool) -> None:
+        if not on:
+            self._graphs = None
+            return
+        if self.device.type != "cuda":
+            raise InvalidOptionError(f"CUDA graphs need a CUDA device (this model runs on {self.device}): "
+                                     "leave cuda_graphs unset (None) or False")
+        if self._graphs is None:
+            from samtrack.session.backends.sam2_graphs import GraphedTracker
+
+            self._graphs = GraphedTracker(self.model, self.device, self._graph_ctx)
+
+    def _graph_ctx(self):
+        """Autocast for a captured step: bf16 as eager, without autocast's weight cache (a cached cast
+        made during capture would be freed with the capture's temporaries)."""
+        if self.autocast:
+            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def _memory_pos(self) -> torch.Tensor:
+        if self._pos_enc is None:
+            raise RuntimeError("memory position encoding is not known before the first memory encoding")
+        return self._pos_enc[-1]
 
     @torch.inference_mode()
     def prompt(self, feats: FrameFeatures, frame_idx: int, view: MemoryView | None, *, points=None, labels=None,
@@ -277,14 +332,23 @@ class Sam2Backend:
 
     def _step(self, frame_idx, is_init, vf, vp, sizes, point_inputs, mask_inputs, od, n_frames, reverse, prev,
               *, run_mem_encoder: bool, from_prompt: bool) -> StepOutput:
+        _, sam_out, _, _ = self.model._track_step(frame_idx, is_init, vf, vp, sizes, point_inputs, mask_inputs, od,
+                                                  n_frames, reverse, prev)
+        return self._outputs(vf, sizes, sam_out, point_inputs, run_mem_encoder=run_mem_encoder,
+                             from_prompt=from_prompt)
+
+    def _outputs(self, vf, sizes, sam_out, point_inputs, *, run_mem_encoder: bool, from_prompt: bool,
+                 maskmem: torch.Tensor | None = None) -> StepOutput:
+        """A step's StepOutput from upstream's SAM-head outputs: memory encoded (tracking steps;
+        ``maskmem`` when it was already), small holes filled as upstream's predictor does (with
+        sam2's CUDA extension)."""
         from sam2.utils.misc import fill_holes_in_mask_scores
 
         m = self.model
-        _, sam_out, _, _ = m._track_step(frame_idx, is_init, vf, vp, sizes, point_inputs, mask_inputs, od,
-                                         n_frames, reverse, prev)
         _, _, ious, low_res, high_res, obj_ptr, score = sam_out
-        maskmem = None
-        if run_mem_encoder and self.num_maskmem > 0:
+        if maskmem is not None:
+            maskmem = maskmem.to(torch.bfloat16)
+        elif run_mem_encoder and self.num_maskmem > 0:
             maskmem, pos = m._encode_new_memory(vf, sizes, high_res, score, is_mask_from_pts=point_inputs is not None)
             self._remember_pos(pos)
             maskmem = maskmem.to(torch.bfloat16)  # upstream stores memory in bf16
