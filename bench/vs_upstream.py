@@ -13,6 +13,10 @@ own subprocess; the model is built first (timed apart), then, on a GPU, a
 the full-width encoder takes ~25 s per frame on a 2-core CPU) at --image-size (default 112 on the CPU);
 upstream reads a JPEG folder (its loader decodes every frame first), samtrack the same folder.
 On a GPU with the real checkpoint: --model sam3 --checkpoint sam3.pt --width full --image-size 1008.
+
+``--cuda-graphs both`` (SAM2 on CUDA) runs samtrack twice, eager and replaying its tracking step from
+CUDA graphs (SessionConfig.cuda_graphs), and prints both against upstream with the graphs' counts
+(captured / replayed / self-checks, and whether they stayed on).
 """
 from __future__ import annotations
 
@@ -74,8 +78,11 @@ def run_samtrack(ck, vid, a, n_obj, warm_vid):
     _sync(a.device)
     load = time.perf_counter() - t0
 
+    graphs = {"auto": None, "on": True, "off": False}[a.cuda_graphs]
+
     def session(v):
-        s = ss.open_session(v, backend=backend, workdir=tempfile.mkdtemp(prefix="samtrack-vs-"))
+        s = ss.open_session(v, backend=backend, workdir=tempfile.mkdtemp(prefix="samtrack-vs-"),
+                            config=ss.SessionConfig(cuda_graphs=graphs))
         for k in range(n_obj):
             s.add_points(0, k + 1, _pts(k, s.width, s.height), [1])
         return s
@@ -95,8 +102,10 @@ def run_samtrack(ck, vid, a, n_obj, warm_vid):
     _sync(a.device)
     fps = n / (time.perf_counter() - t1)
     s.close()
+    tracker = getattr(backend, "_graphs", None)
     return {"model_load_s": load, "first_mask_s": first, "fps": fps, "peak_rss_mib": peak_rss_mib(),
-            "device_peak_mib": _device_peak(a.device)}
+            "device_peak_mib": _device_peak(a.device),
+            "graphs": None if tracker is None else {**tracker.stats, "enabled": tracker.enabled}}
 
 
 def run_upstream_sam3(ck, vid, a, n_obj, warm_vid):
@@ -218,6 +227,8 @@ def main():
                     help="mp4 (upstream decodes it with decord) or a JPEG folder (upstream's native input)")
     ap.add_argument("--warmup", type=int, default=None,
                     help="frames of a warm-up run before timing (default 16 on cuda, 0 on cpu)")
+    ap.add_argument("--cuda-graphs", choices=("auto", "on", "off", "both"), default="auto",
+                    help="samtrack's SessionConfig.cuda_graphs (auto: on with CUDA); both: one run each, off and on")
     ap.add_argument("--child", nargs=2)
     a = ap.parse_args()
     if a.device == "cuda":
@@ -248,27 +259,32 @@ def main():
     what = f"{a.model} ({a.width} width)" if sam3 and not a.checkpoint else a.model
     print(f"{a.frames} frames {w}x{h} ({a.source}), {what} at {a.image_size} px on {a.device}, "
           f"warm-up {warm} frames")
+    ours = {"both": ["off", "on"]}.get(a.cuda_graphs, [a.cuda_graphs])
     for n_obj in a.objects:
         rows = {}
-        for who in ("upstream", "samtrack"):
+        for who, graphs in [("upstream", "auto")] + [("samtrack", g) for g in ours]:
             args = [sys.executable, __file__, "--child", who, str(n_obj), "--frames", str(a.frames), "--image-size",
                     str(a.image_size), "--size", a.size, "--device", a.device, "--model", a.model, "--out", a.out,
-                    "--source", a.source, "--warmup", str(warm), "--width", a.width]
+                    "--source", a.source, "--warmup", str(warm), "--width", a.width, "--cuda-graphs", graphs]
             if a.checkpoint:
                 args += ["--checkpoint", a.checkpoint]
             r = subprocess.run(args, capture_output=True, text=True)
             if r.returncode:
                 print(r.stderr[-3000:])
                 raise SystemExit(f"{who} failed")
-            rows[who] = json.loads(r.stdout.strip().splitlines()[-1])
-        u, s = rows["upstream"], rows["samtrack"]
+            rows[who if who == "upstream" else f"samtrack (graphs {graphs})"] = json.loads(r.stdout.strip().splitlines()[-1])
+        u = rows.pop("upstream")
         print(f"{n_obj} object(s):")
-        for name, key, fmt in (("model load (s)", "model_load_s", "{:.2f}"),
-                               ("video open to 1st mask (s)", "first_mask_s", "{:.2f}"), ("tracking FPS", "fps", "{:.2f}"),
-                               ("peak host RSS (MiB)", "peak_rss_mib", "{:.0f}"), ("peak device mem (MiB)", "device_peak_mib", "{:.0f}")):
-            ratio = s[key] / u[key] if u[key] == u[key] and u[key] else float("nan")
-            print(f"  {name:<27} upstream {fmt.format(u[key]):>8}  samtrack {fmt.format(s[key]):>8}  ratio {ratio:.2f}")
-
+        for label, s in rows.items():
+            if len(rows) > 1 or s.get("graphs"):
+                print(f" {label}: graphs {s.get('graphs')}")
+            for name, key, fmt in (("model load (s)", "model_load_s", "{:.2f}"),
+                                   ("video open to 1st mask (s)", "first_mask_s", "{:.2f}"),
+                                   ("tracking FPS", "fps", "{:.2f}"), ("peak host RSS (MiB)", "peak_rss_mib", "{:.0f}"),
+                                   ("peak device mem (MiB)", "device_peak_mib", "{:.0f}")):
+                ratio = s[key] / u[key] if u[key] == u[key] and u[key] else float("nan")
+                print(f"  {name:<27} upstream {fmt.format(u[key]):>8}  samtrack {fmt.format(s[key]):>8}  "
+                      f"ratio {ratio:.2f}")
 
 if __name__ == "__main__":
     main()

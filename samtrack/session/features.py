@@ -5,6 +5,7 @@ A mixin of :class:`~samtrack.session.session.TrackingSession` (it uses the sessi
 """
 from __future__ import annotations
 
+import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
@@ -14,6 +15,8 @@ import torch
 from samtrack.errors import InvalidOptionError
 from samtrack.io.model_input import normalize, resize_uint8
 from samtrack.session.inflight import to_host
+
+log = logging.getLogger(__name__)
 
 _PREFETCHED = 2  # model inputs prepared ahead at most (the next frame, and one a sweep skipped)
 
@@ -26,6 +29,9 @@ class FeatureSource:
         feats = self._features.get(f)
         if feats is not None:
             self._features.move_to_end(f)
+            if f in self._ahead:  # encoded on the side stream: the step's stream waits for it
+                self._ahead.discard(f)
+                _join_side_stream(self._side_stream, feats.data)
             return feats
         rows = self.features.get(f) if self.features is not None else None
         if rows is not None:
@@ -35,8 +41,40 @@ class FeatureSource:
             feats = self._encode(f)
         self._features[f] = feats
         while len(self._features) > self.config.feature_cache_frames:
-            self._features.popitem(last=False)
+            self._ahead.discard(self._features.popitem(last=False)[0])
         return feats
+
+    def _encode_ahead(self, f: int) -> None:
+        """Encode frame ``f`` now, ahead of the step that reads it (called right after the previous
+        frame's step was launched). On CUDA the encoder runs on a side stream, so it overlaps that
+        step on the device while the host goes on (the step's stream waits for it only when frame
+        ``f``'s step starts); on the CPU it simply runs now. Frames in RAM or in the feature store are
+        left to :meth:`_frame_features`. A failure (a frame that cannot be read) is not raised here,
+        where it would cost the frame in flight its results: frame ``f``'s step meets it again."""
+        if self._closed or not 0 <= f < self.n_frames or f in self._features:
+            return
+        if self.features is not None and f in self.features:
+            return
+        try:
+            self._encode_on_side_stream(f)
+        except Exception:  # noqa: BLE001  (raised again, typed, when frame f's own step encodes it)
+            log.debug("encoding frame %d ahead failed; it is encoded again at its step", f, exc_info=True)
+
+    def _encode_on_side_stream(self, f: int) -> None:
+        device = torch.device(self.backend.device)
+        if device.type != "cuda":
+            self._frame_features(f)
+            return
+        if self._side_stream is None:
+            self._side_stream = torch.cuda.Stream(device)
+            # once: the weights (and anything else made before) are ready. Not before every frame, which
+            # would queue the encoder behind the step just launched: the encoder reads only the weights and
+            # its own input, uploaded on the side stream; blocks the allocator hands the side stream were
+            # freed by it (the allocator's pools are per stream)
+            self._side_stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(self._side_stream):
+            self._frame_features(f)
+        self._ahead.add(f)
 
     def _prefetch_input(self, f: int) -> None:
         """Start preparing frame ``f``'s model input (read, resize, normalize on the CPU; read, resize
@@ -66,10 +104,14 @@ class FeatureSource:
         return normalize(x, self.backend.input_spec, self.backend.device) if x.dtype == torch.uint8 else x
 
     def _close_inputs(self) -> None:
-        """Drop prefetched inputs and stop the prefetch thread (after the frame it prepares)."""
+        """Drop prefetched inputs, stop the prefetch thread (after the frame it prepares) and wait for
+        an encoder running ahead on the side stream."""
         for fut in self._inputs.values():
             fut.cancel()
         self._inputs.clear()
+        self._ahead.clear()
+        if self._side_stream is not None:
+            self._side_stream.synchronize()  # an encoder still running ahead finishes before the stores close
         if self._input_pool is not None:
             self._input_pool.shutdown(wait=True)
             self._input_pool = None
@@ -122,6 +164,24 @@ class FeatureSource:
         self._store_features()
         self.features.flush()
         return encoded
+
+
+def _join_side_stream(side, data) -> None:
+    """The current stream waits for ``side``; every tensor in ``data`` (nested dicts / lists) is
+    marked as used by the current stream, so that the caching allocator does not hand its memory
+    to the side stream while the current one may still read it (``Tensor.record_stream``)."""
+    cur = torch.cuda.current_stream(side.device)
+    cur.wait_stream(side)
+    stack = [data]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, torch.Tensor):
+            if x.is_cuda:
+                x.record_stream(cur)
+        elif isinstance(x, dict):
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
 
 
 def _to_numpy(t: torch.Tensor) -> tuple[np.ndarray, str]:

@@ -143,8 +143,9 @@ class Propagation:
                 if self._closed:  # closed under a running propagation: the frame in flight is not stored
                     return
                 f = step.frame
-                if i + 1 < len(steps) and steps[i + 1].compute:
-                    self._prefetch_input(steps[i + 1].frame)  # read and resized while this frame computes
+                ahead = [s.frame for s in steps[i + 1:i + 3] if s.compute]
+                for g in ahead:  # read and resized on the input thread while this frame computes
+                    self._prefetch_input(g)
                 for oid in step.started:
                     o = by_id[oid]
                     if o.visited[f] != int(rev):
@@ -152,6 +153,8 @@ class Propagation:
                         self._save_prompt(oid, f, o.prompts[f])
                 todo = [(by_id[oid], k) for oid, k in step.compute]
                 launched = self._track_frame(f, rev, todo) if todo else None
+                if ahead and ahead[0] == steps[i + 1].frame:
+                    self._encode_ahead(ahead[0])  # on CUDA, beside this frame's step on the device
                 # one frame in flight: frame f's results are stored and yielded once frame f+1 is
                 # launched, so the accelerator computes while the host writes (no per-frame sync)
                 if held is not None:
