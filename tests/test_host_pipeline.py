@@ -86,6 +86,38 @@ def test_a_frame_that_fails_to_read_ahead_fails_at_that_frame_with_the_earlier_o
         s.close()
 
 
+def test_a_feature_store_write_that_fails_while_encoding_ahead_is_raised_at_that_step(tmp_path):
+    """Frame f+1 is encoded right after frame f's step is launched, and its features are written to
+    the store then (on the CPU at once; on a GPU when the copy to the host is done, at the next
+    encode). A failing write is not lost there, nor raised there, where frame f's results would be
+    lost: it is raised when frame f+1's step starts, with every earlier frame stored."""
+    vid = media.write_video(tmp_path / "v.mp4", 12, w=96, h=64)
+    s = samtrack.open_session(vid, backend=FakeBackend(64), workdir=tmp_path / "w")
+    try:
+        assert s.features is not None
+        s.add_box(0, 1, [10, 10, 50, 40])
+        put = s.features.put
+
+        def failing_put(f, *a, **kw):
+            if f == 5:
+                raise OSError(28, "No space left on device (test)")
+            return put(f, *a, **kw)
+
+        s.features.put = failing_put
+        got = []
+        with pytest.raises(OSError, match="No space left"):
+            for r in s.propagate("forward"):
+                got.append(r.frame_idx)
+        assert got == [0, 1, 2, 3]  # frame 4 was in flight when frame 5 was encoded: stored, not yielded
+        status = s.results.status(1)
+        assert (status[1:5] == Status.PROPAGATED).all() and (status[5:] == Status.NOT_RUN).all()
+        s.features.put = put
+        list(s.propagate("forward"))  # the next call goes on from frame 5
+        assert (s.results.status(1)[1:] == Status.PROPAGATED).all()
+    finally:
+        s.close()
+
+
 def test_results_handed_out_are_not_the_stored_masks(assets, tmp_path):
     s = _open(assets, tmp_path / "w")
     try:

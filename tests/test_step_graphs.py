@@ -29,7 +29,7 @@ def clip(tmp_path_factory):
     return tmp, mu.make_checkpoint(tmp / "ck.pt"), media.write_video(tmp / "v.mp4", N, w=160, h=120)
 
 
-def _run(clip, name, *, graphs: bool, corrupt: bool = False):
+def _run(clip, name, *, graphs: bool, corrupt: str | None = None):
     tmp, ck, vid = clip
     s = samtrack.open_session(vid, checkpoint=ck, image_size=mu.IMAGE_SIZE, device="cpu", workdir=tmp / name,
                               config=SessionConfig(pad_read_sets=True))
@@ -37,13 +37,15 @@ def _run(clip, name, *, graphs: bool, corrupt: bool = False):
     if graphs:
         tracker = s.backend._graphs = GraphedTracker(s.backend.model, s.backend.device, s.backend._graph_ctx,
                                                      capture=False)
-        if corrupt:  # a graph whose replay computes something else than the eager step
-            replay = tracker._replay
+        replay = tracker._replay
 
-            def bad(g):
+        def bad(g):
+            if corrupt == "wrong":  # a graph whose replay computes something else than the eager step
                 replay(g)
                 g.outputs[1].add_(3.0)
+            # "nothing": a graph that recorded nothing (its outputs keep what they held)
 
+        if corrupt:
             tracker._replay = bad
     out = {}
     for oid, (f, pts) in OBJECTS.items():
@@ -71,14 +73,16 @@ def test_replayed_steps_equal_eager_steps(clip, eager):
     graphed, tracker = _run(clip, "graphed", graphs=True)
     assert tracker.enabled
     assert tracker.stats["captured"] >= 1 and tracker.stats["replayed"] >= N - 12, tracker.stats
-    assert tracker.stats["self_checks"] == tracker.stats["captured"]
+    # the first two replays of each graph (a transient shape may be replayed once only)
+    assert tracker.stats["captured"] <= tracker.stats["self_checks"] <= 2 * tracker.stats["captured"]
     # padded to fixed slots (pointers to a multiple of 8, always masked): float reordering only
     assert _worst(graphed, eager) <= 1e-4
 
 
-def test_a_replay_that_differs_turns_graphs_off_and_nothing_wrong_is_kept(clip, eager, caplog):
+@pytest.mark.parametrize("corrupt", ["wrong", "nothing"])
+def test_a_replay_that_differs_turns_graphs_off_and_nothing_wrong_is_kept(clip, eager, caplog, corrupt):
     with caplog.at_level(logging.WARNING, logger="samtrack.session.backends.sam2_graphs"):
-        graphed, tracker = _run(clip, "corrupt", graphs=True, corrupt=True)
+        graphed, tracker = _run(clip, f"corrupt_{corrupt}", graphs=True, corrupt=corrupt)
     assert not tracker.enabled and not tracker.graphs
     assert tracker.stats["replayed"] == 1  # the first replay was checked, and its result not used
     assert "CUDA graphs off" in caplog.text

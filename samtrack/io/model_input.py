@@ -57,9 +57,24 @@ def normalize(t, spec: InputSpec, device="cpu"):
     import torch
 
     x = t.to(device, non_blocking=True).float().div_(255.0)
-    mean = torch.tensor(spec.mean, device=x.device).view(3, 1, 1)
-    std = torch.tensor(spec.std, device=x.device).view(3, 1, 1)
+    mean, std = _stats(spec, x.device)
     return x.sub_(mean).div_(std)
+
+
+_STATS: dict = {}
+
+
+def _stats(spec: InputSpec, device):
+    """(mean, std) as (3, 1, 1) float32 tensors on ``device``, made once per device: building them from
+    Python lists every frame is a blocking host-to-device copy on a GPU (it waits for the stream)."""
+    import torch
+
+    key = (str(device), tuple(spec.mean), tuple(spec.std))
+    got = _STATS.get(key)
+    if got is None:
+        got = _STATS[key] = (torch.tensor(spec.mean, device=device).view(3, 1, 1),
+                             torch.tensor(spec.std, device=device).view(3, 1, 1))
+    return got
 
 
 def to_model_input(frame: np.ndarray, spec: "InputSpec | int", device="cpu"):

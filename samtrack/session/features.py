@@ -26,12 +26,14 @@ class FeatureSource:
 
     def _frame_features(self, f: int):
         """Frame ``f``'s image features: from RAM, else from the feature store, else encoded (and stored)."""
+        if self._ahead_error is not None:  # encoding frame g ahead failed: raised at g's step, before it runs
+            (g, err), self._ahead_error = self._ahead_error, None
+            if g == f:
+                raise err
+            log.warning("encoding frame %d ahead failed (%s: %s); it was not needed", g, type(err).__name__, err)
         feats = self._features.get(f)
         if feats is not None:
             self._features.move_to_end(f)
-            if f in self._ahead:  # encoded on the side stream: the step's stream waits for it
-                self._ahead.discard(f)
-                _join_side_stream(self._side_stream, feats.data)
             return feats
         rows = self.features.get(f) if self.features is not None else None
         if rows is not None:
@@ -41,24 +43,28 @@ class FeatureSource:
             feats = self._encode(f)
         self._features[f] = feats
         while len(self._features) > self.config.feature_cache_frames:
-            self._ahead.discard(self._features.popitem(last=False)[0])
+            self._features.popitem(last=False)
         return feats
 
     def _encode_ahead(self, f: int) -> None:
         """Encode frame ``f`` now, ahead of the step that reads it (called right after the previous
         frame's step was launched). On CUDA the encoder runs on a side stream, so it overlaps that
-        step on the device while the host goes on (the step's stream waits for it only when frame
-        ``f``'s step starts); on the CPU it simply runs now. Frames in RAM or in the feature store are
-        left to :meth:`_frame_features`. A failure (a frame that cannot be read) is not raised here,
-        where it would cost the frame in flight its results: frame ``f``'s step meets it again."""
+        step on the device while the host goes on; the main stream then waits for the side stream,
+        which holds back only work queued after this call (frame ``f``'s step, which needs these
+        features anyway), not the step already launched. On the CPU it simply runs now. Frames in RAM or in the feature store are
+        left to :meth:`_frame_features`. A failure (a frame that cannot be read, a feature-store write)
+        is not raised here, where it would cost the frame in flight its results, but when frame ``f``'s
+        features are asked for next (its step, before it runs); if another frame's are asked for first
+        (the sweep stopped), it is logged as a warning."""
         if self._closed or not 0 <= f < self.n_frames or f in self._features:
             return
         if self.features is not None and f in self.features:
             return
         try:
             self._encode_on_side_stream(f)
-        except Exception:  # noqa: BLE001  (raised again, typed, when frame f's own step encodes it)
-            log.debug("encoding frame %d ahead failed; it is encoded again at its step", f, exc_info=True)
+        except Exception as e:  # noqa: BLE001  (raised by the next _frame_features call, frame f's step)
+            log.debug("encoding frame %d ahead failed; raised at its step", f, exc_info=True)
+            self._ahead_error = (f, e)
 
     def _encode_on_side_stream(self, f: int) -> None:
         device = torch.device(self.backend.device)
@@ -73,8 +79,8 @@ class FeatureSource:
             # freed by it (the allocator's pools are per stream)
             self._side_stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(self._side_stream):
-            self._frame_features(f)
-        self._ahead.add(f)
+            feats = self._frame_features(f)
+        _join_side_stream(self._side_stream, feats.data)
 
     def _prefetch_input(self, f: int) -> None:
         """Start preparing frame ``f``'s model input (read, resize, normalize on the CPU; read, resize
@@ -109,7 +115,7 @@ class FeatureSource:
         for fut in self._inputs.values():
             fut.cancel()
         self._inputs.clear()
-        self._ahead.clear()
+        self._ahead_error = None
         if self._side_stream is not None:
             self._side_stream.synchronize()  # an encoder still running ahead finishes before the stores close
         if self._input_pool is not None:
@@ -167,9 +173,10 @@ class FeatureSource:
 
 
 def _join_side_stream(side, data) -> None:
-    """The current stream waits for ``side``; every tensor in ``data`` (nested dicts / lists) is
-    marked as used by the current stream, so that the caching allocator does not hand its memory
-    to the side stream while the current one may still read it (``Tensor.record_stream``)."""
+    """The current stream waits for ``side`` (everything queued there so far: the encoder, and any
+    cache it filled lazily, such as position encodings); every tensor in ``data`` (nested dicts /
+    lists) is marked as used by the current stream, so that the caching allocator does not hand its
+    memory to the side stream while the current one may still read it (``Tensor.record_stream``)."""
     cur = torch.cuda.current_stream(side.device)
     cur.wait_stream(side)
     stack = [data]

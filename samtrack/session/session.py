@@ -95,8 +95,8 @@ class TrackingSession(ObjectFinding, Propagation, FeatureSource):
         self._features: collections.OrderedDict[int, object] = collections.OrderedDict()
         self._inputs: dict = {}  # frame -> Future of its model input, prepared ahead (features.py)
         self._input_pool = None  # the thread preparing them, started on first use
-        self._ahead: set[int] = set()  # frames encoded ahead on the side stream, not yet waited for
         self._side_stream = None  # CUDA stream of the encoder when it runs ahead (features.py)
+        self._ahead_error: tuple | None = None  # (frame, error) of a failure encoding ahead: raised at its step
         self._cancel = threading.Event()
         self._flusher = Flusher(self.results, self.bank)
         self._fresh: dict[tuple[int, int], tuple] = {}  # this frame's results at video resolution

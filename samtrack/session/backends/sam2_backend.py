@@ -278,7 +278,7 @@ class Sam2Backend:
         if self.device.type != "cuda":
             raise InvalidOptionError(f"CUDA graphs need a CUDA device (this model runs on {self.device}): "
                                      "leave cuda_graphs unset (None) or False")
-        if self._graphs is None:
+        if self._graphs is None or not self._graphs.enabled:  # (again after a self-check turned them off)
             from samtrack.session.backends.sam2_graphs import GraphedTracker
 
             self._graphs = GraphedTracker(self.model, self.device, self._graph_ctx)

@@ -197,13 +197,13 @@ def memory_attention(model, curr: torch.Tensor, curr_pos: torch.Tensor, mem: Pad
     """sam2's ``MemoryAttention.forward`` with padded keys masked out. ``curr``/``curr_pos``:
     (HW, B, C) top-level image features and their position encoding. Returns (HW, B, C)."""
     ma = model.memory_attention
+    if not ma.batch_first:  # every sam2 config; the key mask below is batch-first
+        raise NotImplementedError("padded memory attention needs memory_attention.batch_first=True")
     out = curr
     if ma.pos_enc_at_input and curr_pos is not None:
         out = out + 0.1 * curr_pos
-    memory, memory_pos = mem.memory, mem.pos
-    if ma.batch_first:
-        out, curr_pos = out.transpose(0, 1), curr_pos.transpose(0, 1)
-        memory, memory_pos = memory.transpose(0, 1), memory_pos.transpose(0, 1)
+    out, curr_pos = out.transpose(0, 1), curr_pos.transpose(0, 1)
+    memory, memory_pos = mem.memory.transpose(0, 1), mem.pos.transpose(0, 1)
     for layer in ma.layers:
         out = layer._forward_sa(out, curr_pos)
         tgt = layer.norm2(out)
@@ -220,8 +220,7 @@ def memory_attention(model, curr: torch.Tensor, curr_pos: torch.Tensor, mem: Pad
         out = out + layer.dropout2(tgt)
         tgt = layer.norm3(out)
         out = out + layer.dropout3(layer.linear2(layer.dropout(layer.activation(layer.linear1(tgt)))))
-    out = ma.norm(out)
-    return out.transpose(0, 1) if ma.batch_first else out
+    return ma.norm(out).transpose(0, 1)
 
 
 def track_heads(model, vision_feats: list, vision_pos: list, sizes: list, mem: PaddedMemory):
