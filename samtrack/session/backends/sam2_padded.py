@@ -151,8 +151,7 @@ def assemble(model, sets: Sequence[ReadSet], spatial_pos: torch.Tensor, n_frames
     tpos_table = model.maskmem_tpos_enc  # (num_maskmem, 1, 1, Cm)
     nm = int(model.num_maskmem)
     all_pos = [d for s in sets for d, _ in s.pointers]
-    ptr_pos = (pointer_tpos(model, torch.tensor(all_pos, dtype=torch.float32).to(device, non_blocking=True), n_frames)
-               if all_pos else None)
+    ptr_pos = pointer_tpos(model, _upload(all_pos, device), n_frames) if all_pos else None
     used = 0
     for b, s in enumerate(sets):
         m = len(s.memories)
@@ -173,6 +172,16 @@ def assemble(model, sets: Sequence[ReadSet], spatial_pos: torch.Tensor, n_frames
     if out is not None:
         return out
     return PaddedMemory(memory, pos, None if valid is None else valid[:, None, None, :], n_ptr)
+
+
+def _upload(values: list, device: torch.device) -> torch.Tensor:
+    """(n,) float32 on ``device`` without waiting for it: a copy from pageable host memory makes
+    torch synchronise the stream (it would stall the host on every frame), one from pinned memory
+    does not."""
+    t = torch.tensor(values, dtype=torch.float32)
+    if torch.device(device).type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 def _rope_cross_attention(attn, q, k, v, n_exclude: int, mask: torch.Tensor | None) -> torch.Tensor:
