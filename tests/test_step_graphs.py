@@ -29,14 +29,14 @@ def clip(tmp_path_factory):
     return tmp, mu.make_checkpoint(tmp / "ck.pt"), media.write_video(tmp / "v.mp4", N, w=160, h=120)
 
 
-def _run(clip, name, *, graphs: bool, corrupt: str | None = None):
+def _run(clip, name, *, graphs: bool, corrupt: str | None = None, budget: int = 2 * 2**30):
     tmp, ck, vid = clip
     s = samtrack.open_session(vid, checkpoint=ck, image_size=mu.IMAGE_SIZE, device="cpu", workdir=tmp / name,
                               config=SessionConfig(pad_read_sets=True))
     tracker = None
     if graphs:
         tracker = s.backend._graphs = GraphedTracker(s.backend.model, s.backend.device, s.backend._graph_ctx,
-                                                     capture=False)
+                                                     capture=False, max_static_bytes=budget)
         replay = tracker._replay
 
         def bad(g):
@@ -94,3 +94,18 @@ def test_cuda_graphs_on_a_cpu_session_is_a_clear_error(clip):
     with pytest.raises(InvalidOptionError, match="CUDA graphs need a CUDA device"):
         samtrack.open_session(vid, checkpoint=ck, image_size=mu.IMAGE_SIZE, device="cpu", workdir=tmp / "err",
                               config=SessionConfig(cuda_graphs=True))
+
+
+def test_graph_inputs_are_bounded_in_memory(clip, eager):
+    """Every graph keeps its own padded memory as static input (~15 MB per object at 1024 px): a
+    budget bounds them. Below one graph's inputs nothing is captured; with room for the largest graph
+    only, the least recently used is dropped when another is captured. Results are the same."""
+    out, tracker = _run(clip, "budget_none", graphs=True, budget=1000)
+    assert tracker.stats["captured"] == 0 and tracker.stats["replayed"] == 0 and tracker.enabled
+    assert _worst(out, eager) == 0.0  # every step eager, unpadded: the same computation
+    _, full = _run(clip, "budget_full", graphs=True)
+    sizes = [g.static_bytes for g in full.graphs.values()]
+    assert len(sizes) >= 2
+    out, tracker = _run(clip, "budget_one", graphs=True, budget=max(sizes))
+    assert tracker.stats["captured"] >= 2 and tracker.stats["dropped"] >= 1 and len(tracker.graphs) == 1
+    assert _worst(out, eager) <= 1e-4

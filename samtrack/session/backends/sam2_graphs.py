@@ -10,8 +10,10 @@ Fixed shapes: the batch (objects), the image features' sizes, and the padded rea
 8, the padding masked out of attention. A shape is captured the second time it occurs (the
 first frames of a propagation, whose read sets still grow, run eagerly), so one graph serves
 every frame once a propagation is under way. Capture takes a few eager steps, not compiling:
-the first mask is not delayed. At most ``max_graphs`` graphs are kept (least recently used
-dropped); they share one memory pool.
+the first mask is not delayed. At most ``max_graphs`` graphs are kept, and their static inputs
+(the padded memory: ~15 MB per object at 1024 px) take at most ``max_static_bytes`` (least
+recently used dropped; a shape whose inputs alone exceed it runs eagerly); the graphs'
+temporaries share one memory pool.
 
 Self-check: the first two replays of every new graph (the second on another frame's inputs)
 are checked against the eager step on the same inputs, every output (mask logits, object
@@ -58,6 +60,7 @@ class _Graph:
     graph: object = None
     checks_left: int = SELF_CHECKS
     uses: int = 0
+    static_bytes: int = 0
 
 
 class GraphedTracker:
@@ -67,12 +70,14 @@ class GraphedTracker:
     ``run`` returns upstream's SAM-head tuple plus the new memory, as fresh tensors the caller
     owns, or None when this shape runs eagerly (seen once, or graphs are off)."""
 
-    def __init__(self, model, device: torch.device, autocast, *, capture: bool = True, max_graphs: int = 16):
+    def __init__(self, model, device: torch.device, autocast, *, capture: bool = True, max_graphs: int = 16,
+                 max_static_bytes: int = 2 * 2**30):
         self.model = model
         self.device = device
         self.autocast = autocast  # a context-manager factory: bf16 autocast on CUDA (cache disabled)
         self.capture = capture
         self.max_graphs = max_graphs
+        self.max_static_bytes = max_static_bytes
         self.enabled = True
         self.graphs: collections.OrderedDict[tuple, _Graph] = collections.OrderedDict()
         self.seen: collections.Counter = collections.Counter()
@@ -102,7 +107,7 @@ class GraphedTracker:
             g = self.graphs.get(key)
             if g is None:
                 self.seen[key] += 1
-                if self.seen[key] < 2:
+                if self.seen[key] < 2 or self._static_bytes(len(sets), vf, slots) > self.max_static_bytes:
                     self.stats["eager"] += 1
                     return None
                 g = self._capture(key, vf, vp, sizes, sets, spatial_pos, n_frames, slots)
@@ -170,7 +175,7 @@ class GraphedTracker:
         feats = [torch.empty_like(x[:, :1]).copy_(x[:, :1]) for x in vf]
         pos = [x[:, :1].contiguous() for x in vp]
         mem = pad.assemble(self.model, sets, spatial_pos, n_frames, self.device, slots=slots)
-        g = _Graph(key, list(sizes), feats, pos, mem)
+        g = _Graph(key, list(sizes), feats, pos, mem, static_bytes=self._static_bytes(len(sets), vf, slots))
         try:
             if not self.capture:
                 g.outputs = tuple(torch.full_like(t, float("nan")) for t in self._body(g))
@@ -193,10 +198,20 @@ class GraphedTracker:
             return None
         self.graphs[key] = g
         self.stats["captured"] += 1
-        while len(self.graphs) > self.max_graphs:
+        while len(self.graphs) > self.max_graphs or (
+                len(self.graphs) > 1 and sum(x.static_bytes for x in self.graphs.values()) > self.max_static_bytes):
             self.graphs.popitem(last=False)
             self.stats["dropped"] += 1
         return g
+
+    def _static_bytes(self, batch: int, vf: list, slots: tuple[int, int]) -> int:
+        """Bytes of a graph's static inputs for this shape: memory and its position encoding (float32)
+        and the key mask, per object, plus one frame's features."""
+        m = self.model
+        hw = vf[-1].shape[0]
+        k = m.hidden_dim // m.mem_dim if m.mem_dim < m.hidden_dim else 1
+        keys = slots[0] * hw + slots[1] * k
+        return batch * keys * (2 * 4 * int(m.mem_dim) + 1) + sum(x[:, :1].numel() * x.element_size() for x in vf)
 
 
 def mismatch(replayed: tuple, eager: tuple) -> str | None:
