@@ -51,11 +51,11 @@ class FeatureSource:
         frame's step was launched). On CUDA the encoder runs on a side stream, so it overlaps that
         step on the device while the host goes on; the main stream then waits for the side stream,
         which holds back only work queued after this call (frame ``f``'s step, which needs these
-        features anyway), not the step already launched. On the CPU it simply runs now. Frames in RAM or in the feature store are
-        left to :meth:`_frame_features`. A failure (a frame that cannot be read, a feature-store write)
-        is not raised here, where it would cost the frame in flight its results, but when frame ``f``'s
-        features are asked for next (its step, before it runs); if another frame's are asked for first
-        (the sweep stopped), it is logged as a warning."""
+        features anyway), not the step already launched. On the CPU it simply runs now. Frames in
+        RAM or in the feature store are left to :meth:`_frame_features`. A failure (a frame that
+        cannot be read, a feature-store write) is not raised here, where it would cost the frame in
+        flight its results, but when frame ``f``'s features are asked for next (its step, before it
+        runs); if another frame's are asked for first (the sweep stopped), it is logged as a warning."""
         if self._closed or not 0 <= f < self.n_frames or f in self._features:
             return
         if self.features is not None and f in self.features:

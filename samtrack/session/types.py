@@ -28,10 +28,11 @@ class SessionConfig:
     (no padding computed); None (default): pad on CUDA, not on the CPU, where
     padding costs compute and launches cost little. Families that cannot pad
     (SAM3) batch objects reading the same frames either way. ``cuda_graphs``:
-    replay the tracking step from CUDA graphs (SAM2 family; each new graph is
-    checked once against the eager step, and graphs turn off for the session
-    if one differs); None (default): on CUDA; True on another device raises
-    InvalidOptionError."""
+    replay the tracking step from CUDA graphs (SAM2 family; the first two
+    replays of each new graph are checked against the eager step, and graphs
+    turn off for the session if one differs); None (default): on CUDA; True
+    on another device raises InvalidOptionError. Both change how, not what,
+    is computed (logits within float / bf16 rounding): not part of the job."""
 
     max_keyframes_in_attention: int | None = 8
     overlap_rule: str = "nearer"
