@@ -19,13 +19,15 @@ def rss_mib() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def random_checkpoint(out: Path, image_size: int) -> Path:
+def random_checkpoint(out: Path, image_size: int, model: str = "sam2.1_hiera_tiny") -> Path:
+    """A random-init SAM2/SAM2.1 ``model`` at ``image_size``, saved in the official layout."""
     from tests import model_utils
 
     out.mkdir(parents=True, exist_ok=True)
-    ck = out / f"random_sam2.1_tiny_{image_size}.pt"
+    name = "tiny" if model == "sam2.1_hiera_tiny" else model  # the tiny one keeps its earlier file name
+    ck = out / f"random_sam2.1_{name}_{image_size}.pt"
     if not ck.exists():
-        model_utils.make_checkpoint(ck, image_size=image_size)
+        model_utils.make_checkpoint(ck, model=model, image_size=image_size)
     return ck
 
 

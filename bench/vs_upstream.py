@@ -171,7 +171,7 @@ def run_upstream(ck, vid, a, n_obj, warm_vid):
     from tests import model_utils
 
     t0 = time.perf_counter()
-    if a.device == "cpu":
+    if a.device == "cpu" and a.model == "sam2.1_hiera_tiny":
         pred = model_utils.upstream_predictor(Path(ck), image_size=a.image_size)
     else:
         from sam2.build_sam import build_sam2_video_predictor
@@ -243,7 +243,7 @@ def main():
     if sam3:
         a.source = "jpeg"  # upstream's tracker predictor reads a JPEG folder (or an mp4 through decord)
     ck = a.checkpoint or (random_sam3_checkpoint(Path(a.out), a.image_size, a.width) if sam3
-                          else random_checkpoint(Path(a.out), a.image_size))
+                          else random_checkpoint(Path(a.out), a.image_size, a.model))
     warm_vid = None
     if a.source == "jpeg":
         vid = jpeg_folder(Path(a.out), a.frames, w, h)
