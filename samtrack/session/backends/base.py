@@ -194,6 +194,13 @@ class Backend(Protocol):
     # and tests, returns one constant tensor instead)
     def to_video_res(self, logits: torch.Tensor, height: int, width: int) -> torch.Tensor: ...
 
+    # optional: batching of objects whose memory read sets differ (SAM2). ``batch_key(view, frame_idx,
+    # reverse, n_frames, pad=)`` -> hashable: the session runs objects with equal keys as one ``track`` batch
+    # (without it: objects whose views hold the same frames). ``pad`` is SessionConfig.pad_read_sets resolved.
+    # def batch_key(self, view: MemoryView, frame_idx: int, reverse: bool, n_frames: int, *, pad: bool): ...
+    # optional: ``cuda_graphs`` (bool, settable): tracking steps replayed from CUDA graphs; the session sets it
+    # from SessionConfig.cuda_graphs when it opens (True on a device that is not CUDA: InvalidOptionError).
+
     # optional: families that create objects (SAM3 text / exemplars, SAM2 "everything"). ``object_queries``
     # names the object-creating prompt kinds ``detect`` answers ("concept": text / exemplars, "everything"),
     # so the session refuses the others before encoding the frame.
