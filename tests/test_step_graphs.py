@@ -19,7 +19,7 @@ from samtrack.session.backends.sam2_graphs import GraphedTracker
 from tests import media
 from tests import model_utils as mu
 
-N = 30
+N = 22
 OBJECTS = {1: (0, [[40, 60]]), 2: (3, [[100, 40]]), 3: (8, [[120, 90]])}  # object: (keyframe, click)
 
 
