@@ -113,23 +113,32 @@ class Detection:
     logits: torch.Tensor | None = None
 
 
+def memory_frames(frame_idx: int, reverse: bool, num_maskmem: int, stride: int) -> list[tuple[int, int]]:
+    """(t_pos, frame) of the non-keyframe memories SAM2 looks up for a step at ``frame_idx``
+    (``SAM2Base._prepare_memory_conditioned_features``): t_pos 1 (oldest) to ``num_maskmem - 1``
+    (the previous frame in the direction of travel), every ``stride``-th frame beyond the previous one.
+    Frames may lie outside the video."""
+    out = []
+    for t_pos in range(1, num_maskmem):
+        t_rel = num_maskmem - t_pos
+        if t_rel == 1:
+            t = frame_idx + 1 if reverse else frame_idx - 1
+        elif not reverse:
+            t = ((frame_idx - 2) // stride) * stride - (t_rel - 2) * stride
+        else:
+            t = -(-(frame_idx + 2) // stride) * stride + (t_rel - 2) * stride
+        out.append((t_pos, t))
+    return out
+
+
 def frames_by_position(frame_idx: int, reverse: bool, n_frames: int, num_maskmem: int, max_obj_ptrs: int,
                        stride: int = 1) -> list[int]:
     """SAM2's choice of earlier frames by position alone (``SAM2Base._prepare_memory_conditioned_features``,
     also SAM3's tracker without memory selection): the memories of the ``num_maskmem - 1`` previous
     frames in the direction of travel (the nearest one, then every ``stride``-th), and the object
     pointers of up to ``max_obj_ptrs - 1`` previous frames. Sorted frame indices inside the video."""
-    out, s = [], stride
-    for t_pos in range(1, num_maskmem):
-        t_rel = num_maskmem - t_pos
-        if t_rel == 1:
-            t = frame_idx + t_rel if reverse else frame_idx - t_rel
-        elif not reverse:
-            t = ((frame_idx - 2) // s) * s - (t_rel - 2) * s
-        else:
-            t = -(-(frame_idx + 2) // s) * s + (t_rel - 2) * s
-        if 0 <= t < n_frames:  # upstream looks these up in a dict, where they are simply absent
-            out.append(t)
+    # upstream looks memory frames up in a dict, where those outside the video are simply absent
+    out = [t for _, t in memory_frames(frame_idx, reverse, num_maskmem, stride) if 0 <= t < n_frames]
     for t_diff in range(1, min(n_frames, max_obj_ptrs)):
         t = frame_idx + t_diff if reverse else frame_idx - t_diff
         if t < 0 or t >= n_frames:

@@ -272,6 +272,8 @@ class Sam2Backend:
 
     @cuda_graphs.setter
     def cuda_graphs(self, on: bool) -> None:
+        """True: a new GraphedTracker (also after a self-check turned graphs off); False: eager steps.
+        Raises InvalidOptionError for True on a device that is not CUDA."""
         if not on:
             self._graphs = None
             return

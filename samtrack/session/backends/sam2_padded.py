@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from samtrack.session.backends.base import MemoryEntry, MemoryView
+from samtrack.session.backends.base import MemoryEntry, MemoryView, memory_frames
 
 
 @dataclass
@@ -51,22 +51,6 @@ class PaddedMemory:
     pos: torch.Tensor
     valid: torch.Tensor | None
     n_ptr_tokens: int
-
-
-def memory_frames(frame_idx: int, reverse: bool, num_maskmem: int, stride: int) -> list[tuple[int, int]]:
-    """(t_pos, frame) of the non-keyframe memories upstream looks up, t_pos 1 (oldest) to
-    ``num_maskmem - 1`` (the previous frame); frames outside the video are simply absent upstream."""
-    out = []
-    for t_pos in range(1, num_maskmem):
-        t_rel = num_maskmem - t_pos
-        if t_rel == 1:
-            t = frame_idx + 1 if reverse else frame_idx - 1
-        elif not reverse:
-            t = ((frame_idx - 2) // stride) * stride - (t_rel - 2) * stride
-        else:
-            t = -(-(frame_idx + 2) // stride) * stride + (t_rel - 2) * stride
-        out.append((t_pos, t))
-    return out
 
 
 def read_set(model, view: MemoryView, frame_idx: int, reverse: bool, n_frames: int) -> ReadSet:
