@@ -104,3 +104,116 @@ def test_cli_cache_features_then_track_encodes_nothing(assets, tmp_path):
         assert s.backend.calls["encode_image"].total() == 0 and s.backend.calls["track"].total() == N - 1
     finally:
         s.close()
+
+
+def _rows(f: int) -> dict:
+    return {"a": np.full((3, 4), f, np.float32), "b": np.arange(6, dtype=np.int16) + f}
+
+
+class _BlockedWrites:
+    """FrameArray.write_rows held until ``release`` (or failing once with ``fail``)."""
+
+    def __init__(self, monkeypatch, fail: BaseException | None = None):
+        import threading
+
+        from samtrack.io.zarr_arrays import FrameArray
+
+        self.go, self.started, self.fail, self.calls = threading.Event(), threading.Event(), fail, 0
+        real = FrameArray.write_rows
+
+        def write_rows(arr, rows):
+            self.calls += 1
+            self.started.set()
+            assert self.go.wait(120), "the test never released the writer"
+            if self.fail is not None:
+                err, self.fail = self.fail, None
+                raise err
+            return real(arr, rows)
+
+        monkeypatch.setattr(FrameArray, "write_rows", write_rows)
+
+
+def test_rows_being_written_stay_readable_and_the_loop_does_not_wait_for_the_writer(tmp_path, monkeypatch):
+    import samtrack.io.feature_store as fsm
+
+    monkeypatch.setattr(fsm, "SHARD_BYTES", 1)  # one frame per shard: every put hands a shard to the writer
+    blocked = _BlockedWrites(monkeypatch)
+    fs = FeatureStore(tmp_path / "f.zarr", 4, signature={"source": 1})
+    fs.put(0, _rows(0))  # returns while the writer is stuck on it
+    assert blocked.started.wait(120)
+    assert 0 in fs and fs.cached_frames == 1
+    np.testing.assert_array_equal(fs.get(0)["a"], _rows(0)["a"])  # from memory, not the disk
+    blocked.go.set()
+    fs.flush()
+    reopened = FeatureStore(tmp_path / "f.zarr", 4, signature={"source": 1})
+    got = reopened.get(0)
+    np.testing.assert_array_equal(got["a"], _rows(0)["a"])
+    np.testing.assert_array_equal(got["b"], _rows(0)["b"])
+    assert 1 not in reopened
+    fs.close()
+    assert fs._pool is None  # the writer thread is stopped
+
+
+def test_put_waits_when_the_writer_is_behind(tmp_path, monkeypatch):
+    """At most MAX_SHARDS_IN_FLIGHT shards wait for the writer: a put past that blocks (memory stays
+    bounded) until a write finishes, then everything reaches the disk."""
+    import threading
+
+    import samtrack.io.feature_store as fsm
+
+    monkeypatch.setattr(fsm, "SHARD_BYTES", 1)
+    monkeypatch.setattr(fsm, "MAX_SHARDS_IN_FLIGHT", 1)
+    blocked = _BlockedWrites(monkeypatch)
+    fs = FeatureStore(tmp_path / "f.zarr", 3, signature={"source": 1})
+    fs.put(0, _rows(0))
+    second = threading.Thread(target=fs.put, args=(1, _rows(1)))
+    second.start()
+    second.join(timeout=1.0)
+    assert second.is_alive(), "a second shard was queued while the first was still being written"
+    blocked.go.set()
+    second.join(120)
+    assert not second.is_alive()
+    fs.put(2, _rows(2))
+    fs.close()
+    reopened = FeatureStore(tmp_path / "f.zarr", 3, signature={"source": 1})
+    assert [reopened.get(f)["a"][0, 0] for f in range(3)] == [0, 1, 2]
+
+
+def test_a_write_that_fails_on_the_writer_thread_is_raised_by_the_next_flush(tmp_path, monkeypatch):
+    """The failure is not lost on the writer thread: flush raises it; the frames it was writing read as
+    absent (encoded again when needed), and the store keeps working."""
+    import samtrack.io.feature_store as fsm
+
+    monkeypatch.setattr(fsm, "SHARD_BYTES", 1)
+    blocked = _BlockedWrites(monkeypatch, fail=OSError(28, "No space left on device (test)"))
+    fs = FeatureStore(tmp_path / "f.zarr", 4, signature={"source": 1})
+    fs.put(0, _rows(0))
+    blocked.go.set()
+    with pytest.raises(OSError, match="No space left"):
+        fs.flush()
+    assert 0 not in fs and fs.get(0) is None
+    fs.put(1, _rows(1))
+    fs.flush()  # raised once: the next write goes through
+    assert 1 in fs and fs.get(1)["a"][0, 0] == 1
+    fs.close()
+
+
+def test_while_tracking_a_writer_that_is_behind_costs_cached_frames_not_time(tmp_path, monkeypatch):
+    """``drop_when_behind`` (a session's store): a put while MAX_SHARDS_IN_FLIGHT shards wait for the
+    writer returns at once and the frame is not cached (counted), instead of holding tracking up."""
+    import samtrack.io.feature_store as fsm
+
+    monkeypatch.setattr(fsm, "SHARD_BYTES", 1)
+    monkeypatch.setattr(fsm, "MAX_SHARDS_IN_FLIGHT", 1)
+    blocked = _BlockedWrites(monkeypatch)
+    fs = FeatureStore(tmp_path / "f.zarr", 3, signature={"source": 1}, drop_when_behind=True)
+    fs.put(0, _rows(0))
+    fs.put(1, _rows(1))  # the writer is still on frame 0: dropped (a blocking put would hang here)
+    assert fs.stats["dropped_frames"] == 1 and 1 not in fs and 0 in fs
+    blocked.go.set()
+    fs.flush()
+    fs.put(2, _rows(2))
+    fs.close()
+    reopened = FeatureStore(tmp_path / "f.zarr", 3, signature={"source": 1})
+    assert 0 in reopened and 1 not in reopened and 2 in reopened
+    assert blocked.calls == 4  # frames 0 and 2, two arrays each: frame 1 was never written

@@ -10,9 +10,18 @@ signature: source identity, reader options, model, checkpoint hash, image size),
 
 Rows are queued in memory and written shard by shard (each shard rewritten to a
 temporary file and renamed: a kill never tears one) when a shard's frames are all
-in hand, or at :meth:`flush`. Beyond ``disk_budget_bytes`` the least recently used
-shards are removed (those frames are encoded again when needed). One writer: the
-session's thread; not thread-safe.
+in hand, or at :meth:`flush`. The writing (compression and the file) runs on one
+background thread, so the tracking loop never waits for it: at 1024 px a SAM2 frame's
+features are 8 MB, a shard of 4 frames took 90-150 ms to compress and write (23-28 ms
+per frame, 2-core VM), as long as a GPU tracking step. Rows being written stay readable
+from memory; at most :data:`MAX_SHARDS_IN_FLIGHT` shards wait for the writer: past that,
+:meth:`put` waits (memory stays bounded), or, with ``drop_when_behind`` (a session's tracking:
+the store is a cache and must never slow tracking; a GPU step can be shorter than a shard
+write), the shard's rows are dropped, counted in ``stats["dropped_frames"]``, and those frames
+are encoded again when next needed. A write that failed is raised by the next
+:meth:`put` or :meth:`flush` (its frames read as absent). Beyond ``disk_budget_bytes``
+the least recently used shards are removed (those frames are encoded again when
+needed). Callers: one thread (the session's); the writer thread is internal.
 
 The store knows arrays, not models: what a frame's features are, and in which
 dtype, is the backend's business (``features_to_store`` / ``features_from_store``).
@@ -22,6 +31,8 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +43,20 @@ from samtrack.io.zarr_arrays import FrameArray, create_frame_array, open_signed
 
 log = logging.getLogger(__name__)
 SHARD_BYTES = 32 << 20
+MAX_SHARDS_IN_FLIGHT = 2  # shards handed to the writer thread and not written yet, at most
 
 
 class FeatureStore:
     """Per-frame named arrays on disk, with a signature, an LRU disk budget and a write queue."""
 
     def __init__(self, path: str | os.PathLike, n_frames: int, *, signature: dict,
-                 disk_budget_bytes: int | None = 20 * 2**30):
+                 disk_budget_bytes: int | None = 20 * 2**30, background: bool = True,
+                 drop_when_behind: bool = False):
+        """``background``: write shards on the writer thread (default), or in the caller's
+        (``bench/pipeline_overhead.py`` measures the difference). ``drop_when_behind``: see the
+        module's docstring. Both settable."""
+        self.background = bool(background)
+        self.drop_when_behind = bool(drop_when_behind)
         import zarr
 
         self._zarr = zarr
@@ -57,33 +75,45 @@ class FeatureStore:
         self._present = np.asarray(self._present_arr[:]).astype(bool)
         self._dtypes: dict[str, str] = dict(root.attrs.get("dtypes", {}))
         self._arrays: dict[str, FrameArray] = {}
-        self._pending: dict[int, dict[str, np.ndarray]] = {}
+        self._pending: dict[int, dict[str, np.ndarray]] = {}  # queued, shard not complete yet
+        self._writing: dict[int, dict[str, np.ndarray]] = {}  # handed to the writer, readable until on disk
+        self._lock = threading.Lock()  # _writing, _present, _lru, _sizes, eviction vs reads
+        self._arrays_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._in_flight: collections.deque[Future] = collections.deque()
+        self._failed: BaseException | None = None
         self._lru: collections.OrderedDict[int, None] = collections.OrderedDict()  # shards, oldest first
         self._shard_frames = int(root.attrs.get("shard_frames", 0)) or None
         self._sizes: dict[int, int] | None = None  # shard -> bytes on disk (see _shard_sizes)
-        self.stats = {"hits": 0, "misses": 0, "evicted_shards": 0}
+        self.stats = {"hits": 0, "misses": 0, "evicted_shards": 0, "dropped_frames": 0}
 
     # -- public --------------------------------------------------------------------
     def __contains__(self, frame: int) -> bool:
-        return bool(self._present[frame]) or frame in self._pending
+        with self._lock:
+            return bool(self._present[frame]) or frame in self._pending or frame in self._writing
 
     @property
     def cached_frames(self) -> int:
-        return int(self._present.sum()) + sum(1 for f in self._pending if not self._present[f])
+        with self._lock:
+            queued = set(self._pending) | set(self._writing)
+            return int(self._present.sum()) + sum(1 for f in queued if not self._present[f])
 
     def get(self, frame: int) -> dict[str, np.ndarray] | None:
         """The rows stored for ``frame`` ({name: array in its stored dtype, bfloat16 as int16 bits}, with
         :meth:`dtype` telling which), or None when the frame has none."""
         rows = self._pending.get(frame)
-        if rows is not None:
+        with self._lock:  # the writer may be evicting this frame's shard: read under the lock
+            if rows is None:
+                rows = self._writing.get(frame)
+            if rows is not None:
+                self.stats["hits"] += 1
+                return rows
+            if not self._present[frame]:
+                self.stats["misses"] += 1
+                return None
+            self._touch(frame // self._shard_frames)
             self.stats["hits"] += 1
-            return rows
-        if not self._present[frame]:
-            self.stats["misses"] += 1
-            return None
-        self._touch(frame // self._shard_frames)
-        self.stats["hits"] += 1
-        return {name: self._array(name).read(frame) for name in self._dtypes}
+            return {name: self._array(name).read(frame) for name in self._dtypes}
 
     def dtype(self, name: str) -> str:
         """The logical dtype of array ``name`` (e.g. ``"bfloat16"`` for rows given as int16 bits)."""
@@ -91,7 +121,10 @@ class FeatureStore:
 
     def put(self, frame: int, rows: dict[str, np.ndarray], dtypes: dict[str, str] | None = None) -> None:
         """Queue ``frame``'s rows ({name: array}); ``dtypes`` tags names whose logical dtype differs from
-        the array's (bfloat16 given as int16 bits). Written when its shard is complete, or at flush."""
+        the array's (bfloat16 given as int16 bits). Written (on the writer thread) when its shard is
+        complete, or at :meth:`flush`. Raises ValueError for rows of other names than the store's, and
+        the error of an earlier write that failed (OSError, CacheError...)."""
+        self._raise_failed()
         if not self._dtypes:
             self._create(rows, dtypes or {})
         elif set(rows) != set(self._dtypes):
@@ -99,17 +132,30 @@ class FeatureStore:
         self._pending[frame] = {k: np.ascontiguousarray(v) for k, v in rows.items()}
         k = frame // self._shard_frames
         lo, hi = k * self._shard_frames, min(self.n_frames, (k + 1) * self._shard_frames)
-        if all(self._present[f] or f in self._pending for f in range(lo, hi)):
-            self._write({f: self._pending.pop(f) for f in range(lo, hi) if f in self._pending})
+        with self._lock:
+            complete = all(self._present[f] or f in self._pending or f in self._writing for f in range(lo, hi))
+        if complete:
+            self._submit({f: self._pending.pop(f) for f in range(lo, hi) if f in self._pending})
 
-    def flush(self) -> None:
-        """Write every queued row."""
+    def flush(self, wait: bool = True) -> None:
+        """Write every queued row; ``wait``: until it is on disk (else the writer goes on in the
+        background: the end of a propagation need not wait for a cache). Raises the error of a write
+        that failed (with ``wait=False``, one that has failed so far)."""
         if self._pending:
             pending, self._pending = self._pending, {}
-            self._write(pending)
+            self._submit(pending)
+        while self._in_flight and (wait or self._in_flight[0].done()):
+            self._wait_oldest()
+        self._raise_failed()
 
     def close(self) -> None:
-        self.flush()
+        """:meth:`flush`, then stop the writer thread (also when the flush raised)."""
+        try:
+            self.flush()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
 
     # -- internals ---------------------------------------------------------------------
     def _create(self, rows: dict[str, np.ndarray], dtypes: dict[str, str]) -> None:
@@ -123,24 +169,68 @@ class FeatureStore:
         self._root.attrs.update({"dtypes": self._dtypes, "shard_frames": self._shard_frames})
 
     def _array(self, name: str) -> FrameArray:
-        a = self._arrays.get(name)
-        if a is None:
-            a = self._arrays[name] = FrameArray(self._root[name], self.path / name)
-        return a
+        with self._arrays_lock:  # the caller's thread (reads) and the writer thread both open them
+            a = self._arrays.get(name)
+            if a is None:
+                a = self._arrays[name] = FrameArray(self._root[name], self.path / name)
+            return a
+
+    def _submit(self, rows: dict[int, dict[str, np.ndarray]]) -> None:
+        """Hand ``rows`` to the writer thread (first waiting while MAX_SHARDS_IN_FLIGHT are queued)."""
+        if not rows:
+            return
+        while self._in_flight and self._in_flight[0].done():
+            self._wait_oldest()
+        if self.drop_when_behind and self.background and len(self._in_flight) >= MAX_SHARDS_IN_FLIGHT:
+            if not self.stats["dropped_frames"]:
+                log.info("the feature store's writer is behind tracking: features of frames %s.. not cached "
+                         "(they are encoded again when needed)", min(rows))
+            self.stats["dropped_frames"] += len(rows)
+            return
+        while len(self._in_flight) >= MAX_SHARDS_IN_FLIGHT:
+            self._wait_oldest()
+        with self._lock:
+            self._writing.update(rows)
+        if not self.background:
+            self._write(rows)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="samtrack-features")
+        self._in_flight.append(self._pool.submit(self._write, rows))
+
+    def _wait_oldest(self) -> None:
+        try:
+            self._in_flight.popleft().result()
+        except BaseException as e:  # kept for the next put / flush: the caller decides what a lost write costs
+            self._failed = self._failed or e
+
+    def _raise_failed(self) -> None:
+        if self._failed is not None:
+            err, self._failed = self._failed, None
+            raise err
 
     def _write(self, rows: dict[int, dict[str, np.ndarray]]) -> None:
-        for name in self._dtypes:  # data first, then the frames' presence
-            self._array(name).write_rows({f: r[name] for f, r in rows.items()})
-        frames = sorted(rows)
-        self._present[frames] = True
-        lo, hi = frames[0], frames[-1] + 1
-        self._present_arr[lo:hi] = self._present[lo:hi].astype(np.uint8)
-        written = {f // self._shard_frames for f in frames}
-        sizes = self._shard_sizes()
-        for k in sorted(written):
-            self._touch(k)
-            sizes[k] = self._shard_bytes(k)
-        self._enforce_budget(keep=written)
+        """Write ``rows`` (the writer thread): data first, then the frames' presence. On failure the
+        frames read as absent (their shard files hold what they held before)."""
+        try:
+            for name in self._dtypes:
+                self._array(name).write_rows({f: r[name] for f, r in rows.items()})
+            frames = sorted(rows)
+            with self._lock:
+                self._present[frames] = True
+                lo, hi = frames[0], frames[-1] + 1
+                self._present_arr[lo:hi] = self._present[lo:hi].astype(np.uint8)
+                written = {f // self._shard_frames for f in frames}
+                sizes = self._shard_sizes()
+                for k in sorted(written):
+                    self._touch(k)
+                    sizes[k] = self._shard_bytes(k)
+                self._enforce_budget(keep=written)
+        finally:
+            with self._lock:
+                for f in rows:
+                    if self._writing.get(f) is rows[f]:
+                        del self._writing[f]
 
     def _touch(self, k: int) -> None:
         self._lru[k] = None

@@ -157,18 +157,22 @@ class FeatureSource:
         lo, hi = self._check_frame(start), self.n_frames - 1 if stop is None else self._check_frame(stop)
         self._cancel.clear()
         encoded = 0
-        for i, f in enumerate(range(lo, hi + 1)):
-            if f not in self.features:
-                if f < hi:
-                    self._prefetch_input(f + 1)
-                self._encode(f)
-                encoded += 1
-            if progress:
-                progress(i + 1, hi - lo + 1)
-            if self._cancel.is_set():
-                break
-        self._store_features()
-        self.features.flush()
+        dropping, self.features.drop_when_behind = self.features.drop_when_behind, False  # keep every frame
+        try:
+            for i, f in enumerate(range(lo, hi + 1)):
+                if f not in self.features:
+                    if f < hi:
+                        self._prefetch_input(f + 1)
+                    self._encode(f)
+                    encoded += 1
+                if progress:
+                    progress(i + 1, hi - lo + 1)
+                if self._cancel.is_set():
+                    break
+            self._store_features()
+            self.features.flush()
+        finally:
+            self.features.drop_when_behind = dropping
         return encoded
 
 

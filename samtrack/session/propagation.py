@@ -91,7 +91,7 @@ class Propagation:
                 self.flush()
                 if self.features is not None:
                     self._store_features()
-                    self.features.flush()
+                    self.features.flush(wait=False)  # a cache: the writer finishes in the background
 
     def plan(self, direction: str = "both", start: int | None = None, stop: int | None = None, *,
              obj_ids=None) -> Plan:

@@ -90,7 +90,8 @@ class TrackingSession(ObjectFinding, Propagation, FeatureSource):
         if signature is not None and self.config.feature_store and hasattr(backend, "features_to_store"):
             self.features = FeatureStore(self.workdir / "features.zarr", self.n_frames,
                                          signature={**signature, "model_input": MODEL_INPUT_VERSION},
-                                         disk_budget_bytes=self.config.feature_disk_budget_bytes)
+                                         disk_budget_bytes=self.config.feature_disk_budget_bytes,
+                                         drop_when_behind=True)  # tracking never waits for a cache
         self._objects: dict[int, _Object] = {}
         self._features: collections.OrderedDict[int, object] = collections.OrderedDict()
         self._inputs: dict = {}  # frame -> Future of its model input, prepared ahead (features.py)

@@ -48,7 +48,13 @@ class FakeBackend:
     no_object_logit = -1024.0
     object_queries = frozenset({"concept", "everything"})
 
-    def __init__(self, image_size: int = 1024, device: str = "cpu"):
+    def __init__(self, image_size: int = 1024, device: str = "cpu", *, sam2_sized_features: bool = False):
+        """``sam2_sized_features``: the rows handed to the feature store have SAM2's shapes and dtype
+        under CUDA autocast (FPN levels (32, S/4, S/4), (64, S/8, S/8), (256, S/16, S/16) bfloat16,
+        8 MB per frame at 1024 px), so a benchmark pays what storing real features costs; default one
+        tiny row per frame."""
+        self.sam2_sized_features = bool(sam2_sized_features)
+        self._fpn: dict[str, torch.Tensor] | None = None
         self.spec = dataclasses.replace(get_model("sam2.1_hiera_tiny"), name="fake")
         self.checkpoint = None
         self.image_size = int(image_size)
@@ -75,8 +81,17 @@ class FakeBackend:
         return FrameFeatures(frame_idx, None)
 
     def features_to_store(self, feats: FrameFeatures) -> dict[str, torch.Tensor]:
-        """One tiny row per frame, so the feature store's round trip runs (the frame index, float32)."""
-        return {"frame": torch.tensor([float(feats.frame_idx)])}
+        """One tiny row per frame, so the feature store's round trip runs (the frame index, float32);
+        with ``sam2_sized_features`` SAM2's three FPN levels (random bfloat16: real features compress
+        about as little), made once: the same tensors every frame (the store copies nothing from them
+        and compresses them like any other)."""
+        if not self.sam2_sized_features:
+            return {"frame": torch.tensor([float(feats.frame_idx)])}
+        if self._fpn is None:
+            S, g = self.image_size, torch.Generator().manual_seed(0)
+            self._fpn = {f"fpn{i}": torch.randn(c, S // d, S // d, generator=g).to(torch.bfloat16)
+                         for i, (c, d) in enumerate(((32, 4), (64, 8), (256, 16)))}
+        return dict(self._fpn)
 
     def features_from_store(self, rows: dict[str, torch.Tensor], frame_idx: int) -> FrameFeatures:
         return FrameFeatures(frame_idx, None)
