@@ -217,3 +217,24 @@ def test_while_tracking_a_writer_that_is_behind_costs_cached_frames_not_time(tmp
     reopened = FeatureStore(tmp_path / "f.zarr", 3, signature={"source": 1})
     assert 0 in reopened and 1 not in reopened and 2 in reopened
     assert blocked.calls == 4  # frames 0 and 2, two arrays each: frame 1 was never written
+
+
+def test_closing_keeps_queued_rows_even_when_the_writer_is_behind(tmp_path, monkeypatch):
+    import threading
+
+    import samtrack.io.feature_store as fsm
+
+    monkeypatch.setattr(fsm, "SHARD_BYTES", 120)  # two 60-byte frames per shard
+    monkeypatch.setattr(fsm, "MAX_SHARDS_IN_FLIGHT", 1)
+    blocked = _BlockedWrites(monkeypatch)
+    fs = FeatureStore(tmp_path / "f.zarr", 5, signature={"source": 1}, drop_when_behind=True)
+    fs.put(0, _rows(0))
+    fs.put(1, _rows(1))  # shard 0 complete: handed to the writer
+    assert fs._shard_frames == 2
+    fs.put(4, _rows(4))  # shard 2 (frame 4 alone) is complete: dropped, the writer is on shard 0
+    fs.put(2, _rows(2))  # shard 1 is not complete: queued
+    assert fs.stats["dropped_frames"] == 1
+    threading.Timer(0.2, blocked.go.set).start()
+    fs.close()  # waits for the writer, then writes frame 2: closing drops nothing
+    reopened = FeatureStore(tmp_path / "f.zarr", 5, signature={"source": 1})
+    assert [f in reopened for f in range(5)] == [True, True, True, False, False]

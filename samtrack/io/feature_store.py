@@ -135,7 +135,8 @@ class FeatureStore:
         with self._lock:
             complete = all(self._present[f] or f in self._pending or f in self._writing for f in range(lo, hi))
         if complete:
-            self._submit({f: self._pending.pop(f) for f in range(lo, hi) if f in self._pending})
+            self._submit({f: self._pending.pop(f) for f in range(lo, hi) if f in self._pending},
+                         may_drop=self.drop_when_behind)
 
     def flush(self, wait: bool = True) -> None:
         """Write every queued row; ``wait``: until it is on disk (else the writer goes on in the
@@ -143,7 +144,7 @@ class FeatureStore:
         that failed (with ``wait=False``, one that has failed so far)."""
         if self._pending:
             pending, self._pending = self._pending, {}
-            self._submit(pending)
+            self._submit(pending, may_drop=self.drop_when_behind and not wait)
         while self._in_flight and (wait or self._in_flight[0].done()):
             self._wait_oldest()
         self._raise_failed()
@@ -175,13 +176,14 @@ class FeatureStore:
                 a = self._arrays[name] = FrameArray(self._root[name], self.path / name)
             return a
 
-    def _submit(self, rows: dict[int, dict[str, np.ndarray]]) -> None:
-        """Hand ``rows`` to the writer thread (first waiting while MAX_SHARDS_IN_FLIGHT are queued)."""
+    def _submit(self, rows: dict[int, dict[str, np.ndarray]], may_drop: bool) -> None:
+        """Hand ``rows`` to the writer thread; while MAX_SHARDS_IN_FLIGHT are queued, first wait, or
+        drop them (``may_drop``)."""
         if not rows:
             return
         while self._in_flight and self._in_flight[0].done():
             self._wait_oldest()
-        if self.drop_when_behind and self.background and len(self._in_flight) >= MAX_SHARDS_IN_FLIGHT:
+        if may_drop and self.background and len(self._in_flight) >= MAX_SHARDS_IN_FLIGHT:
             if not self.stats["dropped_frames"]:
                 log.info("the feature store's writer is behind tracking: features of frames %s.. not cached "
                          "(they are encoded again when needed)", min(rows))
