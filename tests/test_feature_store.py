@@ -40,8 +40,20 @@ def test_tracking_from_stored_features_equals_fresh_encoding(assets, tmp_path):
     with _open(assets, tmp_path / "stored") as s:
         assert s.precompute_features() == N and s.features.cached_frames == N
         s.backend.calls["encode_image"].clear()
+        import threading
+
+        get, readers = s.features.get, []
+
+        def get_and_note(f):
+            readers.append(threading.current_thread().name)
+            return get(f)
+
+        s.features.get = get_and_note
         stored = _track(s)
         assert s.backend.calls["encode_image"].total() == 0  # every frame read back from the store
+        # read ahead on the prefetch thread while the frame before computes, not on the tracking thread
+        ahead = sum(name.startswith("samtrack-input") for name in readers)
+        assert ahead >= N - 4, readers
     assert fresh.keys() == stored.keys()
     for k in fresh:  # float32 on the CPU, stored as float32: the same logits, bit for bit
         np.testing.assert_array_equal(stored[k], fresh[k], err_msg=str(k))

@@ -21,7 +21,8 @@ write), the shard's rows are dropped, counted in ``stats["dropped_frames"]``, an
 are encoded again when next needed. A write that failed is raised by the next
 :meth:`put` or :meth:`flush` (its frames read as absent). Beyond ``disk_budget_bytes``
 the least recently used shards are removed (those frames are encoded again when
-needed). Callers: one thread (the session's); the writer thread is internal.
+needed). Callers: one thread (the session's) puts and flushes; :meth:`get` may also run on
+another (the session reads rows ahead on its prefetch thread); the writer thread is internal.
 
 The store knows arrays, not models: what a frame's features are, and in which
 dtype, is the backend's business (``features_to_store`` / ``features_from_store``).

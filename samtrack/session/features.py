@@ -35,7 +35,10 @@ class FeatureSource:
         if feats is not None:
             self._features.move_to_end(f)
             return feats
-        rows = self.features.get(f) if self.features is not None else None
+        rows = None
+        if self.features is not None:
+            fut: Future | None = self._stored.pop(f, None)  # read ahead on the prefetch thread
+            rows = fut.result() if fut is not None and not fut.cancelled() else self.features.get(f)
         if rows is not None:
             feats = self.backend.features_from_store(
                 {k: _from_numpy(v, self.features.dtype(k)) for k, v in rows.items()}, f)
@@ -83,16 +86,22 @@ class FeatureSource:
         _join_side_stream(self._side_stream, feats.data)
 
     def _prefetch_input(self, f: int) -> None:
-        """Start preparing frame ``f``'s model input (read, resize, normalize on the CPU; read, resize
-        and pin for a GPU) on a background thread, when ``f`` will be encoded: the tracking step of
-        the frame before it then overlaps that host work (frame decode and resize are ~40 % of a
-        1080p frame's host time). Errors surface when the frame is encoded, as without prefetching."""
-        if self._closed or f in self._inputs or f in self._features or not 0 <= f < self.n_frames:
-            return
-        if self.features is not None and f in self.features:
+        """Start preparing what frame ``f``'s step needs on a background thread, so the tracking step
+        of the frame before it overlaps that host work: the model input (read, resize, normalize on
+        the CPU; read, resize and pin for a GPU) when ``f`` will be encoded (frame decode and resize
+        are ~40 % of a 1080p frame's host time), or its stored features' rows when the feature store
+        has them (read and decompress: 8 MB per frame at 1024 px, a re-propagation's main host cost).
+        Errors surface at frame ``f``'s step, as without prefetching."""
+        if self._closed or f in self._inputs or f in self._stored or f in self._features \
+                or not 0 <= f < self.n_frames:
             return
         if self._input_pool is None:
             self._input_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="samtrack-input")
+        if self.features is not None and f in self.features:
+            self._stored[f] = self._input_pool.submit(self.features.get, f)
+            while len(self._stored) > _PREFETCHED:
+                self._stored.pop(next(iter(self._stored))).cancel()
+            return
         self._inputs[f] = self._input_pool.submit(self._host_input, f)
         while len(self._inputs) > _PREFETCHED:  # a frame prepared but never encoded (a sweep that stopped)
             self._inputs.pop(next(iter(self._inputs))).cancel()
@@ -112,9 +121,10 @@ class FeatureSource:
     def _close_inputs(self) -> None:
         """Drop prefetched inputs, stop the prefetch thread (after the frame it prepares) and wait for
         an encoder running ahead on the side stream."""
-        for fut in self._inputs.values():
+        for fut in [*self._inputs.values(), *self._stored.values()]:
             fut.cancel()
         self._inputs.clear()
+        self._stored.clear()
         self._ahead_error = None
         if self._side_stream is not None:
             self._side_stream.synchronize()  # an encoder still running ahead finishes before the stores close

@@ -95,6 +95,7 @@ class TrackingSession(ObjectFinding, Propagation, FeatureSource):
         self._objects: dict[int, _Object] = {}
         self._features: collections.OrderedDict[int, object] = collections.OrderedDict()
         self._inputs: dict = {}  # frame -> Future of its model input, prepared ahead (features.py)
+        self._stored: dict = {}  # frame -> Future of its feature-store rows, read ahead (features.py)
         self._input_pool = None  # the thread preparing them, started on first use
         self._side_stream = None  # CUDA stream of the encoder when it runs ahead (features.py)
         self._ahead_error: tuple | None = None  # (frame, error) of a failure encoding ahead: raised at its step
