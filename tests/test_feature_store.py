@@ -250,3 +250,29 @@ def test_closing_keeps_queued_rows_even_when_the_writer_is_behind(tmp_path, monk
     fs.close()  # waits for the writer, then writes frame 2: closing drops nothing
     reopened = FeatureStore(tmp_path / "f.zarr", 5, signature={"source": 1})
     assert [f in reopened for f in range(5)] == [True, True, True, False, False]
+
+
+def test_ctrl_c_while_a_put_waits_for_the_writer_is_raised_and_loses_no_queued_write(tmp_path, monkeypatch):
+    """An interrupt while ``put`` waits for room is raised at once (not kept as a write failure for a
+    later call); the write being waited for stays queued, so the next flush still waits for it."""
+    import os
+    import signal
+    import threading
+
+    import samtrack.io.feature_store as fsm
+
+    monkeypatch.setattr(fsm, "SHARD_BYTES", 1)
+    monkeypatch.setattr(fsm, "MAX_SHARDS_IN_FLIGHT", 1)
+    blocked = _BlockedWrites(monkeypatch)
+    fs = FeatureStore(tmp_path / "f.zarr", 3, signature={"source": 1})
+    fs.put(0, _rows(0))
+    assert blocked.started.wait(120)
+    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        fs.put(1, _rows(1))  # waits for the writer (stuck on frame 0) until the interrupt
+    assert len(fs._in_flight) == 1 and 1 not in fs  # frame 0's write is still awaited; frame 1 was not queued
+    blocked.go.set()
+    fs.put(2, _rows(2))  # no stale interrupt
+    fs.close()
+    reopened = FeatureStore(tmp_path / "f.zarr", 3, signature={"source": 1})
+    assert 0 in reopened and 1 not in reopened and 2 in reopened

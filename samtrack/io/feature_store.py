@@ -101,9 +101,12 @@ class FeatureStore:
 
     def get(self, frame: int) -> dict[str, np.ndarray] | None:
         """The rows stored for ``frame`` ({name: array in its stored dtype, bfloat16 as int16 bits}, with
-        :meth:`dtype` telling which), or None when the frame has none."""
+        :meth:`dtype` telling which), or None when the frame has none. The shard is read and
+        decompressed outside the lock (2-20 ms for an 8 MB row: the tracking thread's ``in`` checks
+        must not wait for a read ahead); an eviction during the read is detected (the store's eviction
+        count) and the frame read again under the lock: a read never returns an evicted shard's zeros."""
         rows = self._pending.get(frame)
-        with self._lock:  # the writer may be evicting this frame's shard: read under the lock
+        with self._lock:
             if rows is None:
                 rows = self._writing.get(frame)
             if rows is not None:
@@ -114,6 +117,13 @@ class FeatureStore:
                 return None
             self._touch(frame // self._shard_frames)
             self.stats["hits"] += 1
+            evictions = self.stats["evicted_shards"]
+        rows = {name: self._array(name).read(frame) for name in self._dtypes}
+        with self._lock:
+            if self.stats["evicted_shards"] == evictions:
+                return rows
+            if not self._present[frame]:  # evicted meanwhile: encoded again by the caller
+                return None
             return {name: self._array(name).read(frame) for name in self._dtypes}
 
     def dtype(self, name: str) -> str:
@@ -182,6 +192,8 @@ class FeatureStore:
         drop them (``may_drop``)."""
         if not rows:
             return
+        with self._lock:  # readable from here on, also while waiting for room below
+            self._writing.update(rows)
         while self._in_flight and self._in_flight[0].done():
             self._wait_oldest()
         if may_drop and self.background and len(self._in_flight) >= MAX_SHARDS_IN_FLIGHT:
@@ -189,11 +201,14 @@ class FeatureStore:
                 log.info("the feature store's writer is behind tracking: features of frames %s.. not cached "
                          "(they are encoded again when needed)", min(rows))
             self.stats["dropped_frames"] += len(rows)
+            self._unlist(rows)
             return
-        while len(self._in_flight) >= MAX_SHARDS_IN_FLIGHT:
-            self._wait_oldest()
-        with self._lock:
-            self._writing.update(rows)
+        try:
+            while len(self._in_flight) >= MAX_SHARDS_IN_FLIGHT:
+                self._wait_oldest()
+        except BaseException:
+            self._unlist(rows)
+            raise
         if not self.background:
             self._write(rows)
             return
@@ -202,10 +217,22 @@ class FeatureStore:
         self._in_flight.append(self._pool.submit(self._write, rows))
 
     def _wait_oldest(self) -> None:
+        """Wait for the oldest queued write. Its failure is kept for the next put / flush (the caller
+        decides what a lost write costs) and logged; an interrupt (Ctrl-C) while waiting leaves the
+        write queued and is raised at once."""
+        fut = self._in_flight[0]
         try:
-            self._in_flight.popleft().result()
-        except BaseException as e:  # kept for the next put / flush: the caller decides what a lost write costs
+            fut.result()
+        except Exception as e:  # noqa: BLE001
+            log.warning("writing image features to %s failed: %s: %s", self.path, type(e).__name__, e)
             self._failed = self._failed or e
+        self._in_flight.popleft()
+
+    def _unlist(self, rows: dict) -> None:
+        with self._lock:
+            for f in rows:
+                if self._writing.get(f) is rows[f]:
+                    del self._writing[f]
 
     def _raise_failed(self) -> None:
         if self._failed is not None:
@@ -219,21 +246,21 @@ class FeatureStore:
             for name in self._dtypes:
                 self._array(name).write_rows({f: r[name] for f, r in rows.items()})
             frames = sorted(rows)
+            lo, hi = frames[0], frames[-1] + 1
+            written = {f // self._shard_frames for f in frames}
+            new_sizes = {k: self._shard_bytes(k) for k in sorted(written)}  # file stats: not under the lock
             with self._lock:
                 self._present[frames] = True
-                lo, hi = frames[0], frames[-1] + 1
-                self._present_arr[lo:hi] = self._present[lo:hi].astype(np.uint8)
-                written = {f // self._shard_frames for f in frames}
-                sizes = self._shard_sizes()
-                for k in sorted(written):
-                    self._touch(k)
-                    sizes[k] = self._shard_bytes(k)
-                self._enforce_budget(keep=written)
-        finally:
+                present = self._present[lo:hi].astype(np.uint8)
+            self._present_arr[lo:hi] = present  # only this thread writes the presence array
             with self._lock:
-                for f in rows:
-                    if self._writing.get(f) is rows[f]:
-                        del self._writing[f]
+                sizes = self._shard_sizes()
+                for k, n in new_sizes.items():
+                    self._touch(k)
+                    sizes[k] = n
+                self._enforce_budget(keep=written)  # past the budget only: removes files under the lock
+        finally:
+            self._unlist(rows)
 
     def _touch(self, k: int) -> None:
         self._lru[k] = None

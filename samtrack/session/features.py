@@ -171,7 +171,7 @@ class FeatureSource:
         try:
             for i, f in enumerate(range(lo, hi + 1)):
                 if f not in self.features:
-                    if f < hi:
+                    if f < hi and f + 1 not in self.features:  # a stored frame's rows are not needed here
                         self._prefetch_input(f + 1)
                     self._encode(f)
                     encoded += 1
