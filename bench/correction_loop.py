@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -198,9 +199,12 @@ def main():
     finally:
         s.close()
     del up
-    r = subprocess.run([sys.executable, __file__, "--phase", "reopen", "--workdir", wd, "--frames", str(a.frames),
-                        "--image-size", str(a.image_size), "--size", a.size, "--correct", str(a.correct),
-                        "--out", a.out], capture_output=True, text=True, check=True)
+    try:
+        r = subprocess.run([sys.executable, __file__, "--phase", "reopen", "--workdir", wd, "--frames", str(a.frames),
+                            "--image-size", str(a.image_size), "--size", a.size, "--correct", str(a.correct),
+                            "--out", a.out], capture_output=True, text=True, check=True)
+    finally:
+        shutil.rmtree(wd, ignore_errors=True)  # 1.2 GB of frames, features and memory
     reopened = json.loads(r.stdout.strip().splitlines()[-1])
     print(f"initial tracking (both directions): samtrack {ours_first:.1f} s, upstream {theirs_first:.1f} s "
           f"(not part of the loop)")

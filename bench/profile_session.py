@@ -11,6 +11,7 @@ import argparse
 import cProfile
 import io
 import pstats
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +39,8 @@ def main():
     ck = random_checkpoint(Path(a.out), a.image_size)
     vid = jpeg_folder(Path(a.out), a.frames, w, h) if a.source == "jpeg" else assets(Path(a.out), a.frames, a.image_size, w, h)[1]
     backend = ss.load_model(checkpoint=ck, image_size=a.image_size, device=a.device)
-    s = ss.open_session(vid, backend=backend, workdir=tempfile.mkdtemp(prefix="samtrack-prof-"))
+    workdir = tempfile.mkdtemp(prefix="samtrack-prof-")
+    s = ss.open_session(vid, backend=backend, workdir=workdir)
     if a.prebuild:
         t = time.perf_counter()
         s.frames.build()
@@ -65,6 +67,7 @@ def main():
         print(f"-- by {key} --")
         print("\n".join(line[:170] for line in buf.getvalue().splitlines()[6:] if line.strip()))
     s.close()
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -80,8 +81,11 @@ def run_samtrack(ck, vid, a, n_obj, warm_vid):
 
     graphs = {"auto": None, "on": True, "off": False}[a.cuda_graphs]
 
+    workdirs = []  # removed at the end: each holds a session's cached frames and memory (GBs at 1,000 frames)
+
     def session(v):
-        s = ss.open_session(v, backend=backend, workdir=tempfile.mkdtemp(prefix="samtrack-vs-"),
+        workdirs.append(tempfile.mkdtemp(prefix="samtrack-vs-"))
+        s = ss.open_session(v, backend=backend, workdir=workdirs[-1],
                             config=ss.SessionConfig(cuda_graphs=graphs))
         for k in range(n_obj):
             s.add_points(0, k + 1, _pts(k, s.width, s.height), [1])
@@ -102,6 +106,8 @@ def run_samtrack(ck, vid, a, n_obj, warm_vid):
     _sync(a.device)
     fps = n / (time.perf_counter() - t1)
     s.close()
+    for wd in workdirs:
+        shutil.rmtree(wd, ignore_errors=True)
     tracker = getattr(backend, "_graphs", None)
     return {"model_load_s": load, "first_mask_s": first, "fps": fps, "peak_rss_mib": peak_rss_mib(),
             "device_peak_mib": _device_peak(a.device),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,25 +18,40 @@ IMAGE_SIZE = 256
 # -- built checkpoints, once per test process ---------------------------------------------------------
 # Building and saving a random model costs about a second (SAM2.1 tiny, 156 MB) to several (SAM3), and
 # the suite asks for the same few checkpoints dozens of times. The first request for a key builds the
-# file in a private folder; every request (the first included) gets its own plain copy at the path it
-# asked for (the weights a fresh build gives, tensor for tensor), and torch's global RNG is left exactly
-# as building would have left it.
-_BUILT: dict[tuple, tuple[Path, torch.Tensor]] = {}
+# file in a private folder; every request (the first included) gets the file at the path it asked for
+# (the weights a fresh build gives, tensor for tensor), and torch's global RNG is left exactly as
+# building would have left it. The file is a hard link to the built one where the file system allows
+# (a plain copy otherwise): a suite run wrote 8.7 GB of checkpoint copies into /tmp before, and filled
+# a nearly full disk. A test that writes into its checkpoint in place would change the built file for
+# every link: the built file's size and mtime are checked on each request and it is built again when
+# they changed (and such a test should write a new file instead).
+_BUILT: dict[tuple, tuple[Path, torch.Tensor, tuple[int, int]]] = {}
 _BUILT_DIR: list[Path] = []
 
 
+def _stamp(p: Path) -> tuple[int, int]:
+    st = p.stat()
+    return st.st_size, st.st_mtime_ns
+
+
 def cached_checkpoint(key: tuple, path: Path, build: Callable[[Path], None]) -> Path:
-    """``build(file)`` once per process for ``key``; ``path`` gets a copy of that file."""
+    """``build(file)`` once per process for ``key``; ``path`` gets that file (hard link or copy)."""
     path = Path(path)
-    if key not in _BUILT or not _BUILT[key][0].exists():
+    entry = _BUILT.get(key)
+    if entry is None or not entry[0].exists() or _stamp(entry[0]) != entry[2]:
         if not _BUILT_DIR:
             _BUILT_DIR.append(Path(tempfile.mkdtemp(prefix="samtrack-test-ckpts-")))
             atexit.register(shutil.rmtree, _BUILT_DIR[0], True)
-        master = _BUILT_DIR[0] / f"{len(_BUILT)}.pt"
+        master = _BUILT_DIR[0] / f"{len(list(_BUILT_DIR[0].iterdir()))}.pt"
         build(master)
-        _BUILT[key] = (master, torch.get_rng_state())
-    master, rng = _BUILT[key]
-    shutil.copyfile(master, path)
+        _BUILT[key] = (master, torch.get_rng_state(), _stamp(master))
+    master, rng, _ = _BUILT[key]
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    try:
+        os.link(master, path)
+    except OSError:  # another file system, or links not allowed
+        shutil.copyfile(master, path)
     torch.set_rng_state(rng)
     return path
 
