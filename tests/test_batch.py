@@ -408,3 +408,30 @@ def test_batch_features_precomputes_every_frame_and_a_later_correction_encodes_n
         assert encoded == []  # every frame's features came from the job folder
     finally:
         s.close()
+
+
+def test_a_worker_stops_on_sigint_also_when_the_batch_was_started_with_sigint_ignored():
+    """A batch run from a script in the background (`&`, nohup, a cluster job) has SIGINT ignored, and
+    its worker processes inherit that; SIGINT is how the batch stops a busy worker with its session
+    closed, so a worker takes Ctrl-C's handler itself. Before: the worker ran on until terminated."""
+    import multiprocessing as mp
+
+    from samtrack.batch.local import _worker_main
+
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # what the worker inherits
+    try:
+        proc = ctx.Process(target=_worker_main, args=(child, 0, "cpu", 1))
+        proc.start()
+    finally:
+        signal.signal(signal.SIGINT, before)
+    try:
+        assert parent.poll(300) and parent.recv()[0] == "ready"
+        os.kill(proc.pid, signal.SIGINT)
+        proc.join(120)
+        assert not proc.is_alive() and proc.exitcode == 0  # KeyboardInterrupt: ended quietly
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()

@@ -252,10 +252,20 @@ def test_closing_keeps_queued_rows_even_when_the_writer_is_behind(tmp_path, monk
     assert [f in reopened for f in range(5)] == [True, True, True, False, False]
 
 
-def test_ctrl_c_while_a_put_waits_for_the_writer_is_raised_and_loses_no_queued_write(tmp_path, monkeypatch):
+@pytest.fixture
+def ctrl_c():
+    """Python's Ctrl-C handler for SIGINT during the test, also where this process inherited SIGINT
+    ignored (started with `&` or nohup from a script: a CI run failed so), restored after."""
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_while_a_put_waits_for_the_writer_is_raised_and_loses_no_queued_write(tmp_path, monkeypatch, ctrl_c):
     """An interrupt while ``put`` waits for room is raised at once (not kept as a write failure for a
     later call); the write being waited for stays queued, so the next flush still waits for it."""
-    import os
     import signal
     import threading
 
@@ -267,7 +277,8 @@ def test_ctrl_c_while_a_put_waits_for_the_writer_is_raised_and_loses_no_queued_w
     fs = FeatureStore(tmp_path / "f.zarr", 3, signature={"source": 1})
     fs.put(0, _rows(0))
     assert blocked.started.wait(120)
-    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+    # to the main thread, which waits in put (a signal to the process may reach another thread)
+    threading.Timer(0.2, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)).start()
     with pytest.raises(KeyboardInterrupt):
         fs.put(1, _rows(1))  # waits for the writer (stuck on frame 0) until the interrupt
     assert len(fs._in_flight) == 1 and 1 not in fs  # frame 0's write is still awaited; frame 1 was not queued

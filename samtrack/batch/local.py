@@ -34,6 +34,10 @@ class WorkerStartError(SamtrackError, RuntimeError):
 def _worker_main(conn, wid: int, device: str, threads: int | None) -> None:
     """A worker process: receive a job, track it (events go back through ``conn``), repeat until STOP."""
     logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s worker {wid}: %(message)s")
+    # SIGINT is how the parent stops a busy worker (its session closed, its frames saved): a batch
+    # started in the background of a script (`&`, nohup, a cluster job) hands its children SIGINT
+    # ignored, and such a worker ran on until terminated without closing its session
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if threads:
         import torch
 
