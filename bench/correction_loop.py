@@ -8,9 +8,12 @@ video (not timed); then the correction is timed. samtrack is also timed on a reo
 process: empty RAM caches, image features from the work folder). samtrack's time is split into
 image encoder, tracking step (the backend's track/prompt/memory calls) and everything else (host).
 
-Both sides live in one process and their correction loops alternate, ``--rounds`` times (default
-2): a shared VM's speed drifts by a third over minutes (session 8/9 notes), and timing one side
-minutes after the other measured that drift as much as the two tools. Each round is printed, with
+Each side runs in its own process, as its users run it, and their correction loops alternate,
+``--rounds`` times (default 2): a shared VM's speed drifts by a third over minutes (session 8/9
+notes), and timing one side minutes after the other measured that drift as much as the two tools.
+(Until session 10 both sides shared one process: samtrack's rounds there ran 10-50% slower than
+the same work in a process of its own, the reopened job, and varied more: one library's
+allocations and thread pools disturbed the other's; see the README.) Each round is printed, with
 the ratio of the rounds' best times (as ``timeit`` reports the minimum: the least disturbed run)
 and of their medians. Before a samtrack round after the first, the correction is removed and the
 frames it changed are recomputed (not timed), so every round starts from the same state; upstream
@@ -159,6 +162,54 @@ class Upstream:
             return {"total_s": time.perf_counter() - t0, "frames_yielded": n}
 
 
+class Worker:
+    """One side in a process of its own: ``call(cmd)`` sends a command line, returns its JSON reply.
+    The process prints its replies as lines starting with ``@@`` (the libraries' own output passes)."""
+
+    def __init__(self, argv: list[str]):
+        self.p = subprocess.Popen([sys.executable, __file__, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True, bufsize=1)
+
+    def call(self, cmd: str):
+        self.p.stdin.write(cmd + "\n")
+        self.p.stdin.flush()
+        for line in self.p.stdout:
+            if line.startswith("@@"):
+                return json.loads(line[2:])
+        raise RuntimeError(f"the {cmd!r} worker ended (exit code {self.p.wait()}); its error is printed above")
+
+    def close(self) -> None:
+        if self.p.poll() is None:
+            self.call("quit")
+        self.p.wait()
+
+
+def serve(handlers: dict) -> None:
+    """A worker's loop: one command per stdin line, one ``@@``-prefixed JSON reply per command."""
+    for line in sys.stdin:
+        cmd = line.strip()
+        reply = handlers[cmd]()
+        print("@@" + json.dumps(reply), flush=True)
+        if cmd == "quit":
+            return
+
+
+def samtrack_worker(a, ck, jpg) -> None:
+    s = samtrack_open(a, ck, jpg, a.workdir)
+    rounds = []
+    try:
+        serve({"first": lambda: samtrack_first(a, s),
+               "round": lambda: (rounds.append(1), samtrack_round(a, s, again=len(rounds) > 1))[1],
+               "quit": lambda: None})
+    finally:
+        s.close()
+
+
+def upstream_worker(a, ck, jpg) -> None:
+    up = Upstream(a, ck, jpg)
+    serve({"first": up.first, "round": up.round, "quit": lambda: None})
+
+
 def main():
     import os
 
@@ -170,7 +221,7 @@ def main():
     ap.add_argument("--correct", type=int, default=None)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default="bench_out")
-    ap.add_argument("--phase", default=None, help=argparse.SUPPRESS)  # internal: the reopened-job process
+    ap.add_argument("--phase", default=None, help=argparse.SUPPRESS)  # internal: a worker process
     ap.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     a.correct = a.frames // 2 if a.correct is None else a.correct
@@ -182,27 +233,35 @@ def main():
     if a.phase == "reopen":
         print(json.dumps(samtrack_reopened(a, ck, jpg, a.workdir)))
         return
+    if a.phase == "samtrack":
+        return samtrack_worker(a, ck, jpg)
+    if a.phase == "upstream":
+        return upstream_worker(a, ck, jpg)
     if a.rounds < 1:
         ap.error("--rounds must be at least 1")
     wd = tempfile.mkdtemp(prefix="samtrack-correction-")
     print(f"{a.frames} frames {w}x{h} (JPEG folder), image size {a.image_size}, random-init sam2.1 tiny, CPU; "
-          f"keyframes 0 and {a.frames - 1}, correction on frame {a.correct}; {a.rounds} alternating rounds")
-    s = samtrack_open(a, ck, jpg, wd)
-    ours, theirs, up = [], [], None
+          f"keyframes 0 and {a.frames - 1}, correction on frame {a.correct}; {a.rounds} alternating rounds, "
+          "each side in its own process")
+    common = ["--frames", str(a.frames), "--image-size", str(a.image_size), "--size", a.size,
+              "--correct", str(a.correct), "--out", a.out]
+    ours, theirs = [], []
     try:
-        ours_first = samtrack_first(a, s)
-        up = Upstream(a, ck, jpg)
-        theirs_first = up.first()
-        for r in range(a.rounds):
-            ours.append(samtrack_round(a, s, again=r > 0))
-            theirs.append(up.round())
-    finally:
-        s.close()
-    del up
-    try:
-        r = subprocess.run([sys.executable, __file__, "--phase", "reopen", "--workdir", wd, "--frames", str(a.frames),
-                            "--image-size", str(a.image_size), "--size", a.size, "--correct", str(a.correct),
-                            "--out", a.out], capture_output=True, text=True, check=True)
+        sw = Worker(["--phase", "samtrack", "--workdir", wd, *common])
+        try:
+            ours_first = sw.call("first")
+            uw = Worker(["--phase", "upstream", *common])
+            try:
+                theirs_first = uw.call("first")
+                for _ in range(a.rounds):
+                    ours.append(sw.call("round"))
+                    theirs.append(uw.call("round"))
+            finally:
+                uw.close()
+        finally:
+            sw.close()
+        r = subprocess.run([sys.executable, __file__, "--phase", "reopen", "--workdir", wd, *common],
+                           capture_output=True, text=True, check=True)
     finally:
         shutil.rmtree(wd, ignore_errors=True)  # 1.2 GB of frames, features and memory
     reopened = json.loads(r.stdout.strip().splitlines()[-1])
@@ -222,6 +281,7 @@ def main():
           f"{statistics.median(tt) / statistics.median(ot):.1f}x (medians); "
           f"reopened job {min(tt) / reopened['total_s']:.1f}x (vs upstream's best round)")
     print("goal (issue 12): at least 4x")
+
 
 if __name__ == "__main__":
     main()
