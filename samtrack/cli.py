@@ -548,26 +548,61 @@ app.add_typer(caches_app, name="caches")
 app.command("serve")(__import__("samtrack.cli_serve", fromlist=["serve"]).serve)  # remote sessions
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: stops a command as Ctrl-C does (sessions closed, what is
+    queued written), so every path that saves work on Ctrl-C saves it on SIGTERM too."""
+
+
+_terminated: list[int] = []  # the signal, once received (the exception may come back wrapped or re-raised)
+
+
+def _on_sigterm(signum, frame) -> None:
+    _terminated.append(signum)
+    raise Terminated()
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (``kill PID``, a cluster scheduler's time limit or ``scancel``, a container stop) handled
+    as Ctrl-C: its default ends Python at once, with no session closed and the frames tracked since
+    the last write lost. Left alone where SIGTERM is ignored or already handled."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _stopped() -> None:
+    """Exit after Ctrl-C (130) or SIGTERM (143), saying that finished work is kept."""
+    what, rc = ("terminated (SIGTERM)", 143) if _terminated else ("interrupted", 130)
+    console.print(f"[yellow]{what}: finished work is saved; run the same command again to resume[/yellow]")
+    sys.exit(rc)
+
+
 def main(argv: Optional[list] = None) -> None:
     """The ``samtrack`` entry point: runs the command in ``argv`` (default ``sys.argv``) and exits with its
     status: 0, 2 for a user's mistake (a one-line ``error:`` in CLI words, or click's usage message), 130
-    after Ctrl-C."""
+    after Ctrl-C, 143 after SIGTERM (128 + the signal's number, as a shell reports it)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("samtrack.io.export").setLevel(logging.ERROR)  # export warnings: printed from the report
     usage, abort, exits = click_errors()
+    _stop_on_sigterm()
     try:
         rc = app(args=argv, standalone_mode=False, prog_name="samtrack")
     except SamtrackError as e:
         console.print("[bold red]error:[/bold red] " + escape(cli_words(str(e))), highlight=False, soft_wrap=True)
         sys.exit(2)
-    except (KeyboardInterrupt, *abort):  # click turns Ctrl-C into Abort
-        console.print("[yellow]interrupted: finished work is saved; run the same command again to resume[/yellow]")
-        sys.exit(130)
+    except (KeyboardInterrupt, *abort):  # click turns Ctrl-C (and so SIGTERM) into Abort
+        _stopped()
     except usage as e:
         e.show()
         sys.exit(e.exit_code)
     except exits as e:
+        if _terminated or isinstance(e.__cause__, KeyboardInterrupt):  # typer >= 0.20: Ctrl-C as Exit(130)
+            _stopped()
         sys.exit(getattr(e, "exit_code", 0))
+    if _terminated or rc == 130:  # typer >= 0.20 returns Ctrl-C as exit code 130 (standalone_mode=False)
+        _stopped()
     sys.exit(rc if isinstance(rc, int) else 0)
 
 

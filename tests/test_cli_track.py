@@ -142,3 +142,42 @@ def test_invalid_prompt_files_give_one_readable_line(job_assets, tmp_path, case,
     lines = [line for line in err.strip().splitlines() if line.strip()]
     text = " ".join(lines)
     assert text.startswith("error:") and EXPECT[case] in text, text
+
+
+@pytest.mark.parametrize("sig,rc,note", [("SIGINT", 130, "interrupted:"), ("SIGTERM", 143, "terminated (SIGTERM):")])
+def test_ctrl_c_and_sigterm_stop_track_saying_so_and_the_job_resumes(job_assets, sig, rc, note):
+    """Ctrl-C and SIGTERM (`kill PID`, a cluster's time limit or scancel) close the session: exit status
+    130 / 143 and a one-line note, no traceback; the same command then finishes the job. Before: SIGTERM
+    killed Python at once (nothing closed), and Ctrl-C exited 130 without the note (typer >= 0.20 returns
+    it as an exit code)."""
+    import signal
+    import time
+
+    tmp, ck, vid, prompts = job_assets
+    out = tmp / f"stopped-{sig}"
+    # Ctrl-C's handler in the child also where this test process inherited SIGINT ignored (run with `&`)
+    proc = subprocess.Popen(track_cmd(vid, prompts, out, ck), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+    def tracked_on_disk() -> int:
+        import zarr
+
+        try:
+            return int((zarr.open_array(out / "results.zarr" / "obj_1" / "status", mode="r")[:] != 0).sum())
+        except Exception:  # not created yet, or being replaced
+            return 0
+
+    deadline = time.time() + 300
+    while proc.poll() is None and tracked_on_disk() < 6 and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "track finished before it could be stopped; give it more work"
+    proc.send_signal(getattr(signal, sig))
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == rc, (proc.returncode, stdout, stderr)
+    assert note in stdout + stderr and "Traceback" not in stdout + stderr
+    _, status = masks(out)
+    assert (status[1] != 0).sum() >= 6 and (status[1] == 0).any()  # the frames done are kept; it stopped midway
+    r = subprocess.run(track_cmd(vid, prompts, out, ck), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    _, status = masks(out)
+    assert all((st != 0).all() for st in status.values())
