@@ -410,10 +410,13 @@ def test_batch_features_precomputes_every_frame_and_a_later_correction_encodes_n
         s.close()
 
 
-def test_a_worker_stops_on_sigint_also_when_the_batch_was_started_with_sigint_ignored():
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_worker_stops_on_sigint_or_sigterm_also_when_the_batch_was_started_with_sigint_ignored(sig):
     """A batch run from a script in the background (`&`, nohup, a cluster job) has SIGINT ignored, and
     its worker processes inherit that; SIGINT is how the batch stops a busy worker with its session
-    closed, so a worker takes Ctrl-C's handler itself. Before: the worker ran on until terminated."""
+    closed, so a worker takes Ctrl-C's handler itself. SIGTERM (a cluster's time limit signals every
+    process of the job) is handled the same way. Before: the worker ran on after SIGINT until
+    terminated, and SIGTERM ended it at once, its session not closed (exit code -15)."""
     import multiprocessing as mp
 
     from samtrack.batch.local import _worker_main
@@ -428,7 +431,7 @@ def test_a_worker_stops_on_sigint_also_when_the_batch_was_started_with_sigint_ig
         signal.signal(signal.SIGINT, before)
     try:
         assert parent.poll(300) and parent.recv()[0] == "ready"
-        os.kill(proc.pid, signal.SIGINT)
+        os.kill(proc.pid, getattr(signal, sig))
         proc.join(120)
         assert not proc.is_alive() and proc.exitcode == 0  # KeyboardInterrupt: ended quietly
     finally:

@@ -31,6 +31,10 @@ class WorkerStartError(SamtrackError, RuntimeError):
     """Worker processes die before they can take a video (a broken installation, no memory)."""
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def _worker_main(conn, wid: int, device: str, threads: int | None) -> None:
     """A worker process: receive a job, track it (events go back through ``conn``), repeat until STOP."""
     logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s worker {wid}: %(message)s")
@@ -38,6 +42,9 @@ def _worker_main(conn, wid: int, device: str, threads: int | None) -> None:
     # started in the background of a script (`&`, nohup, a cluster job) hands its children SIGINT
     # ignored, and such a worker ran on until terminated without closing its session
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    # SIGTERM likewise (a cluster's time limit or scancel signals every process of the job; its default
+    # ends the worker at once with its session not closed)
+    signal.signal(signal.SIGTERM, _interrupt)
     if threads:
         import torch
 
@@ -229,6 +236,9 @@ class LocalExecutor:
         for w in pool:
             w.proc.join(timeout=30)
             if w.proc.is_alive():
-                w.proc.terminate()
+                w.proc.terminate()  # SIGTERM: a worker closes its session on it, as on SIGINT
+                w.proc.join(timeout=10)
+            if w.proc.is_alive():
+                w.proc.kill()
                 w.proc.join(timeout=10)
             w.conn.close()
