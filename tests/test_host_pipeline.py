@@ -161,3 +161,64 @@ def test_a_queued_mask_is_the_store_own_copy(tmp_path):
     for f, m in expect.items():
         np.testing.assert_array_equal(reopened.mask(f, 1), m)
     assert reopened.mask(1, 1) is None
+
+
+def _openmp() -> bool:
+    import torch
+
+    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
+def test_the_prefetch_thread_runs_torch_on_itself_alone_and_tracking_keeps_its_threads(assets, tmp_path):
+    """A background thread that once ran a parallel torch op keeps an OpenMP team while it lives, which
+    slowed the tracking thread's steps by 10-15 % while a session was open (README, session 10): the
+    prefetch thread's torch ops run on that thread alone; the tracking thread's count is unchanged."""
+    import torch
+
+    before = torch.get_num_threads()
+    s = _open(assets, tmp_path / "w")
+    counts, real = [], s._host_input
+
+    def host_input(f):
+        if threading.current_thread().name.startswith("samtrack-input"):
+            counts.append(torch.get_num_threads())
+        return real(f)
+
+    s._host_input = host_input
+    try:
+        s.add_points(0, 1, [[64, 48]], [1])
+        assert len(list(s.propagate("forward"))) == N
+        assert torch.get_num_threads() == before
+    finally:
+        s.close()
+    assert len(counts) == N - 1 and set(counts) == {1 if _openmp() else before}, counts
+
+
+def test_a_serial_background_thread_starts_no_openmp_workers():
+    """What the helper prevents, as the OS sees it: a thread that runs a parallel torch op after
+    ``serial_torch_in_this_thread`` adds itself to the process and no OpenMP worker threads."""
+    import os
+    import torch
+
+    from samtrack.session.devices import serial_torch_in_this_thread
+
+    if not _openmp() or torch.get_num_threads() < 2:
+        pytest.skip("needs torch's OpenMP backend and 2+ threads (the helper does nothing otherwise)")
+    tasks = lambda: len(os.listdir("/proc/self/task"))  # noqa: E731
+    started, done = threading.Event(), threading.Event()
+
+    def work():
+        serial_torch_in_this_thread()
+        torch.ones(8_000_000).mul(2).sum()  # parallel when the thread's count allows it
+        started.set()
+        done.wait(60)
+
+    before = tasks()
+    t = threading.Thread(target=work)
+    t.start()
+    try:
+        assert started.wait(60)
+        assert tasks() - before == 1  # the thread itself, no team of its own
+    finally:
+        done.set()
+        t.join()

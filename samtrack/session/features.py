@@ -14,6 +14,7 @@ import torch
 
 from samtrack.errors import InvalidOptionError
 from samtrack.io.model_input import normalize, resize_uint8
+from samtrack.session.devices import serial_torch_in_this_thread
 from samtrack.session.inflight import to_host
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,8 @@ class FeatureSource:
                 or not 0 <= f < self.n_frames:
             return
         if self._input_pool is None:
-            self._input_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="samtrack-input")
+            self._input_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="samtrack-input",
+                                                  initializer=serial_torch_in_this_thread)
         if self.features is not None and f in self.features:
             self._stored[f] = self._input_pool.submit(self.features.get, f)
             while len(self._stored) > _PREFETCHED:

@@ -91,6 +91,9 @@ class Flusher:
                              "written at the next flush (free disk space, then save or propagate again)") from e
 
     def _run(self) -> None:
+        from samtrack.session.devices import serial_torch_in_this_thread
+
+        serial_torch_in_this_thread()  # memory entries' copies: no OpenMP team that slows tracking
         while True:
             with self._cv:
                 while not self._wanted and not self._closed:
