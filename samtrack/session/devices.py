@@ -32,15 +32,43 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
 def serial_torch_in_this_thread() -> None:
     """Call first on a samtrack background thread that may run torch CPU ops (the model-input
     prefetch thread, the session flusher): that thread's torch ops then run on it alone, without an
-    OpenMP team of their own. Only with torch's OpenMP backend (the Linux and Windows wheels), where
-    ``torch.set_num_threads`` sets the calling thread's OpenMP ICV only; elsewhere it would change
-    every thread's count, and nothing is done.
+    OpenMP team of their own. Sets the OpenMP runtime's thread count of the calling thread only
+    (``omp_set_num_threads(1)`` of the libgomp / libiomp5 that torch loaded, after torch's own lazy
+    per-thread setup): ``torch.set_num_threads(1)`` would also set the count every thread created
+    afterwards starts with (the server's and viewer's propagation threads would have run serial).
+    Does nothing where no OpenMP runtime is found loaded (other platforms, other torch builds).
 
     Why (measured on the 2-core CPU VM, session 10): a thread that once ran a parallel torch op keeps
     its own OpenMP team while it lives; libgomp then manages more threads than there are cores and
     the tracking thread's many small parallel regions run slower: a fixed SAM2 tracking step (512 px)
-    took 255-265 ms while a session's prefetch thread was alive and 226-231 ms after it ended, and a
+    took 258-283 ms while a session's prefetch thread was alive and 230-243 ms after it ended, and a
     synthetic many-small-ops load 0.72 s vs 0.92-0.95 s. These threads' work (uint8 resize, copies)
     is not parallel anyway (a 1080p -> 1024 resize: 4.3 ms with 2 threads, 4.2 ms with 1)."""
-    if "parallel backend: OpenMP" in torch.__config__.parallel_info():
-        torch.set_num_threads(1)
+    omp = _openmp_runtime()
+    if omp is not None:
+        torch.get_num_threads()  # torch's per-thread setup first (it would set the count again later)
+        omp.omp_set_num_threads(1)
+
+
+_OMP: list = []
+
+
+def _openmp_runtime():
+    """The OpenMP runtime torch uses in this process (ctypes handle), or None."""
+    if not _OMP:
+        lib = None
+        if "parallel backend: OpenMP" in torch.__config__.parallel_info():
+            try:
+                import ctypes
+
+                with open("/proc/self/maps") as f:
+                    paths = sorted({line.split()[-1] for line in f if ".so" in line})
+                for path in paths:
+                    name = path.rsplit("/", 1)[-1]
+                    if name.startswith(("libgomp", "libiomp5")):
+                        lib = ctypes.CDLL(path)
+                        break
+            except OSError:  # no /proc (not Linux), or the library cannot be opened again
+                lib = None
+        _OMP.append(lib)
+    return _OMP[0]
