@@ -554,22 +554,36 @@ class Terminated(KeyboardInterrupt):
 
 
 _terminated: list[int] = []  # the signal, once received (the exception may come back wrapped or re-raised)
+_OWN_LIFECYCLE = {"serve", "view"}  # uvicorn and Qt stop these on SIGTERM themselves
 
 
 def _on_sigterm(signum, frame) -> None:
+    """The first SIGTERM raises Terminated; later ones are only recorded (a second ``kill`` while the
+    session closes must not cut the close short)."""
+    first = not _terminated
     _terminated.append(signum)
-    raise Terminated()
+    if first:
+        raise Terminated()
 
 
-def _stop_on_sigterm() -> None:
+def _stop_on_sigterm(argv: list) -> object:
     """SIGTERM (``kill PID``, a cluster scheduler's time limit or ``scancel``, a container stop) handled
     as Ctrl-C: its default ends Python at once, with no session closed and the frames tracked since
-    the last write lost. Left alone where SIGTERM is ignored or already handled."""
+    the last write lost. Left alone where SIGTERM is ignored or already handled, off the main thread,
+    and for ``serve`` / ``view``. Returns the handler to put back (None: nothing was changed)."""
     import signal
     import threading
 
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _on_sigterm)
+    command = next((a for a in argv if not str(a).startswith("-")), None)
+    if command in _OWN_LIFECYCLE or threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return None
+    _terminated.clear()
+    return signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _record_sigterm_only(signum, frame) -> None:
+    _terminated.append(signum)
 
 
 def _stopped() -> None:
@@ -582,13 +596,23 @@ def _stopped() -> None:
 def main(argv: Optional[list] = None) -> None:
     """The ``samtrack`` entry point: runs the command in ``argv`` (default ``sys.argv``) and exits with its
     status: 0, 2 for a user's mistake (a one-line ``error:`` in CLI words, or click's usage message), 130
-    after Ctrl-C, 143 after SIGTERM (128 + the signal's number, as a shell reports it)."""
+    after Ctrl-C, 143 after SIGTERM (128 + the signal's number, as a shell reports it; not for ``serve``
+    and ``view``, which stop on SIGTERM as uvicorn and Qt do)."""
+    import signal
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("samtrack.io.export").setLevel(logging.ERROR)  # export warnings: printed from the report
     usage, abort, exits = click_errors()
-    _stop_on_sigterm()
+    previous = _stop_on_sigterm(list(sys.argv[1:] if argv is None else argv))
     try:
-        rc = app(args=argv, standalone_mode=False, prog_name="samtrack")
+        try:
+            rc = app(args=argv, standalone_mode=False, prog_name="samtrack")
+        finally:  # the command is over: a SIGTERM from here on is noted, never raised into the exit path
+            if previous is not None:
+                signal.signal(signal.SIGTERM, _record_sigterm_only)
+        if _terminated or rc == 130:  # typer >= 0.20 returns Ctrl-C as exit code 130 (standalone_mode=False)
+            _stopped()
+        sys.exit(rc if isinstance(rc, int) else 0)
     except SamtrackError as e:
         console.print("[bold red]error:[/bold red] " + escape(cli_words(str(e))), highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -601,9 +625,9 @@ def main(argv: Optional[list] = None) -> None:
         if _terminated or isinstance(e.__cause__, KeyboardInterrupt):  # typer >= 0.20: Ctrl-C as Exit(130)
             _stopped()
         sys.exit(getattr(e, "exit_code", 0))
-    if _terminated or rc == 130:  # typer >= 0.20 returns Ctrl-C as exit code 130 (standalone_mode=False)
-        _stopped()
-    sys.exit(rc if isinstance(rc, int) else 0)
+    finally:  # main() called in a longer-lived process (tests, scripts): its SIGTERM handler as before
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
