@@ -429,6 +429,7 @@ def test_a_worker_stops_on_sigint_or_sigterm_also_when_the_batch_was_started_wit
         proc.start()
     finally:
         signal.signal(signal.SIGINT, before)
+    child.close()  # the worker's end: a worker dying before "ready" then ends the poll at once
     try:
         assert parent.poll(300) and parent.recv()[0] == "ready"
         os.kill(proc.pid, getattr(signal, sig))

@@ -32,6 +32,9 @@ class WorkerStartError(SamtrackError, RuntimeError):
 
 
 def _interrupt(signum, frame) -> None:
+    """A worker's SIGINT / SIGTERM: KeyboardInterrupt the first time, ignored after."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -41,19 +44,20 @@ def _worker_main(conn, wid: int, device: str, threads: int | None) -> None:
     # SIGINT is how the parent stops a busy worker (its session closed, its frames saved): a batch
     # started in the background of a script (`&`, nohup, a cluster job) hands its children SIGINT
     # ignored, and such a worker ran on until terminated without closing its session
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     # SIGTERM likewise (a cluster's time limit or scancel signals every process of the job; its default
-    # ends the worker at once with its session not closed)
+    # ends the worker at once with its session not closed). Once: the batch's own SIGINT, or a second
+    # signal, must not cut short the close the first one started (kill ends a worker that hangs)
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    if threads:
-        import torch
+    try:  # from here on: a signal during start-up, or while "ready" is sent, ends the worker quietly too
+        if threads:
+            import torch
 
-        torch.set_num_threads(threads)
-    from samtrack.batch.worker import ModelCache, run_job
+            torch.set_num_threads(threads)
+        from samtrack.batch.worker import ModelCache, run_job
 
-    models = ModelCache(device)
-    conn.send(("ready", os.getpid()))
-    try:
+        models = ModelCache(device)
+        conn.send(("ready", os.getpid()))
         while True:
             msg = conn.recv()
             if msg is STOP:
