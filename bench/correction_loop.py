@@ -176,12 +176,19 @@ class Worker:
         for line in self.p.stdout:
             if line.startswith("@@"):
                 return json.loads(line[2:])
+            sys.stdout.write(line)  # the libraries' own output
         raise RuntimeError(f"the {cmd!r} worker ended (exit code {self.p.wait()}); its error is printed above")
 
     def close(self) -> None:
-        if self.p.poll() is None:
-            self.call("quit")
-        self.p.wait()
+        """Ask the worker to end (its session closed); a worker that does not, within 10 minutes, or
+        whose pipe is gone (Ctrl-C reached it too), is killed."""
+        try:
+            if self.p.poll() is None:
+                self.call("quit")
+            self.p.wait(timeout=600)
+        except (OSError, RuntimeError, subprocess.TimeoutExpired):
+            self.p.kill()
+            self.p.wait()
 
 
 def serve(handlers: dict) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import atexit
+import itertools
 import os
 import shutil
 import tempfile
@@ -27,6 +28,7 @@ IMAGE_SIZE = 256
 # they changed (and such a test should write a new file instead).
 _BUILT: dict[tuple, tuple[Path, torch.Tensor, tuple[int, int]]] = {}
 _BUILT_DIR: list[Path] = []
+_NAMES = itertools.count()
 
 
 def _stamp(p: Path) -> tuple[int, int]:
@@ -42,7 +44,7 @@ def cached_checkpoint(key: tuple, path: Path, build: Callable[[Path], None]) -> 
         if not _BUILT_DIR:
             _BUILT_DIR.append(Path(tempfile.mkdtemp(prefix="samtrack-test-ckpts-")))
             atexit.register(shutil.rmtree, _BUILT_DIR[0], True)
-        master = _BUILT_DIR[0] / f"{len(list(_BUILT_DIR[0].iterdir()))}.pt"
+        master = _BUILT_DIR[0] / f"{next(_NAMES)}.pt"  # unique also when a build asks for another first
         build(master)
         _BUILT[key] = (master, torch.get_rng_state(), _stamp(master))
     master, rng, _ = _BUILT[key]

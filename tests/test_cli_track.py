@@ -155,9 +155,14 @@ def test_ctrl_c_and_sigterm_stop_track_saying_so_and_the_job_resumes(job_assets,
 
     tmp, ck, vid, prompts = job_assets
     out = tmp / f"stopped-{sig}"
-    # Ctrl-C's handler in the child also where this test process inherited SIGINT ignored (run with `&`)
-    proc = subprocess.Popen(track_cmd(vid, prompts, out, ck), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # Ctrl-C's handler in the child also where this test process inherited SIGINT ignored (run with `&`):
+    # a Python handler here is the default action in the child, where Python installs its own
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(track_cmd(vid, prompts, out, ck), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    finally:
+        signal.signal(signal.SIGINT, before)
 
     def tracked_on_disk() -> int:
         import zarr

@@ -278,9 +278,14 @@ def test_ctrl_c_while_a_put_waits_for_the_writer_is_raised_and_loses_no_queued_w
     fs.put(0, _rows(0))
     assert blocked.started.wait(120)
     # to the main thread, which waits in put (a signal to the process may reach another thread)
-    threading.Timer(0.2, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)).start()
-    with pytest.raises(KeyboardInterrupt):
-        fs.put(1, _rows(1))  # waits for the writer (stuck on frame 0) until the interrupt
+    timer = threading.Timer(0.2, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fs.put(1, _rows(1))  # waits for the writer (stuck on frame 0) until the interrupt
+    finally:  # if put did not wait (a regression), no interrupt may reach a later test
+        timer.cancel()
+        timer.join()
     assert len(fs._in_flight) == 1 and 1 not in fs  # frame 0's write is still awaited; frame 1 was not queued
     blocked.go.set()
     fs.put(2, _rows(2))  # no stale interrupt

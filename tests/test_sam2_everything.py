@@ -27,8 +27,9 @@ def ckpt(tmp_path_factory):
     for name in ("conv_s0", "conv_s1"):
         for p in ("weight", "bias"):
             sd[f"sam_mask_decoder.{name}.{p}"] = sd[f"sam_mask_decoder.{name}.{p}"] * 10.0
-    torch.save({"model": sd}, path)
-    return path
+    scaled = path.with_name("tiny256_scaled.pt")  # a new file: ``path`` is a link to the shared build
+    torch.save({"model": sd}, scaled)
+    return scaled
 
 
 @pytest.fixture(scope="module")
