@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import samtrack
-from samtrack.errors import DecodeError
+from samtrack.errors import DecodeError, PromptError
 from samtrack.io.result_store import ResultStore, Status
 from samtrack.session.backends.fake import FakeBackend
 from tests import media
@@ -230,3 +230,128 @@ def test_a_serial_background_thread_starts_no_openmp_workers():
     finally:
         done.set()
         t.join()
+
+
+def _tasks() -> set[int]:
+    import os
+
+    return {int(x) for x in os.listdir("/proc/self/task")}  # native thread ids
+
+
+def _team_of_this_thread() -> set[int]:
+    """Run a parallel torch op on the calling thread: the native ids of the OpenMP workers it started
+    (its team; empty when the thread held one already or the op ran serial)."""
+    import torch
+
+    before = _tasks()
+    assert float(torch.ones(8_000_000).mul(2).sum()) == 16_000_000.0
+    return _tasks() - before
+
+
+def _in_a_thread(fn):
+    """``fn()`` in a new thread (a viewer's UI thread or a server's request thread stand-in); its result."""
+    out: list = []
+
+    def run():
+        try:
+            out.append(("ok", fn()))
+        except BaseException as e:  # noqa: BLE001  (re-raised in the test's thread)
+            out.append(("error", e))
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    kind, value = out[0]
+    if kind == "error":
+        raise value
+    return value
+
+
+def _needs_teams():
+    import torch
+
+    if not _openmp() or torch.get_num_threads() < 2:
+        pytest.skip("needs torch's OpenMP backend and 2+ threads (no team to release otherwise)")
+
+
+def test_release_openmp_team_ends_the_calling_threads_workers_only():
+    """``release_openmp_team`` ends the calling thread's idle OpenMP workers (they exit), leaves another
+    thread's team alone, and the thread's next parallel op starts a team again."""
+    from samtrack.session.devices import release_openmp_team
+
+    _needs_teams()
+    other_team, go, done = [], threading.Event(), threading.Event()
+
+    def other():  # holds a team of its own meanwhile
+        other_team.append(_team_of_this_thread())
+        go.set()
+        done.wait(60)
+
+    t = threading.Thread(target=other)
+    t.start()
+    try:
+        assert go.wait(60) and other_team[0], "the other thread's parallel op started no OpenMP worker"
+
+        def mine():
+            team = _team_of_this_thread()
+            assert team, "a parallel op started no OpenMP worker"
+            assert release_openmp_team()
+            gone = not (_tasks() & team)
+            again = _team_of_this_thread()  # a new team for the next parallel op (and a right result)
+            release_openmp_team()
+            return gone, again
+
+        gone, again = _in_a_thread(mine)
+        assert gone, "the released team's workers are still alive"
+        assert again, "no team was started again after the release"
+        assert other_team[0] <= _tasks(), "another thread's team was ended too"
+    finally:
+        done.set()
+        t.join()
+
+
+def test_a_prompt_or_propagation_leaves_its_thread_no_openmp_team(assets, tmp_path):
+    """A thread that prompted (the viewer's UI thread, a server's request thread) or propagated holds no
+    OpenMP team afterwards: its idle team made another thread's propagation 1.5x slower (README, session
+    11). Checked as the OS sees it: the workers of the thread's team exit when the call returns, when a
+    propagation finishes, and when one is closed early; an error in the call releases too."""
+    _needs_teams()
+    s = _open(assets, tmp_path / "w")
+    try:
+        def prompt():
+            team = _team_of_this_thread()
+            assert team, "a parallel op started no OpenMP worker"
+            s.add_points(0, 1, [[64, 48]], [1])
+            return team
+
+        team = _in_a_thread(prompt)
+        assert not (_tasks() & team), "the prompting thread's OpenMP workers are still alive"
+
+        def propagate(stop_early: bool):
+            team = _team_of_this_thread()
+            it = s.propagate("forward")
+            next(it)
+            next(it)
+            alive_while_tracking = bool(_tasks() & team)  # the team works on while the propagation runs
+            if stop_early:
+                it.close()
+            else:
+                assert len(list(it)) > 0
+            return team, alive_while_tracking
+
+        s.add_points(0, 1, [[60, 40]], [1])  # a correction: every frame after 0 is recomputed
+        team, alive = _in_a_thread(lambda: propagate(stop_early=True))
+        assert alive and not (_tasks() & team), "a propagation closed early left its thread's team"
+        team, alive = _in_a_thread(lambda: propagate(stop_early=False))
+        assert alive and not (_tasks() & team), "a finished propagation left its thread's team"
+
+        def bad_prompt():
+            team = _team_of_this_thread()
+            with pytest.raises(PromptError):
+                s.add_points(0, 1, [[5000, 48]], [1])  # outside the frame
+            return team
+
+        team = _in_a_thread(bad_prompt)
+        assert not (_tasks() & team), "a prompt that raised left its thread's team"
+    finally:
+        s.close()

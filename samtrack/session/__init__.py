@@ -13,6 +13,7 @@ from typing import Any
 from samtrack.errors import CheckpointError
 from samtrack.session.models import MODELS, ModelSpec, get_model
 from samtrack.session.session import FrameResult, SessionConfig, TrackingSession
+from samtrack.session.devices import releases_openmp_team
 
 log = logging.getLogger(__name__)
 UNTRAINED = "untrained"  # checkpoint value for random weights (pipeline checks only)
@@ -78,6 +79,7 @@ def default_workdir(source, spec: ModelSpec, image_size) -> Path:
     return default_cache_root() / "sessions" / key
 
 
+@releases_openmp_team
 def open_session(source: Any, *, model: str | None = None, checkpoint=None, image_size: int | None = None,
                  device: str = "auto", workdir: str | os.PathLike | None = None, config: SessionConfig | None = None,
                  download: bool = True, backend=None, reset: bool = False, **video_options) -> TrackingSession:

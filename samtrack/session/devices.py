@@ -1,5 +1,8 @@
-"""Which compute device a session runs on (model-independent)."""
+"""Which compute device a session runs on (model-independent), and how its CPU threads share the cores."""
 from __future__ import annotations
+
+import functools
+import inspect
 
 import torch
 
@@ -50,7 +53,53 @@ def serial_torch_in_this_thread() -> None:
         omp.omp_set_num_threads(1)
 
 
+def release_openmp_team() -> bool:
+    """End the OpenMP team of the calling thread (its idle OpenMP worker threads exit), so that only
+    threads computing now hold one. The thread's next parallel torch op starts a team again (one thread
+    start per worker: well under a millisecond). Calls ``omp_pause_resource_all(omp_pause_soft)``
+    (OpenMP 5.0) of the libgomp that torch loaded; libgomp frees the calling thread's pool only
+    (``gomp_pause_host`` in its team.c) and refuses inside a parallel region. Returns True when a team
+    was ended or none was held; False where nothing was done: no libgomp loaded (other platforms, torch
+    builds with Intel's libiomp5, whose pause is process-wide), a libgomp older than GCC 9 (no pause),
+    or a call from inside a parallel region.
+
+    Why (measured on the 2-core CPU VM, session 11): libgomp manages every idle team's threads too, and
+    when it manages more threads than there are cores it makes every team's workers sleep after ~100
+    spins (``gomp_throttled_spin_count_var``) instead of ~3 ms, so each of the tracking step's many small
+    parallel regions pays a futex wake-up. A thread that ran a prompt keeps its team: in the viewer that
+    is the UI thread, in the server a pool thread. Propagating in another thread then took 93 ms per
+    frame instead of 60 ms (256 px, random-init SAM2.1 tiny, features cached), a small-ops load 0.49-0.66 s
+    instead of 0.10 s."""
+    omp = _openmp_runtime()
+    pause = getattr(omp, "omp_pause_resource_all", None) if _OMP_NAME[0].startswith("libgomp") else None
+    return pause is not None and pause(1) == 0  # 1: omp_pause_soft
+
+
+def releases_openmp_team(fn):
+    """Decorator for a session entry point that computes with torch (a prompt, a find, a propagation,
+    building a model): when it returns or raises (a generator: when it finishes or is closed), the calling
+    thread's OpenMP team is ended with :func:`release_openmp_team`, so a thread that goes idle afterwards
+    (the viewer's UI thread, a server's request thread) holds none while another thread tracks."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def generator(*args, **kwargs):
+            try:
+                return (yield from fn(*args, **kwargs))
+            finally:
+                release_openmp_team()
+        return generator
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            release_openmp_team()
+    return call
+
+
 _OMP: list = []
+_OMP_NAME: list = [""]
 
 
 def _openmp_runtime():
@@ -67,6 +116,7 @@ def _openmp_runtime():
                     name = path.rsplit("/", 1)[-1]
                     if name.startswith(("libgomp", "libiomp5")):
                         lib = ctypes.CDLL(path)
+                        _OMP_NAME[0] = name
                         break
             except OSError:  # no /proc (not Linux), or the library cannot be opened again
                 lib = None

@@ -14,7 +14,7 @@ import torch
 
 from samtrack.errors import InvalidOptionError
 from samtrack.io.model_input import normalize, resize_uint8
-from samtrack.session.devices import serial_torch_in_this_thread
+from samtrack.session.devices import releases_openmp_team, serial_torch_in_this_thread
 from samtrack.session.inflight import to_host
 
 log = logging.getLogger(__name__)
@@ -158,6 +158,7 @@ class FeatureSource:
         rows = {k: _to_numpy(t) for k, t in host.items()}
         self.features.put(f, {k: v for k, (v, _) in rows.items()}, {k: d for k, (_, d) in rows.items()})
 
+    @releases_openmp_team
     def precompute_features(self, start: int = 0, stop: int | None = None, *,
                             progress: Callable[[int, int], None] | None = None) -> int:
         """Encode frames ``start..stop`` (inclusive) that the feature store lacks, ahead of prompting and

@@ -23,6 +23,7 @@ import numpy as np
 from samtrack.errors import InvalidOptionError, PromptError
 from samtrack.io.result_store import Status
 from samtrack.session.backends.base import DetectRequest, Detection
+from samtrack.session.devices import releases_openmp_team
 from samtrack.session.prompts import Concept, Everything, Mask, make_concept, prompt_from_record, prompt_record
 from samtrack.session.types import FrameResult
 
@@ -85,6 +86,7 @@ class ObjectFinding:
         q = Everything(float(threshold), tuple(sorted(options.items())))
         return self.find_objects(frame, q, match_iou=match_iou)
 
+    @releases_openmp_team
     def find_objects(self, frame: int, query: Concept | Everything, *, match_iou: float = MATCH_IOU,
                      _record: bool = True) -> FoundObjects:
         """Run an object-creating prompt on ``frame`` and create objects for what is new there."""
@@ -153,6 +155,7 @@ class ObjectFinding:
         """The object-creating prompts of this job, as (frame, query), in the order they were given."""
         return [(r["frame"], prompt_from_record(r)) for r in self._concepts]
 
+    @releases_openmp_team
     def propagate_and_redetect(self, every: int, direction: str = "both", start: int | None = None,
                                stop: int | None = None, *, match_iou: float = MATCH_IOU,
                                progress: Callable[[int, int], None] | None = None) -> Iterator[FrameResult]:

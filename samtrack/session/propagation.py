@@ -16,6 +16,7 @@ from samtrack.errors import InvalidOptionError, NoPromptsError, UnreachableFrame
 from samtrack.io.export import ranges as ranges_text
 from samtrack.memory.entry import MemoryEntry
 from samtrack.session.backends.base import FrameHistory, MemoryView, TrackRequest
+from samtrack.session.devices import releases_openmp_team
 from samtrack.session.inflight import Launched, to_host
 from samtrack.session.planner import Plan, Step, Track, plan_propagation
 from samtrack.session.types import FrameResult, _closest
@@ -29,6 +30,7 @@ log = logging.getLogger("samtrack.session.session")  # one logger for the sessio
 class Propagation:
     """``propagate``, ``plan`` and ``cancel`` of a tracking session, and the per-frame machinery behind them."""
 
+    @releases_openmp_team
     def propagate(self, direction: str = "forward", start: int | None = None, stop: int | None = None, *,
                   obj_ids=None, progress: Callable[[int, int], None] | None = None) -> Iterator[FrameResult]:
         """Track prompted objects through ``start..stop`` (inclusive; default the whole video).

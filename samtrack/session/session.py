@@ -28,6 +28,7 @@ from samtrack.io.model_input import MODEL_INPUT_VERSION
 from samtrack.io.result_store import ResultStore, Status
 from samtrack.memory.bank import MemoryBank
 from samtrack.session.backends.base import MemoryEntry
+from samtrack.session.devices import releases_openmp_team
 from samtrack.session.flusher import Flusher, flush_now
 from samtrack.session.job_identity import check_job, sign_job
 from samtrack.session.features import FeatureSource
@@ -182,6 +183,7 @@ class TrackingSession(ObjectFinding, Propagation, FeatureSource):
         return self.results.status(obj_id)
 
     # -- prompts -----------------------------------------------------------------
+    @releases_openmp_team
     def add_points(self, frame: int, obj_id: int, points, labels, *, clear: bool = True) -> FrameResult:
         """Clicks on ``frame`` for ``obj_id``: points (N, 2) as (x, y) video pixels, labels 1/0.
 
@@ -195,6 +197,7 @@ class TrackingSession(ObjectFinding, Propagation, FeatureSource):
             p = Points(old.points + p.points, old.labels + p.labels, old.box)
         return self._prompt(frame, obj_id, p)
 
+    @releases_openmp_team
     def add_box(self, frame: int, obj_id: int, box, *, points=None, labels=None) -> FrameResult:
         """A box (x0, y0, x1, y1) in video pixels, optionally with refining points. A box partly
         outside the frame is clipped to it; one with no overlap raises :class:`PromptError`."""
@@ -202,6 +205,7 @@ class TrackingSession(ObjectFinding, Propagation, FeatureSource):
         p = make_points(points, labels, self.width, self.height, box=box)
         return self._prompt(frame, obj_id, p)
 
+    @releases_openmp_team
     def add_mask(self, frame: int, obj_id: int, mask, *, label=None) -> FrameResult:
         """A (H, W) mask at video resolution: the object's exact outline on this frame.
 

@@ -19,6 +19,7 @@ from typing import Any
 from samtrack.errors import CheckpointError, UnknownModelError
 from samtrack.session.backends.base import (Backend, DetectRequest, Detection, FrameFeatures, FrameHistory,
                                             MemoryEntry, MemoryView, StepOutput, TrackRequest)
+from samtrack.session.devices import releases_openmp_team
 
 FAMILIES: dict[str, str] = {
     "sam2": "samtrack.session.backends.sam2_backend",
@@ -43,6 +44,7 @@ def family_module(family: str):
                               f"{INSTALL.get(family, 'install it')}") from e
 
 
+@releases_openmp_team
 def load_backend(spec, checkpoint, **kw) -> Backend:
     """Build ``spec``'s backend and load ``checkpoint`` (None: seeded random weights)."""
     return family_module(spec.backend).load(spec, checkpoint, **kw)
