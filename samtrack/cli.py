@@ -14,58 +14,16 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from samtrack import __version__
+from samtrack.cli_common import (CH, CKPT, DEV, MODEL, RD, SIZE, ST, TA, Z, console, default_name,
+                                 export_with_report, formats, out, reader_options)
 from samtrack.cli_words import click_errors, cli_words
 from samtrack.errors import InvalidOptionError, SamtrackError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Track and segment objects through long videos with SAM2 / SAM2.1.")
-console = Console(stderr=True)
-out = Console(width=None if sys.stdout.isatty() else 250)  # piped output: tables are not cut to 80 columns
-
-DEVICES = "auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps"
-
-
-def _model_help() -> str:
-    from samtrack.session.models import MODELS
-
-    return ("model name: " + ", ".join(MODELS) + " (see `samtrack models`); default: the model a --checkpoint file "
-            "is, else the one set with `samtrack models default`")
-
-
-def _formats() -> str:
-    from samtrack.io.export import FORMATS
-
-    return ", ".join(FORMATS)
-
-
-# -- options shared by commands -------------------------------------------------------------
-Z = typer.Option(None, "--z", help="Z plane of a hyperstack (0-based; `samtrack info` lists them)")
-CH = typer.Option(None, "--channel", "-c", help="channel index of a multi-channel stack (repeat for up to 3)")
-TA = typer.Option(None, "--time-axis", help="which stack axis is time when none is named T (e.g. Z)")
-RD = typer.Option(None, "--reader", help="force a reader: pyav, decord, images, tiff, zarr")
-ST = typer.Option(None, "--stream", help="video stream of a file with several (0-based; `samtrack info` lists them)")
-MODEL = typer.Option(None, "--model", help=_model_help())
-CKPT = typer.Option(None, "--checkpoint", help="checkpoint file (default: found in the checkpoint folders or "
-                                                "downloaded), or 'untrained' for random weights (pipeline checks)")
-SIZE = typer.Option(None, "--image-size", help="model input size in pixels, a multiple of 16 (default the "
-                                               "model's 1024; 512 is about 4x faster)")
-DEV = typer.Option("auto", "--device", help=f"compute device: {DEVICES}")
-
-
-def _reader_options(z=None, channels=None, time_axis=None, reader=None, stream=None) -> dict:
-    opts: dict = {}
-    for k, v in (("z", z), ("time_axis", time_axis), ("reader", reader), ("stream", stream)):
-        if v is not None:
-            opts[k] = v
-    if channels:
-        opts["channels"] = list(channels)
-    return opts
-
-
 def _version(value: bool) -> None:
     if value:
         out.print(f"samtrack {__version__}")
@@ -88,7 +46,7 @@ def info(source: Path = typer.Argument(..., help="video file, image folder, TIFF
     A stack that needs a choice (a Z plane, channels) is described with the options that open it."""
     from samtrack.io.describe import describe_source
 
-    opts = _reader_options(z, channel, time_axis, None, stream)
+    opts = reader_options(z, channel, time_axis, None, stream)
     d = describe_source(source, reader=reader, **opts)
     if as_json:
         out.print_json(json.dumps(d))
@@ -125,7 +83,7 @@ def cache(source: Path = typer.Argument(..., help="video file, image folder, TIF
     import samtrack
     from samtrack.progress import progress_bar
 
-    opts = _reader_options(z, channel, time_axis, reader, stream)
+    opts = reader_options(z, channel, time_axis, reader, stream)
     if features:
         s = samtrack.open_session(source, model=model, checkpoint=checkpoint, image_size=image_size, device=device,
                                   workdir=workdir, **opts)
@@ -199,13 +157,13 @@ def track(source: Path = typer.Argument(..., help="video file, image folder, TIF
 
     bad = [f for f in export_formats or [] if f not in FORMATS]
     if bad:
-        raise InvalidOptionError(f"--export {bad[0]}: choose one of {_formats()}")
+        raise InvalidOptionError(f"--export {bad[0]}: choose one of {formats()}")
     session_config, opts = None, {}
     if config is not None:
         from samtrack.config import load_config
 
         session_config, opts = load_config(config)
-    opts.update(_reader_options(z, channel, time_axis, reader, stream))
+    opts.update(reader_options(z, channel, time_axis, reader, stream))
     finds = [{"frame": text_frame, "text": t, **({"threshold": threshold} if threshold is not None else {})}
              for t in text or []]
     if everything:
@@ -220,7 +178,9 @@ def track(source: Path = typer.Argument(..., help="video file, image folder, TIF
         if features:
             raise InvalidOptionError("--features is not available with --server: run `samtrack cache --features` "
                                      "on the server, with --workdir the session folder")
-        _track_remote(server, token_file, upload, source, prompts, out_dir, workdir, model=model,
+        from samtrack.cli_remote import track_remote
+
+        track_remote(server, token_file, upload, source, prompts, out_dir, workdir, model=model,
                       checkpoint=checkpoint, image_size=image_size, direction=direction, force=force,
                       video_options=opts, config=session_config, finds=finds, redetect_every=redetect_every,
                       export_formats=export_formats or [], allow_incomplete=allow_incomplete,
@@ -263,90 +223,10 @@ def track(source: Path = typer.Argument(..., help="video file, image folder, TIF
         console.print(f"results in {out_dir} ({len(session.obj_ids)} objects, {session.n_frames} frames)")
         for fmt in export_formats or []:  # the job's own exports: refreshed on every run
             extra = {"frames_dir": out_dir} if write_frames and fmt in ("coco", "ytvis") else {}
-            _export(session.results, fmt, out_dir / _default_name(fmt), force=True, frames=session.frames,
+            export_with_report(session.results, fmt, out_dir / default_name(fmt), force=True, frames=session.frames,
                     allow_incomplete=allow_incomplete, **extra)
     finally:
         session.close()
-
-
-def _track_remote(server: str, token_file, upload: bool, source: Path, prompts, out_dir: Path, workdir, *, model,
-                  checkpoint, image_size, direction, force, video_options, config, finds, redetect_every,
-                  export_formats, allow_incomplete, write_frames) -> None:
-    """``track --server``: the job's session on the server, exports downloaded into ``out_dir``."""
-    import os
-
-    import samtrack
-    from samtrack.io.export import ranges
-    from samtrack.job import check_job_prompts, run_job, start_remote_track
-    from samtrack.progress import progress_bar
-
-    check_job_prompts(prompts, finds)  # before the server is asked anything
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InvalidOptionError(f"--out {out_dir} is a file: give a folder for the downloaded exports")
-    with samtrack.connect(server, token_file=token_file) as client:
-        video = os.fspath(source)
-        if upload:
-            with progress_bar(f"upload {source.name}", unit="bytes") as update:
-                video = client.upload(source, progress=update)
-        session, start = start_remote_track(client, video, prompts, workdir=workdir, model=model,
-                                            checkpoint=checkpoint, image_size=image_size, force=force,
-                                            video_options=video_options, config=config, finds=finds)
-        try:
-            where = f"{start.workdir} on {client.url}"
-            if start.resumed:
-                msg = f"resuming {where}: {start.frames_done} of {start.n_frames} frames done"
-                if start.prompts_changed:
-                    msg += f", {start.prompts_changed} prompt change(s) from the prompt file applied"
-                console.print(escape(msg), highlight=False, soft_wrap=True)
-            if finds or session.concepts:
-                console.print(f"{len(session.obj_ids)} object(s): " + ", ".join(
-                    str(session.results.object_meta(o).get("name")) for o in session.obj_ids[:12]) +
-                    (", ..." if len(session.obj_ids) > 12 else ""), highlight=False)
-            label = "tracking + re-detection" if redetect_every and session.concepts else "tracking"
-            with progress_bar(label, unit="frames") as update:
-                computed = run_job(session, direction, progress=update,
-                                   redetect_every=redetect_every if session.concepts else None)
-            if computed:
-                console.print(f"computed {len(computed)} frame(s): {ranges(computed)}", highlight=False)
-            elif not session.obj_ids:
-                console.print("[yellow]nothing was found to track: lower --threshold, or prompt objects with "
-                              "--prompts[/yellow]")
-            else:
-                console.print("nothing left to compute", highlight=False)
-            console.print(escape(f"results in {where} ({len(session.obj_ids)} objects, {session.n_frames} frames)"),
-                          highlight=False, soft_wrap=True)
-            if export_formats:
-                out_dir.mkdir(parents=True, exist_ok=True)
-            for fmt in export_formats:  # written on the server, downloaded: refreshed on every run
-                extra = {"frames_dir": out_dir} if write_frames and fmt in ("coco", "ytvis") else {}
-                with progress_bar(f"export {fmt}", unit="bytes") as update:
-                    report = session.export(fmt, out_dir / _default_name(fmt), force=True,
-                                            allow_incomplete=allow_incomplete, progress=update, **extra)
-                _print_report(report)
-        finally:
-            session.close()
-
-
-def _default_name(fmt: str) -> str:
-    from samtrack.io.export import default_name
-
-    return default_name(fmt)
-
-
-def _export(store, fmt, output, *, force, frames=None, allow_incomplete=False, **options):
-    from samtrack.io.export import export as do_export
-    from samtrack.progress import progress_bar
-
-    with progress_bar(f"export {fmt}", unit="frames") as update:
-        report = do_export(store, fmt, output, force=force, allow_incomplete=allow_incomplete, frames=frames,
-                           progress=update, **options)
-    _print_report(report)
-
-
-def _print_report(report) -> None:
-    for w in report.warnings:  # also logged; the CLI's logging leaves samtrack.io.export to this
-        console.print(f"[yellow]warning: {escape(cli_words(w))}[/yellow]", highlight=False)
-    console.print(escape(report.summary()), highlight=False)
 
 
 @app.command()
@@ -365,7 +245,7 @@ def export(job_dir: Path = typer.Argument(..., help="a `samtrack track` output f
     from samtrack.job import open_results
 
     if fmt not in FORMATS:
-        raise InvalidOptionError(f"--format {fmt}: choose one of {_formats()}")
+        raise InvalidOptionError(f"--format {fmt}: choose one of {formats()}")
     store, job = open_results(job_dir)
     frames = None
     if job and job.get("source"):
@@ -375,10 +255,10 @@ def export(job_dir: Path = typer.Argument(..., help="a `samtrack track` output f
             if fmt == "mp4":
                 raise
             logging.getLogger(__name__).warning("the video is not available (%s): no frame names or times", e)
-    output = output or (job_dir / _default_name(fmt))
+    output = output or (job_dir / default_name(fmt))
     extra = {"frames_dir": output.parent} if write_frames and fmt in ("coco", "ytvis") else {}
     try:
-        _export(store, fmt, output, force=force, frames=frames, allow_incomplete=allow_incomplete, **extra)
+        export_with_report(store, fmt, output, force=force, frames=frames, allow_incomplete=allow_incomplete, **extra)
     finally:
         if frames is not None:
             frames.close()
@@ -480,117 +360,13 @@ def evaluate(pred: Path = typer.Argument(..., help="prediction: job folder, labe
             out.print(f"[yellow]export: {w}[/yellow]", highlight=False)
 
 
-@app.command()
-def view(source: Optional[Path] = typer.Argument(None, help="video file, image folder, TIFF stack or zarr"),
-         result: Optional[Path] = typer.Option(None, "--result", help="a `samtrack track` output folder to show"),
-         workdir: Optional[Path] = typer.Option(None, "--workdir", help="session folder (reopen it to continue)"),
-         model: str = MODEL, checkpoint: Optional[str] = CKPT, image_size: Optional[int] = SIZE, device: str = DEV,
-         frame: Optional[int] = typer.Option(None, "--frame", help="frame to show first"),
-         screenshot: Optional[Path] = typer.Option(None, "--screenshot", help="save a PNG of the viewer and exit"),
-         z: Optional[int] = Z, channel: Optional[List[int]] = CH, time_axis: Optional[str] = TA,
-         reader: Optional[str] = RD, stream: Optional[int] = ST,
-         server: Optional[str] = typer.Option(None, "--server", help="a `samtrack serve` URL: SOURCE is a path on "
-                                              "the server, which computes (see docs/remote.md)"),
-         token_file: Optional[Path] = typer.Option(None, "--token-file", help="the server's token file (with --server)"),
-         upload: bool = typer.Option(False, "--upload", help="send the local SOURCE to the server first")) -> None:
-    """Open the napari viewer with the samtrack widget (prompt, propagate, correct, export).
-
-    Without model weights the video (and --result) opens read-only; the window says how to enable prompting.
-    With --server the session lives on a `samtrack serve` server and this machine only shows and prompts."""
-    import os
-
-    opts = _reader_options(z, channel, time_axis, reader, stream)
-    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
-        raise InvalidOptionError("the viewer needs a display; on a headless machine run it under Xvfb: "
-                                 "xvfb-run -a samtrack view ...")
-    try:
-        import napari
-    except ImportError as e:
-        raise InvalidOptionError(f"napari is not installed ({e}): pip install 'samtrack[viewer]'") from e
-    if server is not None:
-        if source is None or result is not None or screenshot is not None:
-            raise InvalidOptionError("--server needs SOURCE (a path on the server) and takes no --result/--screenshot")
-        from samtrack.viewer import view as open_view
-
-        _, widget = open_view(os.fspath(source), server=server, token_file=token_file, upload=upload, model=model,
-                              checkpoint=checkpoint, image_size=image_size, frame=frame,
-                              workdir=os.fspath(workdir) if workdir else None, **opts)
-        napari.run()
-        widget.close_session()
-        return
-    if screenshot is not None:
-        if source is None:
-            raise InvalidOptionError("--screenshot needs a SOURCE")
-        from samtrack.viewer import screenshot as shot
-
-        png = shot(source, screenshot, frame=frame or 0, result=result, workdir=workdir, model=model,
-                   checkpoint=checkpoint, image_size=image_size, device=device, **opts)
-        console.print(f"screenshot saved to {png}")
-        return
-    from samtrack.viewer import view as open_view
-
-    _, widget = open_view(source, result=result, workdir=workdir, model=model, checkpoint=checkpoint,
-                          image_size=image_size, device=device, frame=frame, **opts)
-    if widget.session is None and source is not None:
-        from samtrack.session.models import default_model
-
-        model = model or default_model()
-        console.print(f"[yellow]read-only: no {model} weights. To prompt and track, run `samtrack models download "
-                      f"{model}`, or pass --checkpoint PATH (--checkpoint untrained for a pipeline check)[/yellow]")
-    napari.run()
-    widget.close_session()  # the window is closed: stop a running propagation, write what is queued
-
+app.command("view")(__import__("samtrack.cli_view", fromlist=["view"]).view)  # napari
 
 from samtrack.cli_admin import caches_app, models_app  # noqa: E402  (sub-commands: models, caches)
 
 app.add_typer(models_app, name="models")
 app.add_typer(caches_app, name="caches")
 app.command("serve")(__import__("samtrack.cli_serve", fromlist=["serve"]).serve)  # remote sessions
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread: stops a command as Ctrl-C does (sessions closed, what is
-    queued written), so every path that saves work on Ctrl-C saves it on SIGTERM too."""
-
-
-_terminated: list[int] = []  # the signal, once received (the exception may come back wrapped or re-raised)
-_OWN_LIFECYCLE = {"serve", "view"}  # uvicorn and Qt stop these on SIGTERM themselves
-
-
-def _on_sigterm(signum, frame) -> None:
-    """The first SIGTERM raises Terminated; later ones are only recorded (a second ``kill`` while the
-    session closes must not cut the close short)."""
-    first = not _terminated
-    _terminated.append(signum)
-    if first:
-        raise Terminated()
-
-
-def _stop_on_sigterm(argv: list) -> object:
-    """SIGTERM (``kill PID``, a cluster scheduler's time limit or ``scancel``, a container stop) handled
-    as Ctrl-C: its default ends Python at once, with no session closed and the frames tracked since
-    the last write lost. Left alone where SIGTERM is ignored or already handled, off the main thread,
-    and for ``serve`` / ``view``. Returns the handler to put back (None: nothing was changed)."""
-    import signal
-    import threading
-
-    command = next((a for a in argv if not str(a).startswith("-")), None)
-    if command in _OWN_LIFECYCLE or threading.current_thread() is not threading.main_thread() \
-            or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
-        return None
-    _terminated.clear()
-    return signal.signal(signal.SIGTERM, _on_sigterm)
-
-
-def _record_sigterm_only(signum, frame) -> None:
-    _terminated.append(signum)
-
-
-def _stopped() -> None:
-    """Exit after Ctrl-C (130) or SIGTERM (143), saying that finished work is kept."""
-    what, rc = ("terminated (SIGTERM)", 143) if _terminated else ("interrupted", 130)
-    console.print(f"[yellow]{what}: finished work is saved; run the same command again to resume[/yellow]")
-    sys.exit(rc)
 
 
 def main(argv: Optional[list] = None) -> None:
@@ -600,30 +376,33 @@ def main(argv: Optional[list] = None) -> None:
     and ``view``, which stop on SIGTERM as uvicorn and Qt do)."""
     import signal
 
+    from samtrack.cli_signals import record_sigterm_only, stop_on_sigterm, stopped, terminated
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("samtrack.io.export").setLevel(logging.ERROR)  # export warnings: printed from the report
     usage, abort, exits = click_errors()
-    previous = _stop_on_sigterm(list(sys.argv[1:] if argv is None else argv))
+    args = list(sys.argv[1:] if argv is None else argv)
+    previous = stop_on_sigterm(args)
     try:
         try:
             rc = app(args=argv, standalone_mode=False, prog_name="samtrack")
         finally:  # the command is over: a SIGTERM from here on is noted, never raised into the exit path
             if previous is not None:
-                signal.signal(signal.SIGTERM, _record_sigterm_only)
-        if _terminated or rc == 130:  # typer >= 0.20 returns Ctrl-C as exit code 130 (standalone_mode=False)
-            _stopped()
+                signal.signal(signal.SIGTERM, record_sigterm_only)
+        if terminated or rc == 130:  # typer >= 0.20 returns Ctrl-C as exit code 130 (standalone_mode=False)
+            stopped(args)
         sys.exit(rc if isinstance(rc, int) else 0)
     except SamtrackError as e:
         console.print("[bold red]error:[/bold red] " + escape(cli_words(str(e))), highlight=False, soft_wrap=True)
         sys.exit(2)
     except (KeyboardInterrupt, *abort):  # click turns Ctrl-C (and so SIGTERM) into Abort
-        _stopped()
+        stopped(args)
     except usage as e:
         e.show()
         sys.exit(e.exit_code)
     except exits as e:
-        if _terminated or isinstance(e.__cause__, KeyboardInterrupt):  # typer >= 0.20: Ctrl-C as Exit(130)
-            _stopped()
+        if terminated or isinstance(e.__cause__, KeyboardInterrupt):  # typer >= 0.20: Ctrl-C as Exit(130)
+            stopped(args)
         sys.exit(getattr(e, "exit_code", 0))
     finally:  # main() called in a longer-lived process (tests, scripts): its SIGTERM handler as before
         if previous is not None:

@@ -121,3 +121,26 @@ def test_caches_are_listed_and_removed(tmp_path):
     assert r.returncode == 0 and "freed" in r.stderr
     assert json.loads(run("caches", "--json", env=env).stdout) == []
     assert samtrack  # imported for the package path
+
+
+@pytest.mark.parametrize("argv,sigterm,rc,note", [
+    (["track", "v.mp4", "--out", "job"], False, 130, "interrupted: finished work is saved; run the same command again"
+                                                     " to resume"),
+    (["--version", "batch", "m.csv"], True, 143, "terminated (SIGTERM): finished videos and frames are saved"),
+    (["cache", "v.mp4", "--features"], False, 130, "interrupted: what was cached is kept"),
+    (["export", "job", "--format", "tiff"], False, 130, "interrupted"),
+    (["eval", "a", "b"], True, 143, "terminated (SIGTERM)"),
+])
+def test_the_stop_note_claims_saved_work_only_for_commands_that_resume(argv, sigterm, rc, note, capsys, monkeypatch):
+    """Ctrl-C / SIGTERM end with one line; "run the same command again to resume" only where running it
+    again resumes (track, batch, cache, models download); an interrupted export or eval says just that."""
+    from samtrack import cli_signals
+
+    monkeypatch.setattr(cli_signals, "terminated", [15] if sigterm else [])
+    with pytest.raises(SystemExit) as e:
+        cli_signals.stopped(argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == rc
+    assert err.startswith(note), err
+    if argv[0] in ("export", "eval"):
+        assert err == note, err  # nothing claimed saved, no advice to run it again
