@@ -25,7 +25,7 @@ RESUMES = {
     "track": "finished work is saved; run the same command again to resume",
     "batch": "finished videos and frames are saved; run the same command again to resume",
     "cache": "what was cached is kept; run the same command again to finish",
-    "models": "a partial download is kept; run the same command again to finish it",
+    "models download": "a partial download is kept; run the same command again to finish it",
 }
 
 
@@ -64,6 +64,7 @@ def stopped(argv: list) -> None:
     """Exit after Ctrl-C (130) or SIGTERM (143) with one line: which signal, and for a command whose
     work is kept (``RESUMES``) what was kept and that running it again resumes."""
     what, rc = ("terminated (SIGTERM)", 143) if terminated else ("interrupted", 130)
-    kept = RESUMES.get(command_of(argv) or "")
+    words = [str(a) for a in argv if not str(a).startswith("-")]
+    kept = RESUMES.get(" ".join(words[:2])) or RESUMES.get(words[0] if words else "")
     console.print(f"[yellow]{what}" + (f": {kept}" if kept else "") + "[/yellow]")
     sys.exit(rc)

@@ -130,6 +130,8 @@ def test_caches_are_listed_and_removed(tmp_path):
     (["cache", "v.mp4", "--features"], False, 130, "interrupted: what was cached is kept"),
     (["export", "job", "--format", "tiff"], False, 130, "interrupted"),
     (["eval", "a", "b"], True, 143, "terminated (SIGTERM)"),
+    (["models", "download", "sam2.1_hiera_tiny"], False, 130, "interrupted: a partial download is kept"),
+    (["models"], False, 130, "interrupted"),
 ])
 def test_the_stop_note_claims_saved_work_only_for_commands_that_resume(argv, sigterm, rc, note, capsys, monkeypatch):
     """Ctrl-C / SIGTERM end with one line; "run the same command again to resume" only where running it
@@ -142,5 +144,5 @@ def test_the_stop_note_claims_saved_work_only_for_commands_that_resume(argv, sig
     err = capsys.readouterr().err.strip()
     assert e.value.code == rc
     assert err.startswith(note), err
-    if argv[0] in ("export", "eval"):
+    if argv in (["export", "job", "--format", "tiff"], ["eval", "a", "b"], ["models"]):
         assert err == note, err  # nothing claimed saved, no advice to run it again
