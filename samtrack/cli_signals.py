@@ -21,11 +21,11 @@ terminated: list[int] = []  # the signal, once received (the exception may come 
 OWN_LIFECYCLE = {"serve", "view"}  # uvicorn and Qt stop these on SIGTERM themselves
 
 # what the note adds for a command whose finished work is kept and picked up by running it again
+# (not `models download`: huggingface_hub removes an interrupted download's file; it starts again)
 RESUMES = {
     "track": "finished work is saved; run the same command again to resume",
     "batch": "finished videos and frames are saved; run the same command again to resume",
     "cache": "what was cached is kept; run the same command again to finish",
-    "models download": "a partial download is kept; run the same command again to finish it",
 }
 
 
@@ -64,7 +64,6 @@ def stopped(argv: list) -> None:
     """Exit after Ctrl-C (130) or SIGTERM (143) with one line: which signal, and for a command whose
     work is kept (``RESUMES``) what was kept and that running it again resumes."""
     what, rc = ("terminated (SIGTERM)", 143) if terminated else ("interrupted", 130)
-    words = [str(a) for a in argv if not str(a).startswith("-")]
-    kept = RESUMES.get(" ".join(words[:2])) or RESUMES.get(words[0] if words else "")
+    kept = RESUMES.get(command_of(argv) or "")
     console.print(f"[yellow]{what}" + (f": {kept}" if kept else "") + "[/yellow]")
     sys.exit(rc)
