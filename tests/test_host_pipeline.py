@@ -248,6 +248,20 @@ def _team_of_this_thread() -> set[int]:
     return _tasks() - before
 
 
+def _exited(team: set[int]) -> bool:
+    """Whether the native threads ``team`` have exited: a released team's workers leave the barrier and
+    then exit, which /proc/self/task can show a moment later (3 in 1000 releases here); waits up to 10 s
+    for that. A team that was not released stays while its thread lives, and this returns False."""
+    import time
+
+    deadline = time.monotonic() + 10
+    while _tasks() & team:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 def _in_a_thread(fn):
     """``fn()`` in a new thread (a viewer's UI thread or a server's request thread stand-in); its result."""
     out: list = []
@@ -296,7 +310,7 @@ def test_release_openmp_team_ends_the_calling_threads_workers_only():
             team = _team_of_this_thread()
             assert team, "a parallel op started no OpenMP worker"
             assert release_openmp_team()
-            gone = not (_tasks() & team)
+            gone = _exited(team)
             again = _team_of_this_thread()  # a new team for the next parallel op (and a right result)
             release_openmp_team()
             return gone, again
@@ -322,10 +336,9 @@ def test_a_prompt_or_propagation_leaves_its_thread_no_openmp_team(assets, tmp_pa
             team = _team_of_this_thread()
             assert team, "a parallel op started no OpenMP worker"
             s.add_points(0, 1, [[64, 48]], [1])
-            return team
+            return _exited(team)  # seen from the thread: at its exit libgomp ends the team anyway
 
-        team = _in_a_thread(prompt)
-        assert not (_tasks() & team), "the prompting thread's OpenMP workers are still alive"
+        assert _in_a_thread(prompt), "the prompting thread's OpenMP workers are still alive"
 
         def propagate(stop_early: bool):
             team = _team_of_this_thread()
@@ -337,21 +350,72 @@ def test_a_prompt_or_propagation_leaves_its_thread_no_openmp_team(assets, tmp_pa
                 it.close()
             else:
                 assert len(list(it)) > 0
-            return team, alive_while_tracking
+            return alive_while_tracking, _exited(team)
 
         s.add_points(0, 1, [[60, 40]], [1])  # a correction: every frame after 0 is recomputed
-        team, alive = _in_a_thread(lambda: propagate(stop_early=True))
-        assert alive and not (_tasks() & team), "a propagation closed early left its thread's team"
-        team, alive = _in_a_thread(lambda: propagate(stop_early=False))
-        assert alive and not (_tasks() & team), "a finished propagation left its thread's team"
+        alive, gone = _in_a_thread(lambda: propagate(stop_early=True))
+        assert alive and gone, "a propagation closed early left its thread's team"
+        alive, gone = _in_a_thread(lambda: propagate(stop_early=False))
+        assert alive and gone, "a finished propagation left its thread's team"
 
         def bad_prompt():
             team = _team_of_this_thread()
             with pytest.raises(PromptError):
                 s.add_points(0, 1, [[5000, 48]], [1])  # outside the frame
-            return team
+            return _exited(team)
 
-        team = _in_a_thread(bad_prompt)
-        assert not (_tasks() & team), "a prompt that raised left its thread's team"
+        assert _in_a_thread(bad_prompt), "a prompt that raised left its thread's team"
     finally:
         s.close()
+
+
+_SECOND_RUNTIME = r"""
+import ctypes, os, sys, threading, time
+import torch
+ctypes.CDLL(sys.argv[1])  # a second libgomp beside torch's, as scikit-learn's or imagecodecs' wheel brings
+from samtrack.session import devices
+tasks = lambda: {int(x) for x in os.listdir("/proc/self/task")}
+out = []
+def run():
+    before = tasks()
+    torch.ones(8_000_000).mul(2).sum()
+    team = tasks() - before
+    devices.release_openmp_team()
+    for _ in range(2000):  # its workers exit a moment after the release (up to 10 s)
+        if not tasks() & team:
+            break
+        time.sleep(0.005)
+    out.append((len(team), len(tasks() & team)))
+    devices.serial_torch_in_this_thread()
+    out.append(torch.get_num_threads())
+t = threading.Thread(target=run)
+t.start()
+t.join()
+print(out[0][0], out[0][1], out[1])
+"""
+
+
+def test_the_openmp_runtime_is_torchs_with_another_libgomp_loaded(tmp_path):
+    """With another libgomp loaded beside torch's (scikit-learn's wheel bundles one; importing sklearn loads
+    it), the release and the serial setting act on torch's runtime: the first libgomp by path was taken,
+    and then a prompt's team stayed and a 'serial' thread ran parallel. The copy here lies under the
+    test's tmp folder, which sorts before the venv where it is /tmp and the venv is elsewhere (as here)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from samtrack.session import devices
+
+    _needs_teams()
+    lib = devices._openmp_runtime()
+    if not devices._OMP_NAME[0].startswith("libgomp"):
+        pytest.skip("torch's OpenMP runtime is not libgomp")
+    copy = tmp_path / "libgomp-copy.so.1"
+    shutil.copy(lib._name, copy)
+    r = subprocess.run([sys.executable, "-c", _SECOND_RUNTIME, str(copy)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    team, alive, serial = map(int, r.stdout.split())
+    assert team > 0, "a parallel op started no OpenMP worker"
+    assert alive == 0, "the release paused the other libgomp: the thread's team is still alive"
+    assert serial == 1, "serial_torch_in_this_thread set the other libgomp's thread count"

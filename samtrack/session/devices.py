@@ -103,7 +103,9 @@ _OMP_NAME: list = [""]
 
 
 def _openmp_runtime():
-    """The OpenMP runtime torch uses in this process (ctypes handle), or None."""
+    """The OpenMP runtime torch uses in this process (ctypes handle), or None. Another copy may be loaded
+    beside it (scikit-learn's and imagecodecs' wheels bundle their own libgomp): where several are, the
+    one whose thread count torch reads (:func:`_torch_reads`) is taken; None when none is."""
     if not _OMP:
         lib = None
         if "parallel backend: OpenMP" in torch.__config__.parallel_info():
@@ -112,13 +114,35 @@ def _openmp_runtime():
 
                 with open("/proc/self/maps") as f:
                     paths = sorted({line.split()[-1] for line in f if ".so" in line})
-                for path in paths:
-                    name = path.rsplit("/", 1)[-1]
-                    if name.startswith(("libgomp", "libiomp5")):
-                        lib = ctypes.CDLL(path)
+                found = [(ctypes.CDLL(p), n) for p, n in ((p, p.rsplit("/", 1)[-1]) for p in paths)
+                         if n.startswith(("libgomp", "libiomp5"))]
+                for cand, name in found:
+                    if len(found) == 1 or _torch_reads(cand):
+                        lib = cand
                         _OMP_NAME[0] = name
                         break
             except OSError:  # no /proc (not Linux), or the library cannot be opened again
                 lib = None
         _OMP.append(lib)
     return _OMP[0]
+
+
+def _torch_reads(lib) -> bool:
+    """Whether torch's ops use OpenMP runtime ``lib``: a thread count set through it is the one
+    ``torch.get_num_threads()`` reads. Tried on a thread of its own (it ends with its count)."""
+    seen: list = []
+
+    def probe():
+        try:
+            n = torch.get_num_threads()  # torch's per-thread setup first (it sets the count once)
+            lib.omp_set_num_threads(n + 1)
+            seen.append(torch.get_num_threads() == n + 1)
+        except AttributeError:  # not an OpenMP runtime after all
+            seen.append(False)
+
+    import threading
+
+    t = threading.Thread(target=probe, name="samtrack-openmp-probe", daemon=True)
+    t.start()
+    t.join()
+    return bool(seen and seen[0])
