@@ -328,7 +328,8 @@ def test_a_prompt_or_propagation_leaves_its_thread_no_openmp_team(assets, tmp_pa
     """A thread that prompted (the viewer's UI thread, a server's request thread) or propagated holds no
     OpenMP team afterwards: its idle team made another thread's propagation 1.5x slower (README, session
     11). Checked as the OS sees it: the workers of the thread's team exit when the call returns, when a
-    propagation finishes, and when one is closed early; an error in the call releases too."""
+    propagation finishes, and when one is closed early, and after reading a frame's result; an error in
+    the call releases too."""
     _needs_teams()
     s = _open(assets, tmp_path / "w")
     try:
@@ -365,6 +366,13 @@ def test_a_prompt_or_propagation_leaves_its_thread_no_openmp_team(assets, tmp_pa
             return _exited(team)
 
         assert _in_a_thread(bad_prompt), "a prompt that raised left its thread's team"
+
+        def read_frame():  # a server request reading a frame (its masks upsampled to video resolution)
+            team = _team_of_this_thread()
+            assert s.frame_result(3).masks.shape == (1, 96, 128)
+            return _exited(team)
+
+        assert _in_a_thread(read_frame), "a thread that read a frame result kept its team"
     finally:
         s.close()
 

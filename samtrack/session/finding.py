@@ -128,7 +128,7 @@ class ObjectFinding:
             self.results.save_concepts(self._concepts)
         log.info("%s on frame %d: %d detections, %d new objects, %d already tracked", query.kind, frame,
                  len(detections), len(found.created), len(found.matched))
-        found.result = self.frame_result(frame)
+        found.result = self._frame_result(frame)
         return found
 
     def remove_find(self, frame: int, query: Concept | Everything) -> list[int]:

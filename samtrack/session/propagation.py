@@ -173,7 +173,7 @@ class Propagation:
     def _finish(self, f: int, ids: tuple, launched) -> FrameResult | None:
         if launched is not None:
             launched.store(self)
-        res = self.frame_result(f, list(ids)) if ids else None
+        res = self._frame_result(f, list(ids)) if ids else None
         self._fresh.clear()
         return res
 

@@ -281,7 +281,7 @@ class TrackingSession(ObjectFinding, Propagation, FeatureSource):
         if not flush:
             return None
         self.flush()
-        return self.frame_result(frame)
+        return self._frame_result(frame)
 
     def _save_prompt(self, obj_id: int, frame: int, prompt) -> None:
         visited = int(self._objects[obj_id].visited[frame])
@@ -321,8 +321,17 @@ class TrackingSession(ObjectFinding, Propagation, FeatureSource):
         self.results.write(f, obj_id, mask, status=status, object_score=score, iou=e.iou, source=source)
         self._fresh[(obj_id, f)] = (video, row, score, e.iou, mask, batch)
 
+    @releases_openmp_team  # a server's request thread or the viewer's UI thread reads frames while another tracks
     def frame_result(self, frame: int, obj_ids=None) -> FrameResult:
-        """Masks, logits and scores of ``frame`` for the given objects (default all)."""
+        """Masks, logits and scores of ``frame`` for the given objects (default all): a
+        :class:`FrameResult` with masks (K, H, W) bool and logits (K, H, W) float32 at video resolution,
+        object-presence logits (> 0: present) and predicted IoUs (K,) float32 (NaN for an object not
+        computed on the frame).
+        Raises :class:`FrameIndexError` / :class:`UnknownObjectError`."""
+        return self._frame_result(frame, obj_ids)
+
+    def _frame_result(self, frame: int, obj_ids=None) -> FrameResult:
+        """:meth:`frame_result` for the session's own callers (a propagation, per frame: the team stays)."""
         self._check_frame(frame)
         ids = list(self.obj_ids if obj_ids is None else obj_ids)
         for oid in ids:
