@@ -54,9 +54,10 @@ def reader_options(z=None, channels=None, time_axis=None, reader=None, stream=No
 
 
 def default_name(fmt: str) -> str:
-    from samtrack.io.export import default_name
+    """The file or folder name an export to ``fmt`` gets in a job folder (``samtrack.io.export``'s)."""
+    from samtrack.io.export import default_name as name_in_job
 
-    return default_name(fmt)
+    return name_in_job(fmt)
 
 
 def export_with_report(store, fmt, output, *, force, frames=None, allow_incomplete=False, **options):
