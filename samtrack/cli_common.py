@@ -17,6 +17,7 @@ DEVICES = "auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps"
 
 
 def model_help() -> str:
+    """The ``--model`` help text: the registry's model names and how the default is chosen."""
     from samtrack.session.models import MODELS
 
     return ("model name: " + ", ".join(MODELS) + " (see `samtrack models`); default: the model a --checkpoint file "
@@ -24,6 +25,7 @@ def model_help() -> str:
 
 
 def formats() -> str:
+    """The export formats, comma-separated (for help texts and errors)."""
     from samtrack.io.export import FORMATS
 
     return ", ".join(FORMATS)
@@ -44,6 +46,7 @@ DEV = typer.Option("auto", "--device", help=f"compute device: {DEVICES}")
 
 
 def reader_options(z=None, channels=None, time_axis=None, reader=None, stream=None) -> dict:
+    """The reader options given on the command line, as :func:`samtrack.open_video` keywords (None left out)."""
     opts: dict = {}
     for k, v in (("z", z), ("time_axis", time_axis), ("reader", reader), ("stream", stream)):
         if v is not None:
@@ -61,6 +64,8 @@ def default_name(fmt: str) -> str:
 
 
 def export_with_report(store, fmt, output, *, force, frames=None, allow_incomplete=False, **options):
+    """Export result ``store`` to ``fmt`` at ``output`` with a progress bar, then print its report
+    (:func:`samtrack.io.export.export`'s arguments and errors)."""
     from samtrack.io.export import export as do_export
     from samtrack.progress import progress_bar
 
@@ -71,6 +76,7 @@ def export_with_report(store, fmt, output, *, force, frames=None, allow_incomple
 
 
 def print_report(report) -> None:
+    """An export report on stderr: its warnings in CLI words, then its one-line summary."""
     for w in report.warnings:  # also logged; the CLI's logging leaves samtrack.io.export to this
         console.print(f"[yellow]warning: {escape(cli_words(w))}[/yellow]", highlight=False)
     console.print(escape(report.summary()), highlight=False)

@@ -65,6 +65,7 @@ def job_signature(frames, spec: ModelSpec, checkpoint, image_size: int) -> dict:
 
 
 def ckpt_path(checkpoint):
+    """``checkpoint`` as a Path, or None for no file (None, or "untrained": random weights)."""
     return None if checkpoint in (None, UNTRAINED) else Path(checkpoint)
 
 

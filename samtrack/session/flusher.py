@@ -16,6 +16,7 @@ import threading
 import time
 
 from samtrack.errors import CacheError
+from samtrack.session.devices import serial_torch_in_this_thread
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,6 @@ class Flusher:
                              "written at the next flush (free disk space, then save or propagate again)") from e
 
     def _run(self) -> None:
-        from samtrack.session.devices import serial_torch_in_this_thread
-
         serial_torch_in_this_thread()  # memory entries' copies: no OpenMP team that slows tracking
         while True:
             with self._cv:

@@ -55,9 +55,11 @@ class _Object:
 
     @property
     def keyframes(self) -> list[int]:
+        """Frames (0-based, ascending) that hold a prompt of this object."""
         return sorted(self.prompts)
 
     def finalized_keyframes(self) -> list[int]:
+        """Keyframes whose memory a propagation has encoded (not re-prompted since): ascending."""
         return sorted(set(self.prompts) - self.pending)
 
 
@@ -135,9 +137,14 @@ class TrackingSession(ObjectFinding, Propagation, FeatureSource):
     # -- objects ---------------------------------------------------------------
     @property
     def obj_ids(self) -> list[int]:
+        """The session's object ids, ascending."""
         return sorted(self._objects)
 
     def add_object(self, obj_id: int, *, name: str | None = None, parent: int | None = None, color=None) -> None:
+        """Declare object ``obj_id`` (1 .. 2**31 - 1) with an optional ``name``, lineage ``parent`` (the id
+        of the object it divided from) and display ``color`` (r, g, b), each 0..255. Prompting an unknown
+        id adds it too; for a known id the fields given are updated (None keeps the stored value). Raises
+        :class:`PromptError` for a bad id, parent or colour, :class:`SessionClosedError` after :meth:`close`."""
         self._check_open()
         if not isinstance(obj_id, (int, np.integer)) or not 1 <= obj_id <= 2**31 - 1:
             raise PromptError(f"object ids are integers from 1 to 2**31 - 1, got {obj_id!r}")
@@ -157,6 +164,7 @@ class TrackingSession(ObjectFinding, Propagation, FeatureSource):
         self.results.add_object(obj_id, name=name, parent=parent, color=color)
 
     def remove_object(self, obj_id: int) -> None:
+        """Remove ``obj_id`` with its prompts, memory and results. Raises :class:`UnknownObjectError`."""
         self._check_open()
         self._obj(obj_id)
         del self._objects[obj_id]
@@ -170,6 +178,7 @@ class TrackingSession(ObjectFinding, Propagation, FeatureSource):
             raise UnknownObjectError(f"unknown object {obj_id}; objects are {self.obj_ids or 'none yet'}") from None
 
     def keyframes(self, obj_id: int) -> list[int]:
+        """Frames (0-based, ascending) where ``obj_id`` has a prompt. Raises :class:`UnknownObjectError`."""
         return self._obj(obj_id).keyframes
 
     def prompt_at(self, frame: int, obj_id: int):
