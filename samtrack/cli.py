@@ -18,7 +18,7 @@ from rich.markup import escape
 
 from samtrack import __version__
 from samtrack.cli_common import (CH, CKPT, DEV, MODEL, RD, SIZE, ST, TA, Z, console, default_name,
-                                 export_with_report, formats, out, reader_options)
+                                 export_with_report, formats, out, print_objects, reader_options)
 from samtrack.cli_words import click_errors, cli_words
 from samtrack.errors import InvalidOptionError, SamtrackError
 
@@ -205,9 +205,7 @@ def track(source: Path = typer.Argument(..., help="video file, image folder, TIF
             with progress_bar("image features", total=session.n_frames, unit="frames") as update:
                 session.precompute_features(progress=update)
         if finds or getattr(session, "concepts", None):
-            console.print(f"{len(session.obj_ids)} object(s): " + ", ".join(
-                session.results.object_meta(o)["name"] for o in session.obj_ids[:12]) +
-                (", ..." if len(session.obj_ids) > 12 else ""), highlight=False)
+            print_objects(session)
         if redetect_every and session.concepts:
             with progress_bar("tracking + re-detection", total=start.progress_total, unit="frames",
                               show_memory=True) as update:

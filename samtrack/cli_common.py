@@ -75,6 +75,13 @@ def export_with_report(store, fmt, output, *, force, frames=None, allow_incomple
     print_report(report)
 
 
+def print_objects(session, first: int = 12) -> None:
+    """One line on stderr: how many objects ``session`` (local or remote) tracks and the first names."""
+    ids = session.obj_ids
+    names = ", ".join(str(session.results.object_meta(o).get("name")) for o in ids[:first])
+    console.print(f"{len(ids)} object(s): {names}" + (", ..." if len(ids) > first else ""), highlight=False)
+
+
 def print_report(report) -> None:
     """An export report on stderr: its warnings in CLI words, then its one-line summary."""
     for w in report.warnings:  # also logged; the CLI's logging leaves samtrack.io.export to this

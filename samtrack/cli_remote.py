@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from samtrack.cli_common import console, default_name, print_report
+from samtrack.cli_common import console, default_name, print_objects, print_report
 from samtrack.errors import InvalidOptionError
 
 
@@ -40,9 +40,7 @@ def track_remote(server: str, token_file, upload: bool, source: Path, prompts, o
                     msg += f", {start.prompts_changed} prompt change(s) from the prompt file applied"
                 console.print(escape(msg), highlight=False, soft_wrap=True)
             if finds or session.concepts:
-                console.print(f"{len(session.obj_ids)} object(s): " + ", ".join(
-                    str(session.results.object_meta(o).get("name")) for o in session.obj_ids[:12]) +
-                    (", ..." if len(session.obj_ids) > 12 else ""), highlight=False)
+                print_objects(session)
             label = "tracking + re-detection" if redetect_every and session.concepts else "tracking"
             with progress_bar(label, unit="frames") as update:
                 computed = run_job(session, direction, progress=update,
