@@ -447,3 +447,81 @@ def test_a_quiet_stream_sends_heartbeats_and_the_client_skips_them(monkeypatch):
     assert events[0] == "started" and events[-1] == "done"
     assert events.count("alive") >= 2 and set(events[1:-1]) == {"alive"}
     assert cancelled  # any end of the stream cancels the job (nothing left running)
+
+
+def test_the_last_line_is_sent_after_the_session_is_given_back(data, tmp_path):
+    """A client that reads ``done`` (or ``cancelled``, or ``error``) and at once prompts, exports or closes must
+    not get 409 "is propagating": when the job puts its last line on the stream, the session is no longer
+    marked propagating, the device is free and the manager's use count is given back. Checked at the moment
+    each line is emitted (the race the README's remote example once lost in CI is timing, this is not)."""
+    import asyncio
+
+    import samtrack
+    from samtrack.server.locks import Device
+    from samtrack.server.manager import Served
+    from samtrack.server.routes import PropagateBody
+    from samtrack.server.streaming import PropagationJob
+
+    s = samtrack.open_session(str(data["root"] / "a.mp4"), checkpoint=str(data["root"] / "ck.pt"), image_size=SIZE,
+                              workdir=tmp_path / "w")
+    try:
+        s.add_points(0, 1, [[40, 30]], [1])
+
+        def run(body: dict, *, device_held_by=None, break_after: int | None = None):
+            sv = Served("sid", None, s, Device("cpu"))
+            if device_held_by is not None:  # another propagation runs on the device; this one is cancelled waiting
+                assert sv.device.enter(device_held_by, lambda k: None, threading.Event())
+            sv.users = 1
+            job = PropagationJob(sv, PropagateBody(**body), None)
+            sv.propagation = job
+            job.served_release = lambda: setattr(sv, "users", sv.users - 1)
+            seen = []
+            emit = job._emit
+
+            def spy(item):
+                seen.append((item if isinstance(item, BaseException) else item.get("event"),
+                             sv.propagating, sv.device.busy, sv.users))
+                emit(item)
+
+            job._emit = spy
+            if break_after is not None:  # the session's propagation fails after some frames
+                real = s.propagate
+
+                def failing(*a, **k):
+                    g = real(*a, **k)
+                    for i, r in enumerate(g):
+                        if i == break_after:
+                            g.close()
+                            raise RuntimeError("disk gone")
+                        yield r
+                s.propagate = failing
+
+            async def go():
+                job.loop = asyncio.get_running_loop()
+                if device_held_by is not None:
+                    job.stop.set()
+                job.start()
+                await asyncio.to_thread(job.join, 600)
+
+            try:
+                asyncio.run(go())
+            finally:
+                s.__dict__.pop("propagate", None)
+            assert not job._thread.is_alive()
+            return seen
+
+        seen = run({"direction": "forward"}, break_after=2)  # first: all frames still to compute
+        assert [e for e, *_ in seen] == ["started", "frame", "frame", "error"]
+        assert all(tuple(st) == (True, True, 1) for _, *st in seen[:-1])
+        assert seen[-1][1:] == (False, False, 0), f"'error' was sent while the session was still held: {seen[-1]}"
+
+        seen = run({"direction": "forward"})
+        events = [e for e, *_ in seen]
+        assert events[0] == "started" and events[-1] == "done" and set(events[1:-1]) == {"frame"}
+        assert all(tuple(st) == (True, True, 1) for _, *st in seen[:-1])  # every frame line: still propagating
+        assert seen[-1][1:] == (False, False, 0), f"'done' was sent while the session was still held: {seen[-1]}"
+
+        seen = run({"direction": "forward"}, device_held_by=object())  # cancelled before it got the device
+        assert seen == [("cancelled", False, True, 0)]  # the device: still held by the other propagation
+    finally:
+        s.close()

@@ -8,7 +8,8 @@ frames. The response side cancels the job when the client goes away or the strea
 the propagation then stops after the frame in flight, with everything computed kept.
 
 An error before the first line is raised to the route (an HTTP error status); after it, it is the last
-line (``{"event": "error"}``).
+line (``{"event": "error"}``). The last line is sent only after the job has given the session and the
+device back, so a client's next request after reading it is never refused as busy.
 """
 from __future__ import annotations
 
@@ -113,6 +114,7 @@ class PropagationJob:
     def _run(self) -> None:
         served, dev = self.served, self.served.device
         entered = False
+        end = None  # the last line (or an exception before the first): sent after the session is given back
         try:
             def queued(k: int) -> None:
                 served.queued = True
@@ -121,26 +123,36 @@ class PropagationJob:
             entered = dev.enter(self, queued, self.stop)
             served.queued = False
             if not entered:
-                self._emit({"event": "cancelled", "frames": 0})
+                end = {"event": "cancelled", "frames": 0}
                 return
-            self._propagate()
+            end = self._propagate()
         except BaseException as e:  # noqa: BLE001  (reported to the client, the server goes on)
             if not isinstance(e, Exception) or not getattr(e, "__module__", "").startswith("samtrack"):
                 log.exception("propagation of session %s failed", served.sid)
-            self._emit(e if self.lines_out == 0 else {"event": "error", "error": error_body(e)["error"]})
+            end = e if self.lines_out == 0 else {"event": "error", "error": error_body(e)["error"]}
         finally:
-            if self._gen is not None:
-                self._close_gen()
-            if entered:
-                dev.leave(self)
-            served.queued = False
-            served.propagation = None
-            self.served_release()
+            try:
+                if self._gen is not None:
+                    self._close_gen()
+            except Exception as e:  # noqa: BLE001  (storing the frame in flight failed: say so, not "done")
+                log.exception("closing the propagation of session %s failed", served.sid)
+                end = e if self.lines_out == 0 else {"event": "error", "error": error_body(e)["error"]}
+            finally:
+                # give the session and the device back *before* the last line: a client that reads "done"
+                # and at once prompts, exports or closes must not be told the session is still propagating
+                if entered:
+                    dev.leave(self)
+                served.queued = False
+                served.propagation = None
+                self.served_release()
+                if end is not None:
+                    self._emit(end)
 
     def served_release(self) -> None:  # replaced by the route: give the session back to the manager
         pass
 
-    def _propagate(self) -> None:
+    def _propagate(self) -> dict:
+        """Run the propagation, emitting ``started`` and the frame lines; return the last event (not sent)."""
         s, b, served = self.served.session, self.body, self.served
         with served.lock:
             plan = s.plan(b.direction if b.direction in ("forward", "backward", "both") else "forward",
@@ -190,7 +202,7 @@ class PropagationJob:
                 log.info("propagation of session %s cancelled after %d frames sent", served.sid, self.sent)
         if not started:
             self._emit({"event": "started", "total": total})
-        self._emit({"event": "cancelled" if self.stop.is_set() else "done", "frames": self.sent})
+        return {"event": "cancelled" if self.stop.is_set() else "done", "frames": self.sent}
 
     def _close_gen(self) -> None:
         """Close a propagation that was stopped early: the frame in flight is stored, then flushed."""
