@@ -195,6 +195,71 @@ def test_disconnect_mid_stream_then_resume(assets, client):
         s.close()
 
 
+def test_a_change_or_close_right_after_cancel_or_leaving_a_stream_waits_for_it_to_stop(assets, client):
+    """cancel(), or leaving a propagation loop early, stops the server's propagation after its frame in flight;
+    a prompt or close() sent at once must wait that out, not fail with SessionBusyError."""
+    s = open_remote(client, assets, "stop-then-change")
+    s.add_points(0, 1, [[30, 30]], [1])
+    it = s.propagate("forward")
+    first = next(it)
+    s.cancel()
+    s.add_points(first.frame_idx, 2, [[70, 30]], [1])  # at once: the frame in flight is still running there
+    rest = [r.frame_idx for r in it]  # the stream then ends ("cancelled")
+    assert len(rest) < N - 1 and 2 in s.obj_ids
+    for _ in s.propagate("forward"):
+        break  # leave the loop: the generator is closed, the server cancels
+    s.close()  # at once
+    assert s.closed and s.id not in [x["id"] for x in client.sessions()]
+
+
+def test_busy_answers_are_waited_out_only_after_this_client_stopped_a_stream(monkeypatch):
+    """The rule, without a server: a 409 SessionBusyError is retried (for up to BUSY_WAIT s) only after this
+    client cancelled or left a stream; otherwise (someone else's propagation) it is raised at once, and a
+    close() refused so leaves the session open."""
+    from samtrack.errors import SessionBusyError
+    from samtrack.remote import session as rs
+
+    class Http:
+        def __init__(self, busy: int):
+            self.busy, self.calls = busy, []
+
+        def request(self, method, path, **kw):
+            self.calls.append((method, path))
+            if not path.endswith("/cancel") and self.busy > 0:
+                self.busy -= 1
+                raise SessionBusyError("session x is propagating")
+            return "answer"
+
+    def remote(busy: int):
+        s = object.__new__(rs.RemoteSession)
+        s._http, s.id, s._closed, s._abandoned = Http(busy), "x", False, float("-inf")
+        s._cancel = threading.Event()
+        s.frames = type("F", (), {"close": lambda self: None})()
+        s._changed = lambda: None
+        return s
+
+    monkeypatch.setattr(rs.time, "sleep", lambda s: None)
+    s = remote(busy=3)
+    with pytest.raises(SessionBusyError):
+        s._request("POST", "/prompts")  # nothing of ours was stopped: at once
+    with pytest.raises(SessionBusyError):
+        s.close()
+    assert not s.closed
+    s.cancel()
+    assert s._request("POST", "/prompts") == "answer" and s._http.busy == 0  # retried through 2 busy answers
+    s = remote(busy=2)
+    s.cancel()
+    s.close()
+    assert s.closed and s._http.calls.count(("DELETE", "/v1/sessions/x")) == 3
+    s = remote(busy=10 ** 9)  # the propagation never stops: given up after BUSY_WAIT s
+    clock = iter(range(0, 10 ** 6, 5))
+    monkeypatch.setattr(rs.time, "monotonic", lambda: float(next(clock)))
+    s.cancel()
+    with pytest.raises(SessionBusyError):
+        s._request("POST", "/prompts")
+    assert len(s._http.calls) < 20
+
+
 def test_server_killed_mid_propagation_resumes(assets, local_ref, tmp_path, caplog):
     root, _, _ = assets
     expected = local_ref[1]["first"]  # the local run of the same prompts

@@ -90,9 +90,19 @@ class RemoteSession:
                 self._reopen()
                 reopened = True
             except SessionBusyError:
-                if time.monotonic() - self._abandoned > BUSY_WAIT or time.monotonic() - started > BUSY_WAIT:
+                if not self._wait_out_busy(started):
                     raise
-                time.sleep(0.1)
+
+    def _wait_out_busy(self, started: float) -> bool:
+        """After a busy answer (409) to a request first sent at ``started`` (``time.monotonic()``): True, after
+        a short sleep, when it is worth sending again because this client abandoned or cancelled a stream
+        less than ``BUSY_WAIT`` s ago (the server is winding it down) and the request has waited less than
+        that; False when the busy answer is to be raised (another client's propagation, or waited enough)."""
+        now = time.monotonic()
+        if now - self._abandoned > BUSY_WAIT or now - started > BUSY_WAIT:
+            return False
+        time.sleep(0.1)
+        return True
 
     def _json(self, method: str, path: str, **kw) -> dict:
         r = self._request(method, path, **kw)
@@ -462,10 +472,8 @@ class RemoteSession:
                 reopened = True
                 continue
             except SessionBusyError:
-                now = time.monotonic()
-                if now - self._abandoned > BUSY_WAIT or now - started > BUSY_WAIT:
+                if not self._wait_out_busy(started):
                     raise
-                time.sleep(0.1)
                 continue
             with stack:
                 yield r
@@ -473,8 +481,11 @@ class RemoteSession:
 
     def cancel(self) -> None:
         """Stop a running :meth:`propagate` after the frame in flight (callable from any thread); the
-        stream then ends. Everything computed is kept."""
+        stream then ends. Everything computed is kept. A change sent right after (a prompt, an export,
+        close) waits for the propagation to wind down (up to ``BUSY_WAIT`` s) instead of failing with
+        :class:`~samtrack.errors.SessionBusyError`."""
         self._cancel.set()
+        self._abandoned = time.monotonic()
         if self._closed:
             return
         try:
@@ -520,17 +531,35 @@ class RemoteSession:
 
     def close(self) -> None:
         """Flush and close the session on the server (its folder stays); idempotent. A server that cannot
-        be reached is logged, not raised (it flushes on its own)."""
+        be reached is logged, not raised (it flushes on its own). Right after a propagation stream was left
+        early or cancelled, waits (up to ``BUSY_WAIT`` s) for the server to stop it; raises
+        :class:`~samtrack.errors.SessionBusyError` (the session then stays open) while a propagation of it
+        this client did not stop still runs."""
         if self._closed:
             return
+        started = time.monotonic()
         try:
-            self._http.request("DELETE", f"/v1/sessions/{self.id}", retry=False)
-        except (ServerUnavailableError, SessionClosedError) as e:
-            log.warning("closing remote session %s: %s", self.id, e)
-        finally:
-            self._closed = True
-            self.frames.close()
-            self._changed()
+            while True:
+                try:
+                    self._http.request("DELETE", f"/v1/sessions/{self.id}", retry=False)
+                    break
+                except SessionBusyError:
+                    if not self._wait_out_busy(started):
+                        raise
+                except (ServerUnavailableError, SessionClosedError) as e:
+                    log.warning("closing remote session %s: %s", self.id, e)
+                    break
+        except SessionBusyError:
+            raise  # still open on the server: close() may be called again
+        except BaseException:
+            self._mark_closed()
+            raise
+        self._mark_closed()
+
+    def _mark_closed(self) -> None:
+        self._closed = True
+        self.frames.close()
+        self._changed()
 
     def __enter__(self) -> "RemoteSession":
         return self
