@@ -59,6 +59,53 @@ def test_tracking_from_stored_features_equals_fresh_encoding(assets, tmp_path):
         np.testing.assert_array_equal(stored[k], fresh[k], err_msg=str(k))
 
 
+def test_stored_features_have_the_layout_of_fresh_ones(assets, tmp_path):
+    """The memory layout of what a step reads (FPN levels: some channels-last as the encoder gives them;
+    position encodings) is the same for a frame read from the store as for a fresh encoding, for the first
+    frame a process encodes too. Layouts change the rounding of vectorized CPU kernels (AVX-512): with C-order
+    levels read back, or the permuted position encodings upstream's sine encoding returns the first time it
+    sees a shape, the bit-for-bit test above failed on an AVX-512 machine."""
+    import torch
+
+    with _open(assets, tmp_path / "w") as s:
+        s.backend.model.image_encoder.neck.position_encoding.cache.clear()  # as in a new process
+        first = s.backend.encode_image(s._model_input(2), 2)  # the process's first encoding of this shape
+        s.precompute_features()
+        s._features.clear()
+        stored = s._frame_features(3)
+        fresh = s.backend.encode_image(s._model_input(3), 3)
+        for key in ("backbone_fpn", "vision_pos_enc"):
+            for i, (a, b, c) in enumerate(zip(stored.data[key], fresh.data[key], first.data[key])):
+                assert torch.equal(a, b), (key, i)
+                for x in (a, c):  # strides of size-1 dimensions do not matter
+                    assert [st for st, n in zip(x.stride(), x.shape) if n > 1] == \
+                        [st for st, n in zip(b.stride(), b.shape) if n > 1], (key, i, x.stride(), b.stride())
+        assert not all(t.is_contiguous() for t in fresh.data["backbone_fpn"])  # the layouts checked are not all C
+
+
+def test_rows_come_back_in_the_layout_they_were_put_in(tmp_path):
+    from samtrack.io.feature_store import memory_order, with_memory_order
+
+    rng = np.random.default_rng(0)
+    cl = np.ascontiguousarray(rng.random((5, 4, 64), np.float32)).transpose(2, 0, 1)  # (C, H, W) channels-last
+    c = rng.random((3, 8), np.float32)
+    assert memory_order(cl) == [1, 2, 0] and memory_order(c) == [0, 1]
+    back = with_memory_order(np.ascontiguousarray(cl), [1, 2, 0])
+    assert back.strides == cl.strides and np.array_equal(back, cl)
+
+    def check(rows):
+        assert rows["cl"].strides == cl.strides and rows["c"].strides == c.strides
+        assert np.array_equal(rows["cl"], cl) and np.array_equal(rows["c"], c)
+
+    fs = FeatureStore(tmp_path / "f.zarr", 64, signature={"source": 1}, background=False)
+    fs.put(0, {"cl": cl, "c": c})
+    check(fs.get(0))  # still queued in memory
+    fs.flush()
+    check(fs.get(0))  # from disk
+    fs.close()
+    check(FeatureStore(tmp_path / "f.zarr", 64, signature={"source": 1}).get(0))  # reopened
+
+
 def test_a_correction_in_a_reopened_job_encodes_no_stored_frame(assets, tmp_path):
     with _open(assets, tmp_path / "w") as s:
         s.add_points(0, 1, [[40, 50]], [1])

@@ -86,6 +86,21 @@ def test_cuda_tracking_from_stored_bf16_features_equals_fresh(tmp_path):
         np.testing.assert_array_equal(stored[f], fresh[f], err_msg=str(f))
 
 
+def test_host_copies_keep_the_memory_layout():
+    """Channels-last features copied to pinned host memory stay channels-last (the feature store records
+    and restores that layout); an expanded tensor (overlapping) is copied dense; values equal."""
+    from samtrack.session.inflight import to_host
+
+    x = torch.randn(1, 64, 16, 16, device="cuda").contiguous(memory_format=torch.channels_last)
+    given = {"a": x, "b": x[0], "c": x.expand(2, -1, -1, -1), "d": torch.randn(3, 5, device="cuda")}
+    host, event = to_host(given)
+    event.synchronize()
+    assert host["a"].stride() == x.stride() and host["b"].stride() == x[0].stride() and host["a"].is_pinned()
+    assert host["c"].is_contiguous()
+    for k, v in given.items():
+        assert torch.equal(host[k], v.cpu()), k
+
+
 def test_cuda_graph_replay_equals_eager_under_bf16(tmp_path):
     """Objects joining on frames 0, 5 and 12 (different read sets, padded into one batch): the
     tracking step replayed from CUDA graphs gives the eager step's logits within bf16 rounding,

@@ -6,7 +6,9 @@ bits and tagged ``bfloat16`` in the attributes, so they come back bit for bit),
 shards of a few frames (about 32 MiB per shard file), one inner chunk per frame;
 ``present`` (N,) uint8, written after the data; attributes ``signature`` (the job
 signature: source identity, reader options, model, checkpoint hash, image size),
-``dtypes``. A store whose signature differs is rebuilt: features are a cache.
+``dtypes``, ``orders`` (each row's memory layout as put, e.g. channels-last: rows are stored in C
+order and come back from :meth:`FeatureStore.get` in the layout they were put in; a store without it
+returns C order). A store whose signature differs is rebuilt: features are a cache.
 
 Rows are queued in memory and written shard by shard (each shard rewritten to a
 temporary file and renamed: a kill never tears one) when a shard's frames are all
@@ -75,6 +77,8 @@ class FeatureStore:
         self._present_arr = root["present"]
         self._present = np.asarray(self._present_arr[:]).astype(bool)
         self._dtypes: dict[str, str] = dict(root.attrs.get("dtypes", {}))
+        # each array's memory layout as put (axes from the largest stride to the smallest); absent: C order
+        self._orders: dict[str, list[int]] = {k: [int(i) for i in v] for k, v in root.attrs.get("orders", {}).items()}
         self._arrays: dict[str, FrameArray] = {}
         self._pending: dict[int, dict[str, np.ndarray]] = {}  # queued, shard not complete yet
         self._writing: dict[int, dict[str, np.ndarray]] = {}  # handed to the writer, readable until on disk
@@ -111,7 +115,7 @@ class FeatureStore:
                 rows = self._writing.get(frame)
             if rows is not None:
                 self.stats["hits"] += 1
-                return rows
+                return self._as_put(rows)
             if not self._present[frame]:
                 self.stats["misses"] += 1
                 return None
@@ -120,11 +124,11 @@ class FeatureStore:
             evictions = self.stats["evicted_shards"]
         rows = {name: self._array(name).read(frame) for name in self._dtypes}
         with self._lock:
-            if self.stats["evicted_shards"] == evictions:
-                return rows
-            if not self._present[frame]:  # evicted meanwhile: encoded again by the caller
-                return None
-            return {name: self._array(name).read(frame) for name in self._dtypes}
+            if self.stats["evicted_shards"] != evictions:
+                if not self._present[frame]:  # evicted meanwhile: encoded again by the caller
+                    return None
+                rows = {name: self._array(name).read(frame) for name in self._dtypes}
+        return self._as_put(rows)
 
     def dtype(self, name: str) -> str:
         """The logical dtype of array ``name`` (e.g. ``"bfloat16"`` for rows given as int16 bits)."""
@@ -178,7 +182,12 @@ class FeatureStore:
                 create_frame_array(self._root, name, n_frames=self.n_frames, frame_shape=tuple(v.shape),
                                    dtype=str(v.dtype), shard_frames=self._shard_frames)
             self._dtypes[name] = dtypes.get(name, str(v.dtype))
-        self._root.attrs.update({"dtypes": self._dtypes, "shard_frames": self._shard_frames})
+            self._orders[name] = memory_order(v)
+        self._root.attrs.update({"dtypes": self._dtypes, "orders": self._orders, "shard_frames": self._shard_frames})
+
+    def _as_put(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``rows`` (C order, as stored) in the memory layout they were put in."""
+        return {name: with_memory_order(a, self._orders.get(name)) for name, a in rows.items()}
 
     def _array(self, name: str) -> FrameArray:
         with self._arrays_lock:  # the caller's thread (reads) and the writer thread both open them
@@ -309,3 +318,19 @@ class FeatureStore:
         self.stats["evicted_shards"] += 1
         log.debug("feature shard %d evicted (%d bytes)", k, size)
         return size
+
+
+def memory_order(a: np.ndarray) -> list[int]:
+    """The axes of ``a`` from the largest stride to the smallest (C order: ``[0, 1, ..., ndim - 1]``; a
+    channels-last (C, H, W) row: ``[1, 2, 0]``)."""
+    return [int(i) for i in np.argsort([-s for s in a.strides], kind="stable")]
+
+
+def with_memory_order(a: np.ndarray, order: list[int] | None) -> np.ndarray:
+    """``a`` (same shape and values) laid out in memory in ``order`` (see :func:`memory_order`); ``a``
+    itself when it already is or ``order`` is None. Why it matters: the CPU's vectorized kernels (AVX-512)
+    round differently on different layouts, so a row read back must have the layout the encoder gave for
+    tracking from it to equal tracking from a fresh encoding bit for bit."""
+    if order is None or memory_order(a) == list(order) or a.ndim != len(order):
+        return a
+    return np.ascontiguousarray(a.transpose(order)).transpose(np.argsort(order))

@@ -217,5 +217,7 @@ def _to_numpy(t: torch.Tensor) -> tuple[np.ndarray, str]:
 
 
 def _from_numpy(a: np.ndarray, dtype: str) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(a))
+    """A host array from the feature store as a tensor sharing its memory and strides (its layout is the
+    encoder's: see :func:`samtrack.io.feature_store.with_memory_order`)."""
+    t = torch.from_numpy(a)
     return t.view(torch.bfloat16) if dtype == "bfloat16" else t

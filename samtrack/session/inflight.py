@@ -15,14 +15,19 @@ if TYPE_CHECKING:
 
 
 def to_host(tensors: dict):
-    """Start copies of ``tensors`` to host memory; returns (host tensors, CUDA event or None)."""
+    """Start copies of ``tensors`` to host memory; returns (host tensors, CUDA event or None). A dense
+    tensor keeps its memory layout (channels-last image features stay channels-last: the feature store
+    gives rows back in the layout they were put in, and kernels round differently on other layouts)."""
     first = next(v for v in tensors.values() if v is not None)
     if first.device.type != "cuda":
         return {k: (v.detach().cpu() if v is not None else None) for k, v in tensors.items()}, None
     host = {}
     for k, v in tensors.items():
         if v is not None:
-            host[k] = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
+            dense = v.is_contiguous() or (v.dim() == 4 and v.is_contiguous(memory_format=torch.channels_last)) \
+                or (v.dim() == 3 and v.permute(1, 2, 0).is_contiguous())  # a (C, H, W) channels-last row
+            host[k] = (torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, pin_memory=True) if dense
+                       else torch.empty(v.shape, dtype=v.dtype, pin_memory=True))
             host[k].copy_(v.detach(), non_blocking=True)
         else:
             host[k] = None

@@ -158,6 +158,12 @@ class Sam2Backend:
         self.calls["encode_image"][frame_idx] += 1
         with self._ctx():
             out = self.model.forward_image(image.to(self.device, non_blocking=True).float()[None])
+        # upstream's sine encoding (sam2/modeling/position_encoding.py, _pe) returns a permuted view the first
+        # time a shape is seen and a contiguous copy of the same values after: one layout for every frame (the
+        # first one included, and frames read back from the feature store), so every frame's step runs the
+        # same kernels and a stored frame tracks bit for bit as a fresh one (layouts change the rounding of
+        # the CPU's AVX-512 kernels)
+        out["vision_pos_enc"] = [p.contiguous() for p in out["vision_pos_enc"]]
         key = tuple((tuple(t.shape[-2:]), t.dtype) for t in out["backbone_fpn"])
         self._fpn_pos_cache.setdefault(key, out["vision_pos_enc"])
         return FrameFeatures(frame_idx, out)
@@ -183,8 +189,8 @@ class Sam2Backend:
         if pos is None:
             neck = self.model.image_encoder.neck
             with torch.inference_mode():
-                pos = [neck.position_encoding(torch.zeros(1, neck.d_model, *t.shape[-2:], device=self.device)).to(t.dtype)
-                       for t in fpn]
+                pos = [neck.position_encoding(torch.zeros(1, neck.d_model, *t.shape[-2:], device=self.device))
+                       .to(t.dtype).contiguous() for t in fpn]  # the layout encode_image gives
             self._fpn_pos_cache[key] = pos
         return pos
 

@@ -169,7 +169,10 @@ class Sam3Backend:
             sam2 = out["sam2_backbone_out"]
             dec = self.tracker.sam_mask_decoder
             fpn = [dec.conv_s0(sam2["backbone_fpn"][0]), dec.conv_s1(sam2["backbone_fpn"][1]), sam2["backbone_fpn"][2]]
-        tracker = {"backbone_fpn": fpn, "vision_pos_enc": list(sam2["vision_pos_enc"]), "vision_features": fpn[-1]}
+        # one layout for every frame's position encodings (upstream's sine encoding returns a permuted view for
+        # a shape it has not cached yet, a contiguous copy after): fresh and stored frames track alike
+        tracker = {"backbone_fpn": fpn, "vision_pos_enc": [p.contiguous() for p in sam2["vision_pos_enc"]],
+                   "vision_features": fpn[-1]}
         detector = {k: out[k] for k in ("vision_features", "vision_pos_enc", "backbone_fpn")}
         key = tuple((tuple(t.shape[-2:]), t.dtype) for t in fpn)
         self._fpn_pos_cache.setdefault(key, tracker["vision_pos_enc"])
@@ -198,7 +201,7 @@ class Sam3Backend:
             neck = self.detector.backbone.vision_backbone
             with torch.inference_mode():
                 pos = [neck.position_encoding(torch.zeros(1, 256, *t.shape[-2:], device=self.device)).to(t.dtype)
-                       for t in fpn]
+                       .contiguous() for t in fpn]  # the layout encode_image gives
             self._fpn_pos_cache[key] = pos
         return pos
 
