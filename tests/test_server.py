@@ -430,7 +430,10 @@ def test_a_quiet_stream_sends_heartbeats_and_the_client_skips_them(monkeypatch):
     monkeypatch.setattr(streaming, "HEARTBEAT_S", 0.5)
     cancelled = []
     job = object.__new__(streaming.PropagationJob)
-    job.served = SimpleNamespace(sid="s", session=SimpleNamespace(cancel=lambda: cancelled.append(1)))
+    # the job gave the session back before its last line (propagation None): the stream's end stops the job
+    # but must not cancel the session's propagation, which may be a newer job's by then
+    job.served = SimpleNamespace(sid="s", session=SimpleNamespace(cancel=lambda: cancelled.append(1)),
+                                 propagation=None)
     job.stop = __import__("threading").Event()
 
     class Request:
@@ -446,7 +449,7 @@ def test_a_quiet_stream_sends_heartbeats_and_the_client_skips_them(monkeypatch):
     events = [json.loads(x)["event"] for x in lines]
     assert events[0] == "started" and events[-1] == "done"
     assert events.count("alive") >= 2 and set(events[1:-1]) == {"alive"}
-    assert cancelled  # any end of the stream cancels the job (nothing left running)
+    assert job.stop.is_set() and not cancelled  # any end of the stream stops the job (nothing left running)
 
 
 def test_the_last_line_is_sent_after_the_session_is_given_back(data, tmp_path):
@@ -523,5 +526,40 @@ def test_the_last_line_is_sent_after_the_session_is_given_back(data, tmp_path):
 
         seen = run({"direction": "forward"}, device_held_by=object())  # cancelled before it got the device
         assert seen == [("cancelled", False, True, 0)]  # the device: still held by the other propagation
+    finally:
+        s.close()
+
+
+def test_the_end_of_an_old_stream_does_not_cancel_the_next_propagation(data, tmp_path):
+    """The last line is sent after the job gave the session back, so a client can start the next propagation
+    before the old stream's response has finished (its end calls job.cancel()). That late cancel must not stop
+    the new propagation of the same session: only a job that still holds the session cancels it. Checked
+    without timing: the old job's cancel() is called while the new propagation is between two frames."""
+    import samtrack
+    from samtrack.server.locks import Device
+    from samtrack.server.manager import Served
+    from samtrack.server.routes import PropagateBody
+    from samtrack.server.streaming import PropagationJob
+
+    s = samtrack.open_session(str(data["root"] / "a.mp4"), checkpoint=str(data["root"] / "ck.pt"), image_size=SIZE,
+                              workdir=tmp_path / "w")
+    try:
+        s.add_points(0, 1, [[40, 30]], [1])
+        sv = Served("sid", None, s, Device("cpu"))
+        old = PropagationJob(sv, PropagateBody(direction="forward"), None)
+        new = object()  # the next request's job: it claimed the session after the old one gave it back
+        sv.propagation = new
+        it = s.propagate("forward", 0, 5)
+        first = next(it)
+        old.cancel()  # the old stream's response ends now (after its "done" line)
+        rest = [r.frame_idx for r in it]
+        assert old.stop.is_set()
+        assert [first.frame_idx] + rest == list(range(6)), f"the new propagation was cancelled: {rest}"
+        sv.propagation = old  # while a job holds the session, its cancel() does stop the propagation
+        assert s.n_frames - 6 >= 3
+        it = s.propagate("forward", 5, s.n_frames - 1)
+        next(it)
+        old.cancel()
+        assert len(list(it)) < s.n_frames - 7
     finally:
         s.close()

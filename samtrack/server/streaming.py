@@ -99,9 +99,12 @@ class PropagationJob:
             self.cancel()
 
     def cancel(self) -> None:
-        """Stop after the frame in flight (or leave the device queue); callable from any thread."""
+        """Stop after the frame in flight (or leave the device queue); callable from any thread. The session's
+        propagation is cancelled only while this job still holds the session: once it has given it back (its
+        last line is sent after that, and the stream's end calls this), a newer job may be propagating it."""
         self.stop.set()
-        self.served.session.cancel()
+        if self.served.propagation is self:
+            self.served.session.cancel()
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
