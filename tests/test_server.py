@@ -433,7 +433,7 @@ def test_a_quiet_stream_sends_heartbeats_and_the_client_skips_them(monkeypatch):
     # the job gave the session back before its last line (propagation None): the stream's end stops the job
     # but must not cancel the session's propagation, which may be a newer job's by then
     job.served = SimpleNamespace(sid="s", session=SimpleNamespace(cancel=lambda: cancelled.append(1)),
-                                 propagation=None)
+                                 propagation=None, owner_lock=__import__("threading").Lock())
     job.stop = __import__("threading").Event()
 
     class Request:
@@ -563,3 +563,31 @@ def test_the_end_of_an_old_stream_does_not_cancel_the_next_propagation(data, tmp
         assert len(list(it)) < s.n_frames - 7
     finally:
         s.close()
+
+
+def test_a_jobs_cancel_and_a_newer_claim_do_not_interleave():
+    """``cancel()``'s "does this job still hold the session? then cancel it" runs under the session's
+    ``owner_lock``, which a claim (and a job's release) takes too: a cancel that began while a newer job was
+    claiming waits for it and then leaves the newer propagation alone."""
+    from types import SimpleNamespace
+
+    from samtrack.server.streaming import PropagationJob
+
+    cancelled = []
+    job = object.__new__(PropagationJob)
+    sv = SimpleNamespace(sid="s", session=SimpleNamespace(cancel=lambda: cancelled.append(1)), propagation=job,
+                         owner_lock=threading.Lock())
+    job.served, job.stop = sv, threading.Event()
+    started = threading.Event()
+    with sv.owner_lock:  # a release and a newer claim, as one step under the lock
+        t = threading.Thread(target=lambda: (started.set(), job.cancel()))
+        t.start()
+        started.wait(60)
+        t.join(0.5)  # the cancel is waiting for the lock (without it, it would have cancelled the session here)
+        sv.propagation = object()  # the newer job
+    t.join(60)
+    assert not t.is_alive() and job.stop.is_set()
+    assert cancelled == [], "the old job's cancel reached the newer propagation"
+    sv.propagation = job  # while it does hold the session, cancel() still cancels it
+    job.cancel()
+    assert cancelled == [1]

@@ -56,6 +56,9 @@ class Served:
     users: int = 0
     last_used: float = field(default_factory=time.monotonic)
     propagation: object | None = None  # the running samtrack.server.streaming.PropagationJob
+    # guards setting ``propagation`` and a job's "do I still hold it? then cancel the session" (held for a
+    # few bytecodes only, so the event loop may take it; ``lock`` is held for whole frames)
+    owner_lock: threading.Lock = field(default_factory=threading.Lock)
     queued: bool = False
 
     @property

@@ -398,7 +398,7 @@ def make_router(state) -> APIRouter:  # noqa: C901  (one small function per endp
             await _take_over(sv)
 
             def claim():
-                with sv.lock:
+                with sv.lock, sv.owner_lock:
                     sv.check_idle()
                     sv.propagation = job
 

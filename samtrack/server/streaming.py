@@ -103,8 +103,9 @@ class PropagationJob:
         propagation is cancelled only while this job still holds the session: once it has given it back (its
         last line is sent after that, and the stream's end calls this), a newer job may be propagating it."""
         self.stop.set()
-        if self.served.propagation is self:
-            self.served.session.cancel()
+        with self.served.owner_lock:  # not between this check and a newer job's claim
+            if self.served.propagation is self:
+                self.served.session.cancel()
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
@@ -146,7 +147,8 @@ class PropagationJob:
                 if entered:
                     dev.leave(self)
                 served.queued = False
-                served.propagation = None
+                with served.owner_lock:
+                    served.propagation = None
                 self.served_release()
                 if end is not None:
                     self._emit(end)
