@@ -133,14 +133,14 @@ class PropagationJob:
         except BaseException as e:  # noqa: BLE001  (reported to the client, the server goes on)
             if not isinstance(e, Exception) or not getattr(e, "__module__", "").startswith("samtrack"):
                 log.exception("propagation of session %s failed", served.sid)
-            end = e if self.lines_out == 0 else {"event": "error", "error": error_body(e)["error"]}
+            end = self._failure(e)
         finally:
             try:
                 if self._gen is not None:
                     self._close_gen()
             except Exception as e:  # noqa: BLE001  (storing the frame in flight failed: say so, not "done")
                 log.exception("closing the propagation of session %s failed", served.sid)
-                end = e if self.lines_out == 0 else {"event": "error", "error": error_body(e)["error"]}
+                end = self._failure(e)
             finally:
                 # give the session and the device back *before* the last line: a client that reads "done"
                 # and at once prompts, exports or closes must not be told the session is still propagating
@@ -152,6 +152,11 @@ class PropagationJob:
                 self.served_release()
                 if end is not None:
                     self._emit(end)
+
+    def _failure(self, e: BaseException):
+        """What a failure ends the stream with: the exception itself before the first line (the route raises
+        it: an HTTP error status), else an ``error`` line."""
+        return e if self.lines_out == 0 else {"event": "error", "error": error_body(e)["error"]}
 
     def served_release(self) -> None:  # replaced by the route: give the session back to the manager
         pass
