@@ -99,6 +99,7 @@ class FeatureStore:
 
     @property
     def cached_frames(self) -> int:
+        """How many frames have features here: on disk, or queued for the writer (readable already)."""
         with self._lock:
             queued = set(self._pending) | set(self._writing)
             return int(self._present.sum()) + sum(1 for f in queued if not self._present[f])

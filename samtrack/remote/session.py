@@ -201,7 +201,7 @@ class RemoteSession(RemotePropagation):
         frame = self._check_frame(frame)
         self._object(obj_id)
 
-        def get():
+        def get():  # the prompt from the server (cached until the next change)
             d = self._json("GET", f"/prompts/{int(obj_id)}/{frame}")
             if d.get("prompt") is None:
                 return None

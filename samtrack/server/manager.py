@@ -63,6 +63,7 @@ class Served:
 
     @property
     def propagating(self) -> bool:
+        """True while a propagation job holds the session (running or waiting for its device)."""
         return self.propagation is not None
 
     def check_idle(self) -> None:
@@ -98,7 +99,7 @@ def check_kinds(video: str, checkpoint: str | None, workdir: str | None, *, give
     ``os.stat`` runs (it opens nothing). ``given``: the client's own names, for the messages."""
     given = given or {}
 
-    def mode(p: str) -> int | None:
+    def mode(p: str) -> int | None:  # st_mode of p, None when it cannot be stat'ed
         try:
             return os.stat(p).st_mode
         except OSError:
@@ -196,12 +197,15 @@ class SessionManager:
             return self._models[key]
 
     def device_of(self, backend) -> Device:
+        """The server's :class:`Device` (locks, propagation queue) for the device ``backend`` runs on: one per
+        device name, shared by every session on it."""
         name = str(backend.device)
         with self._lock:
             return self._devices.setdefault(name, Device(name))
 
     @property
     def models(self) -> list[str]:
+        """Names of the models loaded in this server (sorted)."""
         return sorted({k[0] for k in self._models})
 
     # -- sessions -----------------------------------------------------------------------------------------------
@@ -251,11 +255,13 @@ class SessionManager:
         return self._reopen(sid)
 
     def release(self, served: Served) -> None:
+        """Give back a session taken with :meth:`acquire` (it may be evicted once nobody uses it)."""
         with self._lock:
             served.users -= 1
             served.last_used = time.monotonic()
 
     def list(self) -> list[Served]:
+        """The open sessions (a snapshot)."""
         with self._lock:
             return list(self._open.values())
 

@@ -23,6 +23,8 @@ from samtrack.server.uploads import export_zip, store_upload
 
 
 class Body(BaseModel):
+    """A request body: unknown keys and loosely typed values are refused (422), as docs/remote.md says."""
+
     # strict: a string, a bool or a float where an integer belongs is a 422, not silently converted
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -36,6 +38,9 @@ MAX_POINTS = 1000
 
 
 class OpenBody(Body):
+    """``POST /v1/sessions``: the local ``open_session`` arguments (paths inside a served root, absolute or
+    relative to it)."""
+
     video: str
     model: str | None = None
     checkpoint: str | None = None
@@ -47,6 +52,8 @@ class OpenBody(Body):
 
 
 class ObjectBody(Body):
+    """``POST .../objects``: add an object (id, display name, lineage parent, display colour)."""
+
     obj_id: Any
     name: str | None = None
     parent: int | None = None
@@ -54,6 +61,8 @@ class ObjectBody(Body):
 
 
 class PromptBody(Body):
+    """``POST .../prompts``: points (video pixels (x, y), labels 1/0), a box (x0, y0, x1, y1) or a mask (RLE)."""
+
     kind: Literal["points", "box", "mask"]
     frame: int
     obj_id: int
@@ -65,6 +74,8 @@ class PromptBody(Body):
 
 
 class FindBody(Body):
+    """``POST .../find``: object-creating prompts (text, exemplar boxes, everything) on one frame."""
+
     kind: Literal["text", "exemplars", "everything"]
     frame: int
     text: str | None = None
@@ -75,16 +86,22 @@ class FindBody(Body):
 
 
 class RemoveFindBody(Body):
+    """``POST .../remove_find``: remove an object-creating prompt (its record) and the objects it made."""
+
     frame: int
     query: dict
 
 
 class ClearBody(Body):
+    """``POST .../clear``: clear the prompts on ``frame`` (of one object, or of all)."""
+
     frame: int
     obj_id: int | None = None
 
 
 class PropagateBody(Body):
+    """``POST .../propagate``: the local ``propagate`` arguments, plus the stream's (docs/remote.md)."""
+
     direction: str = "forward"
     start: int | None = None
     stop: int | None = None
@@ -96,6 +113,8 @@ class PropagateBody(Body):
 
 
 class ExportBody(Body):
+    """``POST .../export``: a format the local export takes, and its options."""
+
     format: str
     allow_incomplete: bool = False
     options: dict | None = None
