@@ -20,7 +20,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from samtrack.errors import SessionInUseError
 from samtrack.io.cache_meta import default_cache_root
+from samtrack.io.folder_lock import FolderLock
 
 
 @dataclass(frozen=True)
@@ -101,13 +103,27 @@ def select(entries: list[CacheEntry], *, kinds=("frames", "sessions"), older_tha
     return keep
 
 
-def remove(entries: list[CacheEntry]) -> int:
-    """Delete ``entries``; returns the bytes freed."""
-    freed = 0
+def remove(entries: list[CacheEntry]) -> tuple[int, list[CacheEntry]]:
+    """Delete ``entries``; returns (bytes freed, entries kept because a session has the folder open).
+
+    A session folder is removed holding its lock (:mod:`samtrack.io.folder_lock`), so a session
+    open on it (here or in another process) is never pulled from under it, and none opens it meanwhile."""
+    freed, in_use = 0, []
     for e in entries:
         if e.path.is_dir():
-            shutil.rmtree(e.path, ignore_errors=True)
+            lock = FolderLock(e.path) if e.kind == "sessions" else None
+            try:
+                if lock is not None:
+                    lock.acquire(purpose="samtrack caches clean")
+            except SessionInUseError:
+                in_use.append(e)
+                continue
+            try:
+                shutil.rmtree(e.path, ignore_errors=True)
+            finally:
+                if lock is not None:
+                    lock.release()
         else:
             e.path.unlink(missing_ok=True)
         freed += e.bytes
-    return freed
+    return freed, in_use

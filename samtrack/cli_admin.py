@@ -152,8 +152,16 @@ def caches_clean(older_than: Optional[float] = typer.Option(None, "--older-than"
         raise InvalidOptionError(f"--older-than {older_than:g}: give a number of days, 0 or more")
     kinds = ("frames", "sessions", "checkpoints") if checkpoints else ("frames", "sessions")
     chosen = select(list_caches(), kinds=kinds, older_than_days=older_than, missing_source=missing_source)
+    if dry_run:
+        for e in chosen:
+            console.print(f"would remove {e.kind} {e.path} ({_size(e.bytes)})", highlight=False)
+        console.print(f"would free {_size(sum(e.bytes for e in chosen))} ({len(chosen)} entries)")
+        return
+    freed, in_use = remove(chosen)
     for e in chosen:
-        console.print(f"{'would remove' if dry_run else 'removing'} {e.kind} {e.path} ({_size(e.bytes)})",
-                      highlight=False)
-    freed = sum(e.bytes for e in chosen) if dry_run else remove(chosen)
-    console.print(f"{'would free' if dry_run else 'freed'} {_size(freed)} ({len(chosen)} entries)")
+        if e in in_use:
+            console.print(f"[yellow]kept {e.kind} {e.path}: a session has it open (close it, then clean again)"
+                          "[/yellow]", highlight=False)
+        else:
+            console.print(f"removed {e.kind} {e.path} ({_size(e.bytes)})", highlight=False)
+    console.print(f"freed {_size(freed)} ({len(chosen) - len(in_use)} entries)")

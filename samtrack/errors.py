@@ -125,6 +125,16 @@ class SessionBusyError(SamtrackError, RuntimeError):
     """The session is propagating: wait for it, or cancel it, before changing its prompts."""
 
 
+class SessionInUseError(SamtrackError, RuntimeError):
+    """The session folder is open in another session (another process, e.g. a ``samtrack track`` still
+    running, or this one): two writers would overwrite each other's prompts and results. ``holder``: what
+    the holder recorded (pid, host, command, since: epoch s), ``{}`` when unknown."""
+
+    def __init__(self, message: str, *, holder: dict | None = None):
+        super().__init__(message)
+        self.holder = holder or {}
+
+
 # --- remote sessions (samtrack serve / samtrack.connect) -----------------------------------
 class RemoteError(SamtrackError):
     """A failure between a client and a ``samtrack serve`` server (not one of the session's own errors,

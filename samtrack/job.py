@@ -21,10 +21,11 @@ import numpy as np
 
 from samtrack.errors import CacheError, InvalidOptionError, JobMismatchError
 from samtrack.io.export import ranges
+from samtrack.io.folder_lock import LOCK_NAME, FolderLock
 from samtrack.session.prompts import Mask, Points, make_points
 
 log = logging.getLogger(__name__)
-OURS = {"frames.zarr", "results.zarr", "memory.zarr"}
+OURS = {"frames.zarr", "results.zarr", "memory.zarr", LOCK_NAME}  # the lock alone: an open that failed early
 
 
 @dataclass(frozen=True)
@@ -88,19 +89,24 @@ def start_track(source, prompts, out_dir, *, model: str | None = None, checkpoin
         names = {p.name for p in out_dir.iterdir()}
         if not (names & OURS or force):
             raise CacheError(f"{out_dir} exists and is not a samtrack job: choose another --out, or pass --force")
-    if force:  # recompute everything (the frame cache stays: it checks its own signature)
-        for name in ("results.zarr", "memory.zarr"):
-            shutil.rmtree(out_dir / name, ignore_errors=True)
+    lock = FolderLock(out_dir).acquire(purpose="samtrack track")  # held before --force removes anything
     try:
+        if force:  # recompute everything (the frame cache stays: it checks its own signature)
+            for name in ("results.zarr", "memory.zarr"):
+                shutil.rmtree(out_dir / name, ignore_errors=True)
         if model is None and checkpoint is None and backend is None and not force:  # resuming: the job's model
             model = (read_job(out_dir) or {}).get("model")
             image_size = image_size if image_size is not None else (read_job(out_dir) or {}).get("image_size")
         session = open_session(source, model=model, checkpoint=checkpoint, image_size=image_size, device=device,
-                               workdir=out_dir, config=config, backend=backend, **video_options)
+                               workdir=out_dir, config=config, backend=backend, folder_lock=lock, **video_options)
     except JobMismatchError as e:
+        lock.release()  # open_session released it already; a second release is a no-op
         what = str(e).split(": ", 1)[-1].split(". They are not used")[0]
         raise JobMismatchError(f"{out_dir} holds another job ({what}); choose another --out, or pass --force to "
                                "replace it", differences=e.differences) from e
+    except BaseException:
+        lock.release()
+        raise
     try:
         resumed, changed, done_before = apply_job_prompts(session, objects)
         session.results.root.attrs["job"] = {"source": str(Path(source).resolve()) if isinstance(source, (str, Path)) else None,

@@ -240,6 +240,20 @@ def test_bad_requests_get_the_local_message_and_the_server_goes_on(http, local_m
     assert res.obj_ids == [1] and res.masks.shape == (1, 64, 96)
 
 
+def test_a_folder_another_process_has_open_is_refused_with_409_naming_it(data, http):
+    """A job folder a ``samtrack track`` on the server machine still writes: the server does not open a
+    second writer on it; once the folder is free it opens."""
+    from samtrack.io.folder_lock import FolderLock
+
+    body = {"video": "a.mp4", "checkpoint": "ck.pt", "image_size": SIZE, "workdir": str(data["root"] / "held-job")}
+    with FolderLock(data["root"] / "held-job").acquire(purpose="a test holding the folder"):
+        msg = err(http.post("/v1/sessions", json=body), 409, "SessionInUseError")
+        assert f"process {os.getpid()}" in msg and "another work folder" in msg
+        still_serves(http)
+    sid = ok(http.post("/v1/sessions", json=body))["id"]
+    ok(http.delete(f"/v1/sessions/{sid}"))
+
+
 # -- the device queue, the busy session, disconnect and resume ------------------------------------------------
 def test_second_propagation_queues_and_both_finish(http):
     a, b = open_session(http, "long.mp4")["id"], open_session(http, "b.mp4")["id"]

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 # checked in order: the first class an error is an instance of gives its status; other samtrack errors 400
 STATUSES: tuple[tuple[type, int], ...] = (
     (E.AuthenticationError, 401), (E.ForbiddenPathError, 403), (E.UploadTooLargeError, 413),
-    (E.RateLimitedError, 429), (E.SessionBusyError, 409), (E.NoPromptsError, 409), (E.UnreachableFramesError, 409),
+    (E.RateLimitedError, 429), (E.SessionBusyError, 409), (E.SessionInUseError, 409), (E.NoPromptsError, 409),
+    (E.UnreachableFramesError, 409),
     (E.JobMismatchError, 409), (ExportError, 409), (E.CancelledError, 409), (E.UnknownObjectError, 404),
     (E.SessionClosedError, 404), (E.CheckpointError, 503), (E.OutOfMemoryError, 503),
 )

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from samtrack.errors import CheckpointError
+from samtrack.io.folder_lock import FolderLock
 from samtrack.session.models import MODELS, ModelSpec, get_model
 from samtrack.session.session import FrameResult, SessionConfig, TrackingSession
 from samtrack.session.devices import releases_openmp_team
@@ -83,7 +84,8 @@ def default_workdir(source, spec: ModelSpec, image_size) -> Path:
 @releases_openmp_team
 def open_session(source: Any, *, model: str | None = None, checkpoint=None, image_size: int | None = None,
                  device: str = "auto", workdir: str | os.PathLike | None = None, config: SessionConfig | None = None,
-                 download: bool = True, backend=None, reset: bool = False, **video_options) -> TrackingSession:
+                 download: bool = True, backend=None, reset: bool = False, folder_lock: FolderLock | None = None,
+                 **video_options) -> TrackingSession:
     """Open ``source`` (anything :func:`samtrack.open_video` takes) for tracking with ``model``.
 
     ``model``: a registry name (``samtrack models``); None: the model a ``checkpoint`` file
@@ -101,6 +103,13 @@ def open_session(source: Any, *, model: str | None = None, checkpoint=None, imag
     options) raises :class:`~samtrack.errors.JobMismatchError` naming what differs;
     ``reset=True`` discards those results and memory instead (the frame cache is
     rebuilt on its own when the video changed).
+
+    A workdir is written by one session at a time: while a session (of this process or
+    another, e.g. a ``samtrack track`` still running) has it open, opening it raises
+    :class:`~samtrack.errors.SessionInUseError` naming the holder, before any model is loaded.
+    ``folder_lock``: the workdir's :class:`~samtrack.io.folder_lock.FolderLock`, already taken by a caller
+    that changes the folder first (``samtrack track --force``); the session holds it from then on
+    (released at close, or here when opening fails).
     """
     from samtrack.io import open_video
     from samtrack.session.backends import load_backend
@@ -116,14 +125,22 @@ def open_session(source: Any, *, model: str | None = None, checkpoint=None, imag
         ckpt = resolve_checkpoint(spec, checkpoint, download=download)
     if workdir is None:
         workdir = default_workdir(source, spec, image_size)
-    frames = open_video(source, workdir=workdir, **video_options)
+    # before any work: a folder another session writes is refused at once
+    lock = folder_lock if folder_lock is not None else FolderLock(workdir).acquire()
+    try:
+        frames = open_video(source, workdir=workdir, **video_options)
+    except BaseException:
+        lock.release()
+        raise
     try:
         if backend is None:
             backend = load_backend(spec, ckpt, image_size=image_size, device=device)
         sig = job_signature(frames, spec, ckpt, backend.image_size)
-        return TrackingSession(frames, backend, workdir=workdir, config=config, signature=sig, reset=reset)
+        return TrackingSession(frames, backend, workdir=workdir, config=config, signature=sig, reset=reset,
+                               folder_lock=lock)
     except BaseException:
         frames.close()
+        lock.release()
         raise
 
 

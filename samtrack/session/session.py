@@ -23,6 +23,7 @@ import torch
 from samtrack.errors import (FrameIndexError, OutOfMemoryError, PromptError, SessionClosedError,
                              UnknownObjectError)
 from samtrack.io.feature_store import FeatureStore
+from samtrack.io.folder_lock import FolderLock
 from samtrack.io.frame_store import FrameStore
 from samtrack.io.model_input import MODEL_INPUT_VERSION
 from samtrack.io.result_store import ResultStore, Status
@@ -67,7 +68,19 @@ class TrackingSession(ObjectFinding, Propagation, FeatureSource):
     """Prompt keyframes, propagate, correct, re-propagate. Not thread-safe except :meth:`cancel`."""
 
     def __init__(self, frames: FrameStore, backend, *, workdir: str | Path, config: SessionConfig | None = None,
-                 signature: dict | None = None, reset: bool = False):
+                 signature: dict | None = None, reset: bool = False, folder_lock: FolderLock | None = None):
+        """``folder_lock``: the workdir's lock, already held (:func:`~samtrack.session.open_session` takes it
+        before loading a model); None: taken here. Raises :class:`~samtrack.errors.SessionInUseError` when
+        another session holds the workdir (one writer per folder: :mod:`samtrack.io.folder_lock`)."""
+        self._folder_lock = folder_lock if folder_lock is not None else FolderLock(workdir).acquire()
+        try:
+            self._open(frames, backend, workdir, config, signature, reset)
+        except BaseException:
+            self._folder_lock.release()
+            raise
+
+    def _open(self, frames: FrameStore, backend, workdir, config: SessionConfig | None, signature: dict | None,
+              reset: bool) -> None:
         self.frames = frames
         self.backend = backend
         self.config = config or SessionConfig()
@@ -439,7 +452,7 @@ class TrackingSession(ObjectFinding, Propagation, FeatureSource):
         first: BaseException | None = None
         for step in (self._close_inputs, self.flush, self._flusher.close, self.bank.close, self.results.close, self._features.clear,
                      self._store_features, self.features.close if self.features is not None else None,
-                     self.frames.close):
+                     self.frames.close, self._folder_lock.release):  # the folder's lock last: all is written
             if step is None:
                 continue
             try:

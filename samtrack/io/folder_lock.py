@@ -1,0 +1,132 @@
+"""One writer per session folder: an OS file lock held while a session is open.
+
+Two sessions writing one folder (a ``samtrack track`` still running in another terminal, the
+viewer opened on a job folder a batch worker tracks, two default-workdir sessions of one video)
+overwrite each other's prompts, memory and results: the last close wins and the other's work is
+gone without a word. A session therefore holds ``<folder>/.samtrack.lock`` from open to close, and
+a second opener, in this process or another, gets :class:`~samtrack.errors.SessionInUseError`
+naming the holder (``<folder>/.samtrack.owner.json``: pid, host, command, since when).
+
+The lock is :class:`filelock.FileLock` (``flock(2)`` where the file system has it, filelock's own
+soft lock where it has not): the operating system drops it when the holding process dies, so a
+crash (kill -9, power loss) never leaves a folder locked. The owner file is only a description and
+may be stale after a crash; it is rewritten by the next holder.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import filelock
+
+from samtrack.errors import SessionInUseError
+
+log = logging.getLogger(__name__)
+LOCK_NAME = ".samtrack.lock"
+OWNER_NAME = ".samtrack.owner.json"
+
+
+class FolderLock:
+    """The exclusive lock of one session folder. Not reentrant: a second :class:`FolderLock` on the same
+    folder is refused while this one holds it, also in the same process. :meth:`release` is idempotent and
+    callable from any thread."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self._lock = filelock.FileLock(self.folder / LOCK_NAME, timeout=0, thread_local=False)
+        self._held = False
+
+    @property
+    def held(self) -> bool:
+        """True between a successful :meth:`acquire` and :meth:`release`."""
+        return self._held
+
+    def acquire(self, *, purpose: str = "a samtrack session") -> FolderLock:
+        """Take the lock without waiting (the folder is created if missing) and record this process as
+        its holder; returns self. Raises :class:`~samtrack.errors.SessionInUseError` when another session
+        holds it (its message names the holder and what to do)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire(timeout=0)
+        except filelock.Timeout:
+            raise SessionInUseError(_in_use_message(self.folder, read_owner(self.folder)),
+                                    holder=read_owner(self.folder)) from None
+        self._held = True
+        try:
+            _write_owner(self.folder, purpose)
+        except OSError as e:  # a description only: the lock itself is what guards the folder
+            log.warning("could not record the owner of %s: %s", self.folder, e)
+        return self
+
+    def release(self) -> None:
+        """Give the lock back (the owner file is removed first); a no-op when not held."""
+        if not self._held:
+            return
+        self._held = False
+        try:
+            (self.folder / OWNER_NAME).unlink(missing_ok=True)
+        except OSError:
+            pass  # the folder went away (deleted while open): nothing to describe
+        self._lock.release(force=True)
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def folder_in_use(folder: str | os.PathLike) -> dict | None:
+    """The holder (owner record, ``{}`` when none was written) of ``folder``'s session lock when a session
+    holds it now, else None. Never waits and never creates the folder."""
+    folder = Path(folder)
+    if not (folder / LOCK_NAME).exists():
+        return None
+    probe = FolderLock(folder)
+    try:
+        probe._lock.acquire(timeout=0)
+    except filelock.Timeout:
+        return read_owner(folder) or {}
+    probe._lock.release(force=True)
+    return None
+
+
+def read_owner(folder: str | os.PathLike) -> dict:
+    """The owner record of ``folder`` (pid, host, command, since: epoch s, purpose), ``{}`` when absent or
+    unreadable (a crash between lock and record, or a stale record: only a description)."""
+    try:
+        d = json.loads((Path(folder) / OWNER_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def _write_owner(folder: Path, purpose: str) -> None:
+    rec = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:300],
+           "since": time.time(), "purpose": purpose}
+    tmp = folder / f".{OWNER_NAME}.{os.getpid()}"
+    tmp.write_text(json.dumps(rec))
+    os.replace(tmp, folder / OWNER_NAME)
+
+
+def _in_use_message(folder: Path, owner: dict) -> str:
+    pid, host = owner.get("pid"), owner.get("host")
+    since = owner.get("since")
+    when = f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))}" if isinstance(since, (int, float)) else ""
+    if pid == os.getpid() and host == socket.gethostname():
+        who = f"another session of this process ({owner.get('purpose') or 'a samtrack session'}{when})"
+        todo = "close that session first, or keep using it"
+    elif pid is not None:
+        cmd = owner.get("command") or owner.get("purpose") or "samtrack"
+        who = f"process {pid} on {host or 'another host'}{when}: {cmd}"
+        todo = "wait for it to finish or stop it, or open another work folder"
+    else:
+        who = "another samtrack session"
+        todo = "wait for it to finish or stop it, or open another work folder"
+    return (f"{folder} is in use by {who}. Two sessions writing one folder would overwrite each other's "
+            f"prompts and results: {todo}")

@@ -1,0 +1,153 @@
+"""One writer per session folder: a second session on a folder is refused with the holder named, a crash
+never leaves a folder locked, and nothing that removes results (``track --force``, ``caches clean``) runs
+under a session that has the folder open."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import samtrack
+from samtrack.caches import CacheEntry, remove
+from samtrack.errors import SessionInUseError
+from samtrack.io.folder_lock import FolderLock, folder_in_use, read_owner
+from samtrack.io.result_store import Status
+from samtrack.session.backends.fake import FakeBackend
+from tests import media
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+N = 8
+
+
+@pytest.fixture
+def vid(tmp_path):
+    return media.write_video(tmp_path / "v.mp4", N, w=64, h=48)
+
+
+def _open(vid, workdir):
+    return samtrack.open_session(vid, backend=FakeBackend(64), workdir=workdir)
+
+
+def test_a_second_session_on_a_folder_is_refused_and_the_first_keeps_its_work(vid, tmp_path):
+    a = _open(vid, tmp_path / "w")
+    try:
+        a.add_box(0, 1, [5, 5, 30, 30])
+        list(a.propagate("forward"))
+        with pytest.raises(SessionInUseError, match="another session of this process") as e:
+            _open(vid, tmp_path / "w")
+        assert e.value.holder["pid"] == os.getpid()
+        a.add_box(2, 2, [10, 10, 40, 40])  # the first session goes on as if nothing happened
+    finally:
+        a.close()
+    assert folder_in_use(tmp_path / "w") is None
+    with _open(vid, tmp_path / "w") as c:  # closed: the folder opens again, with everything the first wrote
+        assert c.obj_ids == [1, 2]
+        assert (c.results.status(1) == Status.PROPAGATED).sum() == N - 1
+
+
+def test_a_session_that_fails_to_open_leaves_the_folder_free(vid, tmp_path):
+    w = tmp_path / "w"
+    with pytest.raises(SessionInUseError):
+        with FolderLock(w):
+            _open(vid, w)
+    with pytest.raises(samtrack.errors.SourceNotFoundError):
+        _open(tmp_path / "missing.mp4", w)
+    assert folder_in_use(w) is None
+    _open(vid, w).close()
+
+
+_HOLDER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {root!r})
+    import samtrack
+    from samtrack.session.backends.fake import FakeBackend
+    s = samtrack.open_session({vid!r}, backend=FakeBackend(64), workdir={w!r})
+    s.add_box(0, 1, [5, 5, 30, 30])
+    for _ in s.propagate("forward"):
+        pass
+    s.flush()
+    print("ready", flush=True)
+    sys.stdin.read()  # held until killed
+""")
+
+
+def test_another_process_is_named_and_its_crash_frees_the_folder(vid, tmp_path):
+    w = tmp_path / "w"
+    code = _HOLDER.format(root=ROOT, vid=str(vid), w=str(w))
+    p = subprocess.Popen([sys.executable, "-c", code, "holder-of-the-folder"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        with pytest.raises(SessionInUseError) as e:
+            _open(vid, w)
+        msg = str(e.value)
+        assert f"process {p.pid}" in msg and "holder-of-the-folder" in msg and "another work folder" in msg
+        assert e.value.holder["pid"] == p.pid and folder_in_use(w)["pid"] == p.pid
+    finally:
+        p.send_signal(signal.SIGKILL)  # a crash: no close, no release
+        p.wait()
+    with _open(vid, w) as s:  # the operating system dropped the lock with the process
+        assert s.obj_ids == [1] and (s.results.status(1) == Status.PROPAGATED).sum() == N - 1
+        assert read_owner(w)["pid"] == os.getpid()  # the stale record was replaced
+
+
+def test_open_session_refuses_before_loading_a_model(vid, tmp_path, monkeypatch):
+    import samtrack.session.backends as backends
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was loaded for a folder in use")
+
+    monkeypatch.setattr(backends, "load_backend", no_model)
+    with FolderLock(tmp_path / "w"):
+        with pytest.raises(SessionInUseError):
+            samtrack.open_session(vid, model="sam2.1_hiera_tiny", checkpoint="untrained", image_size=64, device="cpu",
+                                  workdir=tmp_path / "w")
+
+
+def test_track_force_on_a_job_in_use_removes_nothing(vid, tmp_path):
+    from samtrack.job import start_track
+
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps({"objects": [{"id": 1, "prompts": [{"frame": 0, "box": [5, 5, 30, 30]}]}]}))
+    out = tmp_path / "job"
+    with _open(vid, out) as a:
+        a.add_box(0, 1, [5, 5, 30, 30])
+        list(a.propagate("forward"))
+        a.flush()
+        with pytest.raises(SessionInUseError):
+            start_track(vid, prompts, out, backend=FakeBackend(64), force=True)
+        assert (out / "results.zarr").is_dir() and (out / "memory.zarr").is_dir()
+        assert (a.results.status(1) == Status.PROPAGATED).sum() == N - 1
+    with _open(vid, out) as s:
+        assert (s.results.status(1) == Status.PROPAGATED).sum() == N - 1
+
+
+def test_cli_track_on_a_folder_in_use_is_one_line_and_exit_2(vid, tmp_path):
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps({"objects": [{"id": 1, "prompts": [{"frame": 0, "box": [5, 5, 30, 30]}]}]}))
+    with FolderLock(tmp_path / "job").acquire(purpose="a test holding the folder"):
+        r = subprocess.run([sys.executable, "-m", "samtrack.cli", "track", str(vid), "-p", str(prompts), "-o",
+                            str(tmp_path / "job"), "--checkpoint", "untrained", "--image-size", "64", "--device", "cpu"],
+                           capture_output=True, text=True, timeout=300, cwd=ROOT,
+                           env=dict(os.environ, SAMTRACK_CACHE_DIR=str(tmp_path / "cache")))
+    text = " ".join((r.stdout + r.stderr).split())
+    assert r.returncode == 2 and "Traceback" not in text, text
+    assert "is in use by process" in text and str(os.getpid()) in text, text
+
+
+def test_caches_clean_keeps_a_session_folder_in_use(vid, tmp_path):
+    folder = tmp_path / "cache" / "sessions" / "k"
+    s = _open(vid, folder)
+    entry = CacheEntry("sessions", folder, 1000, 0.0, str(vid))
+    try:
+        freed, in_use = remove([entry])
+        assert (freed, in_use) == (0, [entry]) and (folder / "results.zarr").is_dir()
+    finally:
+        s.close()
+    freed, in_use = remove([entry])
+    assert (freed, in_use) == (1000, []) and not folder.exists()
