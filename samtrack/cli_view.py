@@ -7,7 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from samtrack.cli_common import CH, CKPT, DEV, MODEL, RD, SIZE, ST, TA, Z, console, reader_options
+from samtrack.cli_common import CH, CKPT, DEV, MODEL, RD, SIZE, ST, TA, Z, console, escape, reader_options
+from samtrack.cli_words import cli_words
 from samtrack.errors import InvalidOptionError
 
 
@@ -62,10 +63,6 @@ def view(source: Optional[Path] = typer.Argument(None, help="video file, image f
     _, widget = open_view(source, result=result, workdir=workdir, model=model, checkpoint=checkpoint,
                           image_size=image_size, device=device, frame=frame, **opts)
     if widget.session is None and source is not None:
-        from samtrack.session.models import default_model
-
-        model = model or default_model()
-        console.print(f"[yellow]read-only: no {model} weights. To prompt and track, run `samtrack models download "
-                      f"{model}`, or pass --checkpoint PATH (--checkpoint untrained for a pipeline check)[/yellow]")
+        console.print(f"[yellow]read-only: {escape(cli_words(widget.read_only or ''))}[/yellow]", highlight=False)
     napari.run()
     widget.close_session()  # the window is closed: stop a running propagation, write what is queued

@@ -14,7 +14,7 @@ import pytest
 
 import samtrack
 from samtrack.caches import CacheEntry, remove
-from samtrack.errors import SessionInUseError
+from samtrack.errors import InvalidOptionError, SessionInUseError
 from samtrack.io.folder_lock import FolderLock, folder_in_use, read_owner
 from samtrack.io.result_store import Status
 from samtrack.session.backends.fake import FakeBackend
@@ -59,6 +59,14 @@ def test_a_session_that_fails_to_open_leaves_the_folder_free(vid, tmp_path):
         _open(tmp_path / "missing.mp4", w)
     assert folder_in_use(w) is None
     _open(vid, w).close()
+
+
+def test_a_work_folder_that_cannot_be_a_folder_is_a_typed_error(vid, tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(InvalidOptionError, match="is a file, not a folder"):
+        _open(vid, tmp_path / "f")
+    with pytest.raises(InvalidOptionError, match="lies under a file"):
+        _open(vid, tmp_path / "f" / "sub")
 
 
 _HOLDER = textwrap.dedent("""

@@ -319,6 +319,39 @@ def test_cli_screenshot_of_a_track_result_and_read_only_view(make_napari_viewer,
     w2.close_session()
 
 
+def test_a_job_another_session_writes_opens_read_only_saying_why(make_napari_viewer, assets, tmp_path):
+    """``samtrack view --result job`` while a ``samtrack track`` still writes the job: the results so far are
+    shown, prompting is refused naming the holder, and the tracker's folder is left alone."""
+    import json
+
+    import samtrack
+    from samtrack.job import run_track
+
+    ck, vid = assets
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps({"objects": [{"id": 1, "prompts": [{"frame": 2, "points": [[40, 50]], "labels": [1]}]}]}))
+    out = tmp_path / "job"
+    run_track(vid, prompts, out, checkpoint=str(ck), image_size=S, device="cpu", direction="forward").close()
+    holder = samtrack.open_session(vid, checkpoint=str(ck), image_size=S, device="cpu", workdir=out)
+    try:
+        viewer = make_napari_viewer()
+        _, w = view(vid, result=out, viewer=viewer, checkpoint=str(ck))
+        assert w.session is None and "in use by another session of this process" in w.read_only
+        assert w.results.object_ids == [1]
+        w.goto(6)
+        np.testing.assert_array_equal(w.labels_layer.data, w.results.label_frame(6))
+        _click(viewer, 10, 10)
+        assert "results only" in w.status.text() and "in use" in w.status.text()
+        w.close_session()
+        holder.add_points(4, 2, [[20, 20]], [1])  # the holder goes on undisturbed
+    finally:
+        holder.close()
+    viewer2 = make_napari_viewer()
+    _, w2 = view(vid, result=out, viewer=viewer2, checkpoint=str(ck))  # free again: a session, with both objects
+    assert w2.session is not None and w2.read_only is None and w2.session.obj_ids == [1, 2]
+    w2.close_session()
+
+
 def test_plugin_manifest_is_registered_and_opens_the_widget(make_napari_viewer):
     from npe2 import PluginManifest
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import filelock
 
-from samtrack.errors import SessionInUseError
+from samtrack.errors import InvalidOptionError, SessionInUseError
 
 log = logging.getLogger(__name__)
 LOCK_NAME = ".samtrack.lock"
@@ -49,13 +49,21 @@ class FolderLock:
     def acquire(self, *, purpose: str = "a samtrack session") -> FolderLock:
         """Take the lock without waiting (the folder is created if missing) and record this process as
         its holder; returns self. Raises :class:`~samtrack.errors.SessionInUseError` when another session
-        holds it (its message names the holder and what to do)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        holds it (its message names the holder and what to do), and
+        :class:`~samtrack.errors.InvalidOptionError` when the folder cannot be created or written (a file
+        of that name, no permission, a read-only file system)."""
         try:
+            self.folder.mkdir(parents=True, exist_ok=True)
             self._lock.acquire(timeout=0)
         except filelock.Timeout:
             raise SessionInUseError(_in_use_message(self.folder, read_owner(self.folder)),
                                     holder=read_owner(self.folder)) from None
+        except OSError as e:
+            what = ("is a file, not a folder" if isinstance(e, FileExistsError) else
+                    "lies under a file, not a folder" if isinstance(e, NotADirectoryError) else
+                    f"cannot be used ({e.strerror or e})")
+            raise InvalidOptionError(f"work folder {self.folder} {what}: name a folder samtrack can create and "
+                                     "write (a new one, or a session's)") from e
         self._held = True
         try:
             _write_owner(self.folder, purpose)

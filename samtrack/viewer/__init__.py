@@ -9,36 +9,56 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
 
+class Opened(NamedTuple):
+    """What :func:`open_for_viewing` opened. ``session``: None when read-only; ``read_only``: why (a
+    sentence for the window and the terminal), None with a session."""
+
+    session: object
+    results: object
+    frames: object
+    read_only: str | None
+
+
 def open_for_viewing(source, *, result=None, workdir=None, model: str | None = None, checkpoint=None,
-                     image_size=None, device: str = "auto", config=None, download: bool = True, **video_options):
-    """(session or None, result store, frame store) for ``source``.
+                     image_size=None, device: str = "auto", config=None, download: bool = True,
+                     **video_options) -> Opened:
+    """:class:`Opened` (session or None, result store, frame store, why read-only) for ``source``.
 
     With ``result`` (a `samtrack track` output folder, which is a session workdir) the session
-    is reopened there. Without model weights the video (and any results) open read-only:
-    browse, view results, export; the caller says how to enable prompting.
+    is reopened there. Without model weights, or while another session (a ``samtrack track``
+    still running, another viewer) has the folder open, the video and any results open
+    read-only: browse, view the results written so far, export; ``read_only`` says why and what
+    to do. Other errors (a video that cannot be read) are raised.
     """
     import samtrack
-    from samtrack.errors import CheckpointError
+    from samtrack.errors import CheckpointError, SessionInUseError
 
     wd = result if result is not None else workdir
     model, image_size, video_options = _as_job_ran(result, model, image_size, video_options)
     try:
         s = samtrack.open_session(source, model=model, checkpoint=checkpoint, image_size=image_size, device=device,
                                   workdir=wd, config=config, download=download and result is None, **video_options)
-        return s, s.results, s.frames
+        return Opened(s, s.results, s.frames, None)
     except CheckpointError as e:
-        log.warning("no model weights (%s): the video%s is shown read-only", e,
-                    " and its results" if result is not None else "")
+        from samtrack.session.models import default_model
+
+        name = model or default_model()
+        why = (f"no {name} weights ({e}). To prompt and track, run `samtrack models download {name}`, or pass "
+               "--checkpoint PATH (--checkpoint untrained for a pipeline check)")
+    except SessionInUseError as e:
+        why = f"{e} (the results written so far are shown; reopen to see newer ones)"
+    log.warning("read-only: %s", why)
     if result is not None and (Path(result) / "results.zarr").exists():
         from samtrack.job import open_results
 
         store, _ = open_results(result)
         frames = samtrack.open_video(source, workdir=result, **video_options)
-        return None, store, frames
+        return Opened(None, store, frames, why)
     # browse only: the video (through the session folder's frame cache) and whatever results it holds
     from samtrack.io.result_store import ResultStore
     from samtrack.session import default_workdir, get_model
@@ -46,7 +66,8 @@ def open_for_viewing(source, *, result=None, workdir=None, model: str | None = N
     wd = wd if wd is not None else default_workdir(source, get_model(model), image_size)
     frames = samtrack.open_video(source, workdir=wd, **video_options)
     i = frames.info
-    return None, ResultStore(Path(wd) / "results.zarr", n_frames=i.n_frames, height=i.height, width=i.width), frames
+    return Opened(None, ResultStore(Path(wd) / "results.zarr", n_frames=i.n_frames, height=i.height, width=i.width),
+                  frames, why)
 
 
 def _as_job_ran(result, model, image_size, video_options: dict):
@@ -102,10 +123,11 @@ def view(source=None, *, result=None, workdir=None, model: str | None = None, ch
     elif source is None:
         widget = SamtrackWidget(viewer)
     else:
-        session, results, frames = open_for_viewing(
+        session, results, frames, why = open_for_viewing(
             source, result=result, workdir=workdir, model=model, checkpoint=checkpoint, image_size=image_size,
             device=device, config=config, download=download, **video_options)
         widget = SamtrackWidget(viewer, session, results=results, frames=frames)
+        widget.read_only = why
         _, size, options = _as_job_ran(result, model, image_size, video_options)
         widget._open_options = {"image_size": size, "device": device, "config": config, **options}
     if isinstance(source, (str, os.PathLike)):
@@ -150,4 +172,4 @@ def _settle(seconds: float) -> None:
         time.sleep(0.01)
 
 
-__all__ = ["open_for_viewing", "screenshot", "view"]
+__all__ = ["Opened", "open_for_viewing", "screenshot", "view"]

@@ -150,11 +150,11 @@ class ModelPicker:
         old = self.session
         self.close_session()
         self._detach()
-        self.session, self.results, self.frames = opened
+        self.session, self.results, self.frames, self.read_only = opened
         self._attach()
         self.goto(frame)
         if self.session is None:
-            self._say(f"{name}: its weights could not be loaded; the video is shown read-only")
+            self._say(f"{name}: the video is shown read-only: {self.read_only}")
             return False
         back = f"; {prev}'s session is kept in {old.workdir} (choose {prev} to go back)" if old is not None else ""
         self._say(f"reopened with {name} in {self.session.workdir}{back}")

@@ -41,7 +41,8 @@ class PromptInput:
 
     def _editable(self) -> bool:
         if self.session is None:
-            self._say("viewing results only: open with model weights to prompt and track")
+            self._say("viewing results only: " + (getattr(self, "read_only", None)
+                                                  or "open with model weights to prompt and track"))
             return False
         if self.busy:
             self._say("a propagation is running: wait for it or cancel it (Escape) first")

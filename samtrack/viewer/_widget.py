@@ -38,6 +38,7 @@ class SamtrackWidget(RemoteInput, ModelPicker, FindInput, PromptInput, QWidget):
         self.session = session
         self.results = session.results if session is not None else results
         self.frames = session.frames if session is not None else frames
+        self.read_only: str | None = None  # why no session (no weights, the folder in use elsewhere)
         self.active: int | None = None
         self.positive = True
         self.worker = None
@@ -461,7 +462,7 @@ class SamtrackWidget(RemoteInput, ModelPicker, FindInput, PromptInput, QWidget):
             self._say("this widget already shows a video: open another in a new window")
             return
         try:
-            self.session, self.results, self.frames = open_for_viewing(source, **kw)
+            self.session, self.results, self.frames, self.read_only = open_for_viewing(source, **kw)
         except SamtrackError as e:
             self._say(f"error: {e}")
             return
