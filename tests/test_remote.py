@@ -212,6 +212,18 @@ def test_a_change_or_close_right_after_cancel_or_leaving_a_stream_waits_for_it_t
     assert s.closed and s.id not in [x["id"] for x in client.sessions()]
 
 
+def test_leaving_a_with_block_while_a_propagation_is_being_read_closes_the_session(assets, client):
+    """``with`` exits (close) while a propagate() generator is still open and unfinished (kept in a variable,
+    so not closed by the loop): the stream is cancelled, the session closes, the generator then ends."""
+    with open_remote(client, assets, "with-live-stream") as s:
+        s.add_points(0, 1, [[30, 30]], [1])
+        it = s.propagate("forward")
+        first = next(it)
+    assert s.closed and s.id not in [x["id"] for x in client.sessions()]
+    rest = [r.frame_idx for r in it]  # the server stopped it: no error, no more than the frames left
+    assert first.frame_idx == 0 and len(rest) < N
+
+
 def test_busy_answers_are_waited_out_only_after_this_client_stopped_a_stream(monkeypatch):
     """The rule, without a server: a 409 SessionBusyError is retried (for up to BUSY_WAIT s) only after this
     client cancelled or left a stream; otherwise (someone else's propagation) it is raised at once, and a
@@ -230,10 +242,11 @@ def test_busy_answers_are_waited_out_only_after_this_client_stopped_a_stream(mon
                 raise SessionBusyError("session x is propagating")
             return "answer"
 
-    def remote(busy: int):
+    def remote(busy: int, streams: int = 0):
+        """``streams``: propagation streams of this client open (a cancel() stops one of ours)."""
         s = object.__new__(rs.RemoteSession)
         s._http, s.id, s._closed, s._abandoned = Http(busy), "x", False, float("-inf")
-        s._cancel = threading.Event()
+        s._cancel, s._lock, s._live_streams = threading.Event(), threading.RLock(), streams
         s.frames = type("F", (), {"close": lambda self: None})()
         s._changed = lambda: None
         return s
@@ -245,13 +258,22 @@ def test_busy_answers_are_waited_out_only_after_this_client_stopped_a_stream(mon
     with pytest.raises(SessionBusyError):
         s.close()
     assert not s.closed
+    s._live_streams = 1
     s.cancel()
     assert s._request("POST", "/prompts") == "answer" and s._http.busy == 0  # retried through 2 busy answers
-    s = remote(busy=2)
+    s = remote(busy=2, streams=1)
     s.cancel()
     s.close()
     assert s.closed and s._http.calls.count(("DELETE", "/v1/sessions/x")) == 3
-    s = remote(busy=10 ** 9)  # the propagation never stops: given up after BUSY_WAIT s
+    s = remote(busy=2, streams=1)
+    s.close()  # a stream of ours still open: cancelled first, then its wind-down waited out
+    assert s.closed and ("POST", "/v1/sessions/x/cancel") in s._http.calls
+    s = remote(busy=2)
+    s.cancel()  # no stream of ours: it stops nothing of ours, so a busy answer is another client's
+    with pytest.raises(SessionBusyError):
+        s._request("POST", "/prompts")
+    assert s._http.calls.count(("POST", "/v1/sessions/x/prompts")) == 1
+    s = remote(busy=10 ** 9, streams=1)  # the propagation never stops: given up after BUSY_WAIT s
     clock = iter(range(0, 10 ** 6, 5))
     monkeypatch.setattr(rs.time, "monotonic", lambda: float(next(clock)))
     s.cancel()

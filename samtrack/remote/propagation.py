@@ -36,8 +36,8 @@ class _Lost(Exception):
 
 class RemotePropagation:
     """Propagation methods of :class:`~samtrack.remote.session.RemoteSession` (a mixin: it uses the session's
-    ``_http``, ``id``, ``n_frames``, ``_cancel``, ``_abandoned``, ``_closed``, ``_check_open``, ``_changed``,
-    ``_result`` and ``_reopen``)."""
+    ``_http``, ``id``, ``n_frames``, ``_lock``, ``_cancel``, ``_abandoned``, ``_live_streams``, ``_closed``,
+    ``_check_open``, ``_changed``, ``_result`` and ``_reopen``)."""
 
     def propagate(self, direction: str = "forward", start: int | None = None, stop: int | None = None, *,
                   obj_ids=None, progress: Callable[[int, int], None] | None = None, replay: bool = False,
@@ -78,6 +78,15 @@ class RemotePropagation:
         self._check_open()
         self._cancel.clear()
         self._changed()
+        with self._lock:
+            self._live_streams += 1
+        try:
+            yield from self._stream_lines(body, skip, replay, progress, on_event, resume=resume)
+        finally:
+            with self._lock:
+                self._live_streams -= 1
+
+    def _stream_lines(self, body: dict, skip: set, replay: bool, progress, on_event, *, resume: bool):
         got: set[int] = set()  # frames yielded by this call
         before = 0  # frames yielded before the current request
         backoff = None
@@ -166,11 +175,13 @@ class RemotePropagation:
 
     def cancel(self) -> None:
         """Stop a running :meth:`propagate` after the frame in flight (callable from any thread); the
-        stream then ends. Everything computed is kept. A change sent right after (a prompt, an export,
-        close) waits for the propagation to wind down (up to ``BUSY_WAIT`` s) instead of failing with
-        :class:`~samtrack.errors.SessionBusyError`."""
+        stream then ends. Everything computed is kept. When a stream of this client was running, a change
+        sent right after (a prompt, an export, close) waits for the propagation to wind down (up to
+        ``BUSY_WAIT`` s) instead of failing with :class:`~samtrack.errors.SessionBusyError`; with none, a
+        busy answer (another client's propagation) is raised at once."""
         self._cancel.set()
-        self._abandoned = time.monotonic()
+        if self._live_streams:  # the server winds a stream of ours down: a change sent now waits for it
+            self._abandoned = time.monotonic()
         if self._closed:
             return
         try:

@@ -56,6 +56,7 @@ class RemoteSession(RemotePropagation):
         self._state: dict | None = None
         self._cancel = threading.Event()
         self._abandoned = -math.inf  # when a propagation stream of ours was closed early (the server cancels it)
+        self._live_streams = 0  # propagation streams of this client open now (propagation.py), under _lock
         self._closed = False
         self._set_state(state)
         info = state["info"]
@@ -376,12 +377,15 @@ class RemoteSession(RemotePropagation):
 
     def close(self) -> None:
         """Flush and close the session on the server (its folder stays); idempotent. A server that cannot
-        be reached is logged, not raised (it flushes on its own). Right after a propagation stream was left
+        be reached is logged, not raised (it flushes on its own). A propagation stream of this client still
+        open (a generator not run to its end) is cancelled first. Right after a propagation stream was left
         early or cancelled, waits (up to ``BUSY_WAIT`` s) for the server to stop it; raises
         :class:`~samtrack.errors.SessionBusyError` (the session then stays open) while a propagation of it
         this client did not stop still runs."""
         if self._closed:
             return
+        if self._live_streams:  # a propagate() generator still open (a `with` block left while iterating)
+            self.cancel()
         started = time.monotonic()
         try:
             while True:
