@@ -254,6 +254,70 @@ def test_a_folder_another_process_has_open_is_refused_with_409_naming_it(data, h
     ok(http.delete(f"/v1/sessions/{sid}"))
 
 
+def test_a_request_for_a_session_being_evicted_waits_for_its_close_then_reopens_it(tmp_path, monkeypatch):
+    """An eviction (--max-sessions, --idle-timeout) closes the session outside the id's opening lock: a request
+    for that id meanwhile reopens it from its folder, which the closing session still holds. The reopen waits
+    for the close instead of answering 409 'in use by another session of this process' (a session the client
+    cannot close). In-process, with a fake model; the close is held open by events, no timing."""
+    import samtrack.session as session_mod
+    from samtrack.server.manager import SessionManager
+    from samtrack.server.security import Roots
+    from samtrack.session.backends.fake import FakeBackend
+
+    root = tmp_path / "root"
+    root.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        media.write_video(root / name, 6, w=64, h=48)
+    m = SessionManager(Roots([root]), tmp_path / "sessions", max_sessions=1)
+    backend = FakeBackend(64)
+    monkeypatch.setattr(m, "model", lambda args: backend)
+    a = m.open({"video": "a.mp4", "workdir": str(root / "wa")})
+    a.session.add_box(0, 1, [5, 5, 30, 30])
+    m.release(a)
+
+    closing, proceed, arrived = threading.Event(), threading.Event(), threading.Event()
+    real_close, real_open = a.session.close, session_mod.open_session
+
+    def held_close():  # the eviction's close, held until the reopen request has arrived
+        closing.set()
+        proceed.wait()
+        real_close()
+
+    class Arrival(threading.Event):  # the reopen waiting for the close
+        def wait(self, timeout=None):
+            arrived.set()
+            return super().wait(timeout)
+
+    def opening(*args, **kw):  # the reopen opening the folder (before the close is done, without the wait)
+        arrived.set()
+        return real_open(*args, **kw)
+
+    a.session.close = held_close
+    a.closed = Arrival()
+    monkeypatch.setattr(session_mod, "open_session", opening)
+    evictor = threading.Thread(target=lambda: m.release(m.open({"video": "b.mp4", "workdir": str(root / "wb")})))
+    evictor.start()
+    assert closing.wait(60)
+    got: dict = {}
+
+    def request():
+        try:
+            got["served"] = m.acquire(a.sid)
+        except Exception as e:  # noqa: BLE001  (what the client would have been answered)
+            got["error"] = e
+
+    client = threading.Thread(target=request)
+    client.start()
+    assert arrived.wait(60)
+    proceed.set()
+    client.join(60)
+    evictor.join(60)
+    assert "error" not in got, got.get("error")
+    served = got["served"]
+    assert served is not a and served.session.obj_ids == [1]  # reopened from the folder, with its object
+    m.release(served)
+    m.close_all()
+
 # -- the device queue, the busy session, disconnect and resume ------------------------------------------------
 def test_second_propagation_queues_and_both_finish(http):
     a, b = open_session(http, "long.mp4")["id"], open_session(http, "b.mp4")["id"]

@@ -60,6 +60,9 @@ class Served:
     # few bytecodes only, so the event loop may take it; ``lock`` is held for whole frames)
     owner_lock: threading.Lock = field(default_factory=threading.Lock)
     queued: bool = False
+    # set once ``session`` is closed (its folder free again): a reopen of the id waits for it, as a close
+    # started by an eviction still holds the folder's lock (samtrack.io.folder_lock)
+    closed: threading.Event = field(default_factory=threading.Event)
 
     @property
     def propagating(self) -> bool:
@@ -135,6 +138,7 @@ class SessionManager:
         self.idle_timeout = idle_timeout
         self._lock = threading.Lock()
         self._open: dict[str, Served] = {}
+        self._closing: dict[str, Served] = {}  # taken out of _open, its close not done yet (under _lock)
         self._opening: dict[str, threading.Lock] = {}
         self._models: dict[tuple, object] = {}
         self._model_locks: dict[tuple, threading.Lock] = {}
@@ -296,6 +300,10 @@ class SessionManager:
         from samtrack.session import SessionConfig, open_session
 
         self._make_room()
+        with self._lock:
+            closing = self._closing.get(sid)
+        if closing is not None:  # evicted a moment ago and still closing: it holds the folder until done
+            closing.closed.wait()
         device = self.device_of(backend)
         config = SessionConfig(**args.config) if args.config else None
         with device.lock:  # reopening re-runs prompts whose memory never reached the disk (model work)
@@ -341,15 +349,27 @@ class SessionManager:
         tmp.write_text(json.dumps(asdict(args), indent=1))
         os.replace(tmp, path)
 
+    def _take_out(self, served: Served) -> None:
+        """Remove ``served`` from the open sessions as one about to be closed (call with ``_lock`` held): a
+        reopen of its id meanwhile waits for :meth:`_close` to free the folder instead of finding it in use."""
+        if self._open.get(served.sid) is served:
+            del self._open[served.sid]
+        self._closing[served.sid] = served
+
     def _close(self, served: Served) -> None:
         with self._lock:
-            if self._open.get(served.sid) is served:
-                del self._open[served.sid]
-        with served.lock:
-            try:
-                served.session.close()
-            except Exception:  # noqa: BLE001  (closing others goes on; the session logged what failed)
-                log.exception("closing session %s failed", served.sid)
+            self._take_out(served)
+        try:
+            with served.lock:
+                try:
+                    served.session.close()
+                except Exception:  # noqa: BLE001  (closing others goes on; the session logged what failed)
+                    log.exception("closing session %s failed", served.sid)
+        finally:
+            with self._lock:
+                if self._closing.get(served.sid) is served:
+                    del self._closing[served.sid]
+            served.closed.set()
         log.info("session %s closed", served.sid)
 
     def _make_room(self) -> None:
@@ -363,7 +383,7 @@ class SessionManager:
                     log.warning("%d sessions open, none idle: opening one more than --max-sessions", len(self._open))
                     return
                 victim = min(idle, key=lambda s: s.last_used)
-                del self._open[victim.sid]
+                self._take_out(victim)
             log.info("evicting session %s (least recently used; --max-sessions %d)", victim.sid, self.max_sessions)
             self._close(victim)
 
@@ -374,7 +394,7 @@ class SessionManager:
                 old = [s for s in self._open.values()
                        if s.users == 0 and not s.propagating and now - s.last_used > self.idle_timeout]
                 for s in old:
-                    del self._open[s.sid]
+                    self._take_out(s)
             for s in old:
                 log.info("evicting session %s (idle for more than %g s)", s.sid, self.idle_timeout)
                 self._close(s)
