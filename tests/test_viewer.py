@@ -352,6 +352,34 @@ def test_a_job_another_session_writes_opens_read_only_saying_why(make_napari_vie
     w2.close_session()
 
 
+def test_choosing_the_model_of_a_job_shown_read_only_opens_the_job_once_it_is_free(make_napari_viewer, assets,
+                                                                                  tmp_path):
+    """A job viewed read-only while another session wrote it: once that session is closed, choosing the job's
+    model in the list opens the job's folder (its objects, prompting), not the model's default session folder
+    (an empty session of the video, the job's results gone from the window)."""
+    import json
+
+    import samtrack
+    from samtrack.job import read_job, run_track
+
+    ck, vid = assets
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps({"objects": [{"id": 1, "prompts": [{"frame": 2, "points": [[40, 50]], "labels": [1]}]}]}))
+    out = tmp_path / "job"
+    run_track(vid, prompts, out, checkpoint=str(ck), image_size=S, device="cpu", direction="forward").close()
+    holder = samtrack.open_session(vid, checkpoint=str(ck), image_size=S, device="cpu", workdir=out)
+    try:
+        _, w = view(vid, result=out, viewer=make_napari_viewer(), checkpoint=str(ck))
+        assert w.session is None and "in use" in w.read_only
+        holder.add_points(4, 2, [[20, 20]], [1])
+    finally:
+        holder.close()
+    assert w.choose_model(read_job(out)["model"]), w.status.text()
+    assert w.session is not None and w.session.workdir == out, w.status.text()
+    assert w.session.obj_ids == [1, 2] and w.results.object_ids == [1, 2]
+    w.close_session()
+
+
 def test_plugin_manifest_is_registered_and_opens_the_widget(make_napari_viewer):
     from npe2 import PluginManifest
 

@@ -7,6 +7,8 @@ the video was first opened with), so picking the first model again reopens its o
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from qtpy.QtCore import Qt
 
 from samtrack.errors import SamtrackError
@@ -66,6 +68,20 @@ class ModelPicker:
             return default_model()
         except SamtrackError:
             return None
+
+    def _keep_read_only_folder(self, model: str | None, checkpoint, folder) -> None:
+        """A session folder (a job's, or a --workdir) shown read-only (in use elsewhere, or no weights):
+        choosing ``model`` (None: the default model) in the list later opens that folder with ``checkpoint``,
+        as a model opened here before does, instead of the model's default session folder."""
+        from samtrack.session.models import default_model, get_model
+
+        if folder is None:
+            return
+        try:
+            name = get_model(model).name if model is not None else default_model()
+        except SamtrackError:
+            return
+        self._model_folders.setdefault(name, {"checkpoint": checkpoint, "workdir": Path(folder)})
 
     def _checkpoint_file(self, name: str):
         """The checkpoint file a session of model ``name`` was opened from in this widget (None: none by path)."""
