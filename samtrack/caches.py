@@ -106,24 +106,41 @@ def select(entries: list[CacheEntry], *, kinds=("frames", "sessions"), older_tha
 def remove(entries: list[CacheEntry]) -> tuple[int, list[CacheEntry]]:
     """Delete ``entries``; returns (bytes freed, entries kept because a session has the folder open).
 
-    A session folder is removed holding its lock (:mod:`samtrack.io.folder_lock`), so a session
-    open on it (here or in another process) is never pulled from under it, and none opens it meanwhile."""
+    A session folder is taken out of the way holding its lock (:mod:`samtrack.io.folder_lock`): a session
+    open on it (here or in another process) is never pulled from under it, and a session opened while it
+    is removed gets a new, empty folder (the old one is renamed aside under the lock, then removed)."""
     freed, in_use = 0, []
     for e in entries:
         if e.path.is_dir():
-            lock = FolderLock(e.path) if e.kind == "sessions" else None
-            try:
-                if lock is not None:
+            if e.kind == "sessions":
+                lock = FolderLock(e.path)
+                try:
                     lock.acquire(purpose="samtrack caches clean")
-            except SessionInUseError:
-                in_use.append(e)
-                continue
-            try:
-                shutil.rmtree(e.path, ignore_errors=True)
-            finally:
-                if lock is not None:
+                except SessionInUseError:
+                    in_use.append(e)
+                    continue
+                try:
+                    target = _set_aside(e.path)
+                finally:
                     lock.release()
+            else:
+                target = e.path
+            shutil.rmtree(target, ignore_errors=True)
         else:
             e.path.unlink(missing_ok=True)
         freed += e.bytes
     return freed, in_use
+
+
+def _set_aside(folder: Path) -> Path:
+    """Rename ``folder`` (its lock held) to a hidden name beside it and return that; ``folder`` itself
+    when renaming fails (then it is removed in place, under the lock). Removed in place, the lock file
+    would go with the rest: an opener arriving then took a new lock in the same folder, and the removal
+    went on deleting that session's files."""
+    aside = folder.with_name(f".{folder.name}.removing-{os.getpid()}")
+    try:
+        os.rename(folder, aside)
+    except OSError:
+        shutil.rmtree(folder, ignore_errors=True)
+        return folder
+    return aside

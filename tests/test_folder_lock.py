@@ -159,3 +159,41 @@ def test_caches_clean_keeps_a_session_folder_in_use(vid, tmp_path):
         s.close()
     freed, in_use = remove([entry])
     assert (freed, in_use) == (1000, []) and not folder.exists()
+
+
+def test_a_session_opened_while_caches_clean_removes_its_folder_keeps_its_work(vid, tmp_path, monkeypatch):
+    """``caches clean`` removes a session folder holding its lock; the lock file is one of the files it removes.
+    Removed in place, an opener arriving once the lock file was gone (rmtree takes a folder's entries in any
+    order) took a new lock file in the same folder, opened a second 'holder', and the rest of the removal
+    deleted that session's files under it. The opener here arrives at that moment (the lock file removed
+    first, then the session opened, then the rest of the removal): its session must keep its work."""
+    import shutil
+
+    import samtrack.caches as caches
+    from samtrack.io.folder_lock import LOCK_NAME
+
+    folder = tmp_path / "cache" / "sessions" / "k"
+    _open(vid, folder).close()
+    real_rmtree = shutil.rmtree
+    opened, calls = [], []
+
+    def rmtree_with_an_opener_arriving(path, *a, **kw):
+        if calls:  # shutil is shared: other removals (the opener's own) run as they are
+            return real_rmtree(path, *a, **kw)
+        calls.append(path)
+        os.unlink(os.path.join(path, LOCK_NAME))  # the removal has reached the lock file
+        s = _open(vid, folder)  # a session opened on the cache folder meanwhile
+        s.add_box(0, 1, [5, 5, 30, 30])
+        s.flush()
+        opened.append(s)
+        real_rmtree(path, *a, **kw)  # the rest of the removal
+
+    monkeypatch.setattr(caches.shutil, "rmtree", rmtree_with_an_opener_arriving)
+    freed, in_use = remove([CacheEntry("sessions", folder, 1000, 0.0, str(vid))])
+    monkeypatch.setattr(caches.shutil, "rmtree", real_rmtree)
+    assert len(opened) == 1 and in_use == []
+    s = opened[0]
+    list(s.propagate("forward"))
+    s.close()
+    with _open(vid, folder) as again:
+        assert again.obj_ids == [1] and (again.results.status(1) == Status.PROPAGATED).sum() == N - 1
