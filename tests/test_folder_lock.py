@@ -197,3 +197,21 @@ def test_a_session_opened_while_caches_clean_removes_its_folder_keeps_its_work(v
     s.close()
     with _open(vid, folder) as again:
         assert again.obj_ids == [1] and (again.results.status(1) == Status.PROPAGATED).sum() == N - 1
+
+
+def test_a_folder_lock_not_held_or_of_another_folder_is_refused_not_a_way_around_the_rule(vid, tmp_path):
+    """``open_session(folder_lock=...)`` hands an already taken lock to the session. One never taken, or another
+    folder's, opened the workdir with no lock at all: a second session then opened it too (two writers)."""
+    w = tmp_path / "w"
+    with pytest.raises(InvalidOptionError, match="is not held"):
+        samtrack.open_session(vid, backend=FakeBackend(64), workdir=w, folder_lock=FolderLock(w))
+    other = FolderLock(tmp_path / "other").acquire()
+    with pytest.raises(InvalidOptionError, match="not of"):
+        samtrack.open_session(vid, backend=FakeBackend(64), workdir=w, folder_lock=other)
+    assert not other.held  # given to the session, released when opening failed (as documented)
+    assert folder_in_use(w) is None and folder_in_use(tmp_path / "other") is None
+    mine = FolderLock(w).acquire()
+    with samtrack.open_session(vid, backend=FakeBackend(64), workdir=str(w) + "/", folder_lock=mine):
+        with pytest.raises(SessionInUseError):  # the session holds its folder
+            _open(vid, w)
+    assert folder_in_use(w) is None

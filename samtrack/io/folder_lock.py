@@ -71,6 +71,15 @@ class FolderLock:
             log.warning("could not record the owner of %s: %s", self.folder, e)
         return self
 
+    def check_guards(self, folder: str | os.PathLike) -> None:
+        """Raise :class:`~samtrack.errors.InvalidOptionError` unless this lock is held and is ``folder``'s
+        (for a caller handing an already taken lock to a session: an unheld lock, or another folder's, would
+        let a second writer in)."""
+        if not self._held or os.path.realpath(self.folder) != os.path.realpath(folder):
+            state = "is not held" if not self._held else f"is the lock of {self.folder}, not of {folder}"
+            raise InvalidOptionError(f"folder_lock {state}: pass the workdir's own lock, taken with "
+                                     "FolderLock(workdir).acquire(), or leave folder_lock out")
+
     def release(self) -> None:
         """Give the lock back (the owner file is removed first); a no-op when not held."""
         if not self._held:

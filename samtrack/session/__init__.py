@@ -109,7 +109,8 @@ def open_session(source: Any, *, model: str | None = None, checkpoint=None, imag
     :class:`~samtrack.errors.SessionInUseError` naming the holder, before any model is loaded.
     ``folder_lock``: the workdir's :class:`~samtrack.io.folder_lock.FolderLock`, already taken by a caller
     that changes the folder first (``samtrack track --force``); the session holds it from then on
-    (released at close, or here when opening fails).
+    (released at close, or here when opening fails). A lock not held, or another folder's, raises
+    :class:`~samtrack.errors.InvalidOptionError`.
     """
     from samtrack.io import open_video
     from samtrack.session.backends import load_backend
@@ -128,6 +129,7 @@ def open_session(source: Any, *, model: str | None = None, checkpoint=None, imag
     # before any work: a folder another session writes is refused at once
     lock = folder_lock if folder_lock is not None else FolderLock(workdir).acquire()
     try:
+        lock.check_guards(workdir)
         frames = open_video(source, workdir=workdir, **video_options)
     except BaseException:
         lock.release()

@@ -71,9 +71,11 @@ class TrackingSession(ObjectFinding, Propagation, FeatureSource):
                  signature: dict | None = None, reset: bool = False, folder_lock: FolderLock | None = None):
         """``folder_lock``: the workdir's lock, already held (:func:`~samtrack.session.open_session` takes it
         before loading a model); None: taken here. Raises :class:`~samtrack.errors.SessionInUseError` when
-        another session holds the workdir (one writer per folder: :mod:`samtrack.io.folder_lock`)."""
+        another session holds the workdir (one writer per folder: :mod:`samtrack.io.folder_lock`), and
+        :class:`~samtrack.errors.InvalidOptionError` for a ``folder_lock`` not held or of another folder."""
         self._folder_lock = folder_lock if folder_lock is not None else FolderLock(workdir).acquire()
         try:
+            self._folder_lock.check_guards(workdir)
             self._open(frames, backend, workdir, config, signature, reset)
         except BaseException:
             self._folder_lock.release()
