@@ -95,10 +95,18 @@ def cache(source: Path = typer.Argument(..., help="video file, image folder, TIF
         finally:
             s.close()
         return
-    with samtrack.open_video(source, workdir=workdir, **opts) as fs:
-        with progress_bar("caching frames", total=len(fs), unit="frames") as update:
-            fs.build(progress=update)
-        console.print(f"cached {len(fs)} frames of {fs.info.width}x{fs.info.height} in {fs.path}")
+    from samtrack.io.folder_lock import FolderLock
+
+    # a job folder a session writes is not rebuilt under it (other reader options recreate its frame cache)
+    lock = FolderLock(workdir).acquire(purpose="samtrack cache") if workdir is not None else None
+    try:
+        with samtrack.open_video(source, workdir=workdir, **opts) as fs:
+            with progress_bar("caching frames", total=len(fs), unit="frames") as update:
+                fs.build(progress=update)
+            console.print(f"cached {len(fs)} frames of {fs.info.width}x{fs.info.height} in {fs.path}")
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 @app.command()

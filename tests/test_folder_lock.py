@@ -50,6 +50,31 @@ def test_a_second_session_on_a_folder_is_refused_and_the_first_keeps_its_work(vi
         assert (c.results.status(1) == Status.PROPAGATED).sum() == N - 1
 
 
+def test_a_session_of_this_process_dropped_without_close_does_not_keep_the_folder(vid, tmp_path, caplog):
+    """A notebook cell re-run, a function that forgot close(): the old session is unreachable but, in a
+    reference cycle, not collected yet. The new open collects it instead of refusing, and says so."""
+    import gc
+
+    gc.disable()  # no collection but the one the open makes
+    try:
+        a = _open(vid, tmp_path / "w")
+        a.add_box(0, 1, [5, 5, 30, 30])
+        a.flush()
+        a.itself = a  # reachable from nothing but itself
+        del a
+        with _open(vid, tmp_path / "w") as b:
+            assert b.obj_ids == [1]
+    finally:
+        gc.enable()
+    assert "dropped without close()" in caplog.text
+    held = _open(vid, tmp_path / "w")  # a session still referenced is never taken over
+    try:
+        with pytest.raises(SessionInUseError, match="another session of this process"):
+            _open(vid, tmp_path / "w")
+    finally:
+        held.close()
+
+
 def test_a_session_that_fails_to_open_leaves_the_folder_free(vid, tmp_path):
     w = tmp_path / "w"
     with pytest.raises(SessionInUseError):
@@ -146,6 +171,18 @@ def test_cli_track_on_a_folder_in_use_is_one_line_and_exit_2(vid, tmp_path):
     text = " ".join((r.stdout + r.stderr).split())
     assert r.returncode == 2 and "Traceback" not in text, text
     assert "is in use by process" in text and str(os.getpid()) in text, text
+
+
+def test_cli_cache_into_a_job_folder_in_use_is_refused(vid, tmp_path):
+    """``samtrack cache VIDEO --workdir job`` while a session writes the job: other reader options would
+    recreate the frame cache under it."""
+    with FolderLock(tmp_path / "job").acquire(purpose="a test holding the folder"):
+        r = subprocess.run([sys.executable, "-m", "samtrack.cli", "cache", str(vid), "--workdir", str(tmp_path / "job")],
+                           capture_output=True, text=True, timeout=300, cwd=ROOT,
+                           env=dict(os.environ, SAMTRACK_CACHE_DIR=str(tmp_path / "cache")))
+        text = " ".join((r.stdout + r.stderr).split())
+        assert r.returncode == 2 and "is in use by process" in text and "Traceback" not in text, text
+        assert not (tmp_path / "job" / "frames.zarr").exists()
 
 
 def test_caches_clean_keeps_a_session_folder_in_use(vid, tmp_path):

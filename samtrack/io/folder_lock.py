@@ -7,19 +7,24 @@ gone without a word. A session therefore holds ``<folder>/.samtrack.lock`` from 
 a second opener, in this process or another, gets :class:`~samtrack.errors.SessionInUseError`
 naming the holder (``<folder>/.samtrack.owner.json``: pid, host, command, since when).
 
-The lock is :class:`filelock.FileLock` (``flock(2)`` where the file system has it, filelock's own
-soft lock where it has not): the operating system drops it when the holding process dies, so a
-crash (kill -9, power loss) never leaves a folder locked. The owner file is only a description and
-may be stale after a crash; it is rewritten by the next holder.
+The lock is :class:`filelock.FileLock`: ``flock(2)``, which the operating system drops when the
+holding process dies, so a crash (kill -9, power loss) never leaves a folder locked. On a file system
+without flock (some network mounts) filelock falls back to a marker file, which a crash can leave
+behind (the refusal then names a process that is gone: delete ``<folder>/.samtrack.lock``). The owner
+file is only a description and may be stale after a crash; it is rewritten by the next holder. A
+session of this process dropped without ``close()`` holds the folder until it is garbage-collected:
+an opener in this process collects garbage once before refusing.
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 import socket
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import filelock
@@ -54,10 +59,9 @@ class FolderLock:
         of that name, no permission, a read-only file system)."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self._lock.acquire(timeout=0)
-        except filelock.Timeout:
-            raise SessionInUseError(_in_use_message(self.folder, read_owner(self.folder)),
-                                    holder=read_owner(self.folder)) from None
+            if not self._try() and not self._collected_holder():
+                owner = read_owner(self.folder)
+                raise SessionInUseError(_in_use_message(self.folder, owner), holder=owner)
         except OSError as e:
             what = ("is a file, not a folder" if isinstance(e, FileExistsError) else
                     "lies under a file, not a folder" if isinstance(e, NotADirectoryError) else
@@ -70,6 +74,33 @@ class FolderLock:
         except OSError as e:  # a description only: the lock itself is what guards the folder
             log.warning("could not record the owner of %s: %s", self.folder, e)
         return self
+
+    def _try(self) -> bool:
+        """One attempt without waiting: True when taken. filelock's warnings (its soft-lock fallback on a file
+        system without flock) are logged, not printed."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                self._lock.acquire(timeout=0)
+                return True
+            except filelock.Timeout:
+                return False
+            finally:
+                for w in caught:
+                    log.warning("locking %s: %s", self.folder, w.message)
+
+    def _collected_holder(self) -> bool:
+        """When this process is the holder: collect garbage (a session dropped without ``close()`` and
+        unreachable keeps its lock until collected) and try again. True when that freed the folder."""
+        owner = read_owner(self.folder)
+        if owner.get("pid") != os.getpid() or owner.get("host") != socket.gethostname():
+            return False
+        gc.collect()
+        if not self._try():
+            return False
+        log.warning("%s was held by a session of this process that was dropped without close(): anything it "
+                    "had not written is lost; close sessions (or use `with open_session(...) as s:`)", self.folder)
+        return True
 
     def check_guards(self, folder: str | os.PathLike) -> None:
         """Raise :class:`~samtrack.errors.InvalidOptionError` unless this lock is held and is ``folder``'s

@@ -48,11 +48,13 @@ def open_for_viewing(source, *, result=None, workdir=None, model: str | None = N
         from samtrack.session.models import default_model
 
         name = model or default_model()
-        why = (f"no {name} weights ({e}). To prompt and track, run `samtrack models download {name}`, or pass "
-               "--checkpoint PATH (--checkpoint untrained for a pipeline check)")
+        why = f"no usable {name} weights: {e}"
+        if "models download" not in why:  # the error says how to get them, or it is added once here
+            why += (f". To prompt and track, run `samtrack models download {name}`, or pass --checkpoint PATH "
+                    "(--checkpoint untrained for a pipeline check)")
     except SessionInUseError as e:
         why = f"{e} (the results written so far are shown; reopen to see newer ones)"
-    log.warning("read-only: %s", why)
+    log.info("read-only: %s", why)  # returned to the caller, who shows it
     if result is not None and (Path(result) / "results.zarr").exists():
         from samtrack.job import open_results
 
