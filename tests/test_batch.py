@@ -379,6 +379,21 @@ def test_a_folder_holding_another_job_or_no_job_fails_that_video_saying_what_to_
     assert (Path(b.out_dir) / "notes.txt").read_text() == "mine" and sorted(os.listdir(b.out_dir)) == ["notes.txt"]
 
 
+def test_a_row_whose_folder_another_session_has_open_fails_alone_saying_what_to_do(assets, tmp_path):
+    from samtrack.batch import RowDefaults, load_manifest
+    from samtrack.batch.worker import ModelCache, run_job
+    from samtrack.io.folder_lock import FolderLock
+
+    m = load_manifest(write_manifest(assets, tmp_path / "m.csv", ("a",)), tmp_path / "out",
+                      defaults=RowDefaults(checkpoint=str(assets / "ck.pt"), image_size=128))
+    (a,) = m.jobs
+    with FolderLock(a.out_dir).acquire(purpose="samtrack view (a test)"):
+        s = run_job(a, ModelCache("cpu"), lambda ev: None)
+    assert s.status == "failed" and "is in use by another session of this process" in s.error
+    assert "run this row again once it is closed" in s.error and "another `name`" in s.error
+    assert "another work folder" not in s.error and not (Path(a.out_dir) / "results.zarr").exists()
+
+
 def test_batch_features_precomputes_every_frame_and_a_later_correction_encodes_none(assets, tmp_path):
     import dataclasses
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from samtrack.batch.records import JobProgress, VideoEvent, VideoJob, VideoSummary
-from samtrack.errors import CacheError, JobMismatchError, SamtrackError
+from samtrack.errors import CacheError, JobMismatchError, SamtrackError, SessionInUseError
 
 log = logging.getLogger(__name__)
 MARKER = "batch.json"
@@ -181,6 +181,10 @@ def run_job(job: VideoJob, models: ModelCache, emit: Emit, *, attempt: int = 1, 
         what = ", ".join(e.differences) or "its job"
         msg = (f"{job.out_dir} holds another job's results (they differ in: {what}): give this row another `name`, "
                "or delete that folder to track the video again")
+        return failed_summary(job, msg, attempts=attempt, device=models.device)
+    except SessionInUseError as e:  # the job folder is open elsewhere (a track, a viewer, another batch)
+        msg = (f"{e.args[0].split('. Two sessions')[0]}: run this row again once it is closed (the batch resumes "
+               "it), or give this row another `name`")
         return failed_summary(job, msg, attempts=attempt, device=models.device)
     except SamtrackError as e:
         log.info("%s failed: %s", job.name, e)
