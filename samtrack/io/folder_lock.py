@@ -131,7 +131,8 @@ class FolderLock:
 
 def folder_in_use(folder: str | os.PathLike) -> dict | None:
     """The holder (owner record, ``{}`` when none was written) of ``folder``'s session lock when a session
-    holds it now, else None. Never waits and never creates the folder."""
+    holds it now, else None. Never waits and never creates the folder. It probes by taking the lock for a
+    moment: a session opened at that very moment is refused (for reports and tests, not as a guard)."""
     folder = Path(folder)
     if not (folder / LOCK_NAME).exists():
         return None
