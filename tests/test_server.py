@@ -318,6 +318,34 @@ def test_a_request_for_a_session_being_evicted_waits_for_its_close_then_reopens_
     m.release(served)
     m.close_all()
 
+
+def test_an_open_refused_for_a_folder_in_use_evicts_no_other_session(tmp_path, monkeypatch):
+    """--max-sessions 1 with one idle session: an open of a folder another process writes is refused (409)
+    before room is made, so the idle session stays open."""
+    from samtrack.errors import SessionInUseError
+    from samtrack.io.folder_lock import FolderLock
+    from samtrack.server.manager import SessionManager
+    from samtrack.server.security import Roots
+    from samtrack.session.backends.fake import FakeBackend
+
+    root = tmp_path / "root"
+    root.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        media.write_video(root / name, 6, w=64, h=48)
+    m = SessionManager(Roots([root]), tmp_path / "sessions", max_sessions=1)
+    backend = FakeBackend(64)
+    monkeypatch.setattr(m, "model", lambda args: backend)
+    a = m.open({"video": "a.mp4", "workdir": str(root / "wa")})
+    m.release(a)
+    with FolderLock(root / "wb").acquire(purpose="samtrack track (a test)"):
+        with pytest.raises(SessionInUseError):
+            m.open({"video": "b.mp4", "workdir": str(root / "wb")})
+    assert [s.sid for s in m.list()] == [a.sid] and not a.session.closed
+    b = m.open({"video": "b.mp4", "workdir": str(root / "wb")})  # free now: a is evicted for it
+    assert [s.sid for s in m.list()] == [b.sid] and a.session.closed
+    m.release(b)
+    m.close_all()
+
 # -- the device queue, the busy session, disconnect and resume ------------------------------------------------
 def test_second_propagation_queues_and_both_finish(http):
     a, b = open_session(http, "long.mp4")["id"], open_session(http, "b.mp4")["id"]

@@ -297,18 +297,25 @@ class SessionManager:
 
     # -- internals ------------------------------------------------------------------------------------------------
     def _start(self, sid: str, args: OpenArgs, backend, *, reset: bool = False) -> Served:
+        from samtrack.io.folder_lock import FolderLock
         from samtrack.session import SessionConfig, open_session
 
-        self._make_room()
         with self._lock:
             closing = self._closing.get(sid)
         if closing is not None:  # evicted a moment ago and still closing: it holds the folder until done
             closing.closed.wait()
-        device = self.device_of(backend)
-        config = SessionConfig(**args.config) if args.config else None
+        # the folder first: one another process writes is refused before an idle session is evicted for room
+        lock = FolderLock(args.workdir).acquire(purpose="samtrack serve")
+        try:
+            self._make_room()
+            device = self.device_of(backend)
+            config = SessionConfig(**args.config) if args.config else None
+        except BaseException:
+            lock.release()
+            raise
         with device.lock:  # reopening re-runs prompts whose memory never reached the disk (model work)
             session = open_session(args.video, backend=backend, workdir=args.workdir, config=config, reset=reset,
-                                   **args.video_options)
+                                   folder_lock=lock, **args.video_options)
         self._save_args(sid, args)
         served = Served(sid, args, session, device, users=1)  # held for the request that opened it
         with self._lock:
