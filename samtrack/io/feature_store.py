@@ -34,12 +34,14 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import shutil
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from samtrack.errors import CacheError
 from samtrack.io.identity import normalise
 from samtrack.io.shards import shard_path
 from samtrack.io.zarr_arrays import FrameArray, create_frame_array, open_signed
@@ -68,6 +70,9 @@ class FeatureStore:
         self.signature = normalise(signature)
         self.disk_budget_bytes = disk_budget_bytes
         root = open_signed(self.path, self.signature, "image feature store")
+        if root is not None and not self._usable(root):
+            shutil.rmtree(self.path, ignore_errors=True)
+            root = None
         if root is None:
             root = zarr.open_group(self.path, mode="w")
             root.create_array("present", shape=(self.n_frames,), chunks=(min(self.n_frames, 4096),), dtype="uint8",
@@ -123,12 +128,17 @@ class FeatureStore:
             self._touch(frame // self._shard_frames)
             self.stats["hits"] += 1
             evictions = self.stats["evicted_shards"]
-        rows = {name: self._array(name).read(frame) for name in self._dtypes}
+        rows = self._read(frame)
         with self._lock:
             if self.stats["evicted_shards"] != evictions:
                 if not self._present[frame]:  # evicted meanwhile: encoded again by the caller
                     return None
-                rows = {name: self._array(name).read(frame) for name in self._dtypes}
+                rows = self._read(frame)
+            if rows is None:  # damaged or missing on disk: never served; encoded again by the caller
+                self._drop_shard(frame // self._shard_frames)
+                self.stats["hits"] -= 1
+                self.stats["misses"] += 1
+                return None
         return self._as_put(rows)
 
     def dtype(self, name: str) -> str:
@@ -253,11 +263,18 @@ class FeatureStore:
         """Write ``rows`` (the writer thread): data first, then the frames' presence. On failure the
         frames read as absent (their shard files hold what they held before)."""
         try:
-            for name in self._dtypes:
-                self._array(name).write_rows({f: r[name] for f, r in rows.items()})
+            try:
+                self._write_rows(rows)
+            except CacheError as e:  # a damaged shard cannot keep its other frames: they go, these are written
+                log.warning("image feature shard damaged (%s): its frames are encoded again when needed", e)
+                with self._lock:
+                    for k in sorted({f // self._shard_frames for f in rows}):
+                        self._drop_shard(k)
+                self._write_rows(rows)
             frames = sorted(rows)
-            lo, hi = frames[0], frames[-1] + 1
             written = {f // self._shard_frames for f in frames}
+            # the presence of the written shards' every frame: a shard dropped as damaged lost its other frames
+            lo, hi = min(written) * self._shard_frames, min(self.n_frames, (max(written) + 1) * self._shard_frames)
             new_sizes = {k: self._shard_bytes(k) for k in sorted(written)}  # file stats: not under the lock
             with self._lock:
                 self._present[frames] = True
@@ -271,6 +288,64 @@ class FeatureStore:
                 self._enforce_budget(keep=written)  # past the budget only: removes files under the lock
         finally:
             self._unlist(rows)
+
+    def _write_rows(self, rows: dict[int, dict[str, np.ndarray]]) -> None:
+        for name in self._dtypes:
+            self._array(name).write_rows({f: r[name] for f, r in rows.items()})
+
+    def _usable(self, root) -> bool:
+        """Whether a signed store's structure can be read: ``present`` of this video's length and readable,
+        every array its ``dtypes`` names there with one row per frame, and ``shard_frames`` when it has
+        arrays. A store that fails (a damaged or deleted ``present``, an array's metadata garbled or
+        removed: a kill, a disk error, a user's cleanup) is rebuilt, as one of another job is."""
+        try:
+            present = root["present"]
+            ok = tuple(present.shape) == (self.n_frames,)
+            any_present = bool(np.asarray(present[:]).any())
+            dtypes = dict(root.attrs.get("dtypes", {}))
+            ok = ok and (bool(dtypes) or not any_present)
+            if dtypes:
+                ok = ok and int(root.attrs.get("shard_frames", 0)) > 0
+                ok = ok and all(root[name].shape[0] == self.n_frames for name in dtypes)
+            if ok:
+                return True
+            log.warning("image feature store %s does not fit this video: rebuilding", self.path)
+        except Exception as e:  # noqa: BLE001  (zarr raises several types for damaged metadata and chunks)
+            log.warning("image feature store %s damaged (%s: %s): rebuilding", self.path, type(e).__name__, e)
+        return False
+
+    def _read(self, frame: int) -> dict[str, np.ndarray] | None:
+        """``frame``'s rows from its shard files, or None when a file is missing or does not decode (a
+        missing shard would read as zeros through zarr: wrong features, never served)."""
+        k = frame // self._shard_frames
+        try:
+            rows = {}
+            for name in self._dtypes:
+                p = shard_path(self.path / name, k, len(self._root[name].shape) - 1)
+                if not os.path.exists(p):
+                    raise FileNotFoundError(f"{p} is missing")
+                rows[name] = self._array(name).read(frame)
+            return rows
+        except Exception as e:  # noqa: BLE001  (zarr and blosc raise several types for damaged data)
+            log.warning("image features of frame %d unreadable (%s: %s): encoded again", frame, type(e).__name__, e)
+            return None
+
+    def _drop_shard(self, k: int) -> None:
+        """Forget shard ``k`` (under ``_lock``): its frames read as absent and its files go. The presence on
+        disk is left to the writer thread (its only writer); a later open finds the files missing."""
+        lo, hi = k * self._shard_frames, min(self.n_frames, (k + 1) * self._shard_frames)
+        self._present[lo:hi] = False
+        if self._sizes is not None:
+            self._sizes.pop(k, None)
+        self._lru.pop(k, None)
+        for name in self._dtypes:
+            p = shard_path(self.path / name, k, len(self._root[name].shape) - 1)
+            try:
+                os.remove(p)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.warning("could not remove the damaged feature shard %s: %s", p, e)
 
     def _touch(self, k: int) -> None:
         self._lru[k] = None
