@@ -107,3 +107,50 @@ def test_a_store_of_the_older_layout_without_orders_is_read_in_c_order(store):
     del meta["attributes"]["orders"]
     (store / "zarr.json").write_text(json.dumps(meta))
     assert _values(store) == [float(f + 1) for f in range(N)]
+
+
+def _disk_full(monkeypatch):
+    """Every write of the feature store fails as on a full disk (the other stores write as usual)."""
+    import errno
+
+    from samtrack.io import zarr_arrays
+
+    write_rows = zarr_arrays.FrameArray.write_rows
+
+    def full(self, rows):
+        if "features.zarr" in str(getattr(self._writer, "_dir", "")):
+            raise OSError(errno.ENOSPC, "No space left on device (test)")
+        return write_rows(self, rows)
+
+    monkeypatch.setattr(zarr_arrays.FrameArray, "write_rows", full)
+
+
+def _video(tmp_path, n=8):
+    from tests import media
+
+    return media.write_video(tmp_path / "v.mp4", n, w=64, h=64)
+
+
+def test_a_feature_store_that_cannot_be_written_does_not_stop_tracking(tmp_path, monkeypatch):
+    import samtrack
+    from samtrack.session.backends.fake import FakeBackend
+
+    _disk_full(monkeypatch)
+    vid, b = _video(tmp_path), FakeBackend(64)
+    with samtrack.open_session(vid, backend=b, workdir=tmp_path / "w") as s:
+        s.add_points(0, 1, [[30, 30]], [1])
+        frames = [r.frame_idx for r in s.propagate("forward")]  # once: OSError out of propagate
+        assert frames == list(range(8))
+        assert s.features.stats["failed_writes"] > 0 and s.features.cached_frames == 0
+
+
+def test_precomputing_features_on_a_full_disk_raises_a_cache_error_saying_what_to_do(tmp_path, monkeypatch):
+    import samtrack
+    from samtrack.errors import CacheError
+    from samtrack.session.backends.fake import FakeBackend
+
+    _disk_full(monkeypatch)
+    with samtrack.open_session(_video(tmp_path), backend=FakeBackend(64), workdir=tmp_path / "w") as s:
+        with pytest.raises(CacheError, match="free disk space"):  # once a bare OSError (a traceback in the CLI)
+            s.precompute_features()
+        assert s.features.drop_when_behind  # tracking's setting is back

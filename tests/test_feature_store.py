@@ -248,8 +248,11 @@ def test_a_write_that_fails_on_the_writer_thread_is_raised_by_the_next_flush(tmp
     fs = FeatureStore(tmp_path / "f.zarr", 4, signature={"source": 1})
     fs.put(0, _rows(0))
     blocked.go.set()
-    with pytest.raises(OSError, match="No space left"):
+    from samtrack.errors import CacheError
+
+    with pytest.raises(CacheError, match="No space left.*free disk space") as e:
         fs.flush()
+    assert isinstance(e.value.__cause__, OSError)
     assert 0 not in fs and fs.get(0) is None
     fs.put(1, _rows(1))
     fs.flush()  # raised once: the next write goes through

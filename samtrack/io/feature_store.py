@@ -20,8 +20,10 @@ from memory; at most :data:`MAX_SHARDS_IN_FLIGHT` shards wait for the writer: pa
 :meth:`put` waits (memory stays bounded), or, with ``drop_when_behind`` (a session's tracking:
 the store is a cache and must never slow tracking; a GPU step can be shorter than a shard
 write), the shard's rows are dropped, counted in ``stats["dropped_frames"]``, and those frames
-are encoded again when next needed. A write that failed is raised by the next
-:meth:`put` or :meth:`flush` (its frames read as absent). Beyond ``disk_budget_bytes``
+are encoded again when next needed. A write that failed (disk full, a read-only folder) is raised
+by the next :meth:`put` or :meth:`flush` as a :class:`~samtrack.errors.CacheError` saying what to do
+(its frames read as absent); with ``drop_when_behind`` it is logged and counted in
+``stats["failed_writes"]`` instead: a cache that cannot be written never stops tracking. Beyond ``disk_budget_bytes``
 the least recently used shards are removed (those frames are encoded again when
 needed). Callers: one thread (the session's) puts and flushes; :meth:`get` may also run on
 another (the session reads rows ahead on its prefetch thread); the writer thread is internal.
@@ -41,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from samtrack.errors import CacheError
+from samtrack.errors import CacheError, SamtrackError
 from samtrack.io.identity import normalise
 from samtrack.io.shards import shard_path
 from samtrack.io.zarr_arrays import FrameArray, create_frame_array, open_signed
@@ -95,7 +97,7 @@ class FeatureStore:
         self._lru: collections.OrderedDict[int, None] = collections.OrderedDict()  # shards, oldest first
         self._shard_frames = int(root.attrs.get("shard_frames", 0)) or None
         self._sizes: dict[int, int] | None = None  # shard -> bytes on disk (see _shard_sizes)
-        self.stats = {"hits": 0, "misses": 0, "evicted_shards": 0, "dropped_frames": 0}
+        self.stats = {"hits": 0, "misses": 0, "evicted_shards": 0, "dropped_frames": 0, "failed_writes": 0}
 
     # -- public --------------------------------------------------------------------
     def __contains__(self, frame: int) -> bool:
@@ -149,7 +151,7 @@ class FeatureStore:
         """Queue ``frame``'s rows ({name: array}); ``dtypes`` tags names whose logical dtype differs from
         the array's (bfloat16 given as int16 bits). Written (on the writer thread) when its shard is
         complete, or at :meth:`flush`. Raises ValueError for rows of other names than the store's, and
-        the error of an earlier write that failed (OSError, CacheError...)."""
+        the error of an earlier write that failed (a CacheError; not with ``drop_when_behind``)."""
         self._raise_failed()
         if not self._dtypes:
             self._create(rows, dtypes or {})
@@ -245,6 +247,13 @@ class FeatureStore:
             fut.result()
         except Exception as e:  # noqa: BLE001
             log.warning("writing image features to %s failed: %s: %s", self.path, type(e).__name__, e)
+            self.stats["failed_writes"] += 1
+            if not isinstance(e, SamtrackError):
+                err = CacheError(f"writing image features to {self.path} failed ({type(e).__name__}: {e}): free "
+                                 "disk space or make the folder writable, lower feature_disk_budget_bytes, or "
+                                 "open the session with SessionConfig(feature_store=False)")
+                err.__cause__ = e
+                e = err
             self._failed = self._failed or e
         self._in_flight.popleft()
 
@@ -255,9 +264,12 @@ class FeatureStore:
                     del self._writing[f]
 
     def _raise_failed(self) -> None:
+        """Raise the failure of an earlier write, once; with ``drop_when_behind`` (a session's tracking: the
+        store is a cache) it was logged and its frames are encoded again when needed: tracking goes on."""
         if self._failed is not None:
             err, self._failed = self._failed, None
-            raise err
+            if not self.drop_when_behind:
+                raise err
 
     def _write(self, rows: dict[int, dict[str, np.ndarray]]) -> None:
         """Write ``rows`` (the writer thread): data first, then the frames' presence. On failure the
