@@ -154,3 +154,25 @@ def test_precomputing_features_on_a_full_disk_raises_a_cache_error_saying_what_t
         with pytest.raises(CacheError, match="free disk space"):  # once a bare OSError (a traceback in the CLI)
             s.precompute_features()
         assert s.features.drop_when_behind  # tracking's setting is back
+
+
+@pytest.mark.parametrize("budget", [-1, "20GB", 1.5, True])
+def test_a_nonsense_disk_budget_is_an_invalid_option_at_open(tmp_path, budget):
+    import samtrack
+    from samtrack.errors import InvalidOptionError
+    from samtrack.session import SessionConfig
+    from samtrack.session.backends.fake import FakeBackend
+
+    with pytest.raises(InvalidOptionError, match="feature_disk_budget_bytes"):  # once accepted: -1 kept nothing
+        samtrack.open_session(_video(tmp_path), backend=FakeBackend(64), workdir=tmp_path / "w",
+                              config=SessionConfig(feature_disk_budget_bytes=budget))
+
+
+def test_a_budget_of_zero_keeps_only_the_shard_written_last(tmp_path, monkeypatch):
+    monkeypatch.setattr(fsm, "SHARD_BYTES", 2 * 64 * 4)
+    fs = FeatureStore(tmp_path / "f.zarr", N, signature={"s": 1}, disk_budget_bytes=0)
+    for f in range(N):
+        fs.put(f, _row(f))
+    fs.close()
+    assert [f in fs for f in range(N)] == [False] * 4 + [True] * 2
+    assert float(fs.get(5)["a"][0]) == 6.0

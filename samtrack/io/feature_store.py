@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from samtrack.errors import CacheError, SamtrackError
+from samtrack.errors import CacheError, InvalidOptionError, SamtrackError
 from samtrack.io.identity import normalise
 from samtrack.io.shards import shard_path
 from samtrack.io.zarr_arrays import FrameArray, create_frame_array, open_signed
@@ -59,7 +59,8 @@ class FeatureStore:
     def __init__(self, path: str | os.PathLike, n_frames: int, *, signature: dict,
                  disk_budget_bytes: int | None = 20 * 2**30, background: bool = True,
                  drop_when_behind: bool = False):
-        """``background``: write shards on the writer thread (default), or in the caller's
+        """``disk_budget_bytes``: bytes of shard files kept at most (int >= 0; None: no cap); anything else
+        raises InvalidOptionError. ``background``: write shards on the writer thread (default), or in the caller's
         (``bench/pipeline_overhead.py`` measures the difference). ``drop_when_behind``: see the
         module's docstring. Both settable."""
         self.background = bool(background)
@@ -70,7 +71,12 @@ class FeatureStore:
         self.path = Path(path)
         self.n_frames = int(n_frames)
         self.signature = normalise(signature)
-        self.disk_budget_bytes = disk_budget_bytes
+        if disk_budget_bytes is not None and (isinstance(disk_budget_bytes, bool)
+                                              or not isinstance(disk_budget_bytes, (int, np.integer))
+                                              or disk_budget_bytes < 0):
+            raise InvalidOptionError(f"feature_disk_budget_bytes={disk_budget_bytes!r}: use a number of bytes "
+                                     "(0 or more; 0 keeps only the shard written last), or None for no cap")
+        self.disk_budget_bytes = None if disk_budget_bytes is None else int(disk_budget_bytes)
         root = open_signed(self.path, self.signature, "image feature store")
         if root is not None and not self._usable(root):
             shutil.rmtree(self.path, ignore_errors=True)
