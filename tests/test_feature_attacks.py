@@ -176,3 +176,13 @@ def test_a_budget_of_zero_keeps_only_the_shard_written_last(tmp_path, monkeypatc
     fs.close()
     assert [f in fs for f in range(N)] == [False] * 4 + [True] * 2
     assert float(fs.get(5)["a"][0]) == 6.0
+
+
+def test_precomputing_a_range_given_backwards_encodes_it(tmp_path):
+    import samtrack
+    from samtrack.session.backends.fake import FakeBackend
+
+    b = FakeBackend(64)
+    with samtrack.open_session(_video(tmp_path), backend=b, workdir=tmp_path / "w") as s:
+        assert s.precompute_features(5, 2) == 4  # once 0: nothing encoded, nothing said
+        assert sorted(b.calls["encode_image"]) == [2, 3, 4, 5]

@@ -162,12 +162,16 @@ class FeatureSource:
     def precompute_features(self, start: int = 0, stop: int | None = None, *,
                             progress: Callable[[int, int], None] | None = None) -> int:
         """Encode frames ``start..stop`` (inclusive) that the feature store lacks, ahead of prompting and
-        tracking (as micro-sam precomputes embeddings); returns how many were encoded.
-        ``progress(done, total)`` counts the frames of the range. Needs ``SessionConfig(feature_store=True)``."""
+        tracking (as micro-sam precomputes embeddings); returns how many were encoded. ``stop`` before
+        ``start`` is the same range (as in :meth:`plan`). ``progress(done, total)`` counts the frames of the
+        range. Needs ``SessionConfig(feature_store=True)``. Raises InvalidOptionError without a feature
+        store, FrameIndexError for a frame outside the video, CacheError when the store cannot be written
+        (disk full, a read-only folder: the message says what to do)."""
         if self.features is None:
             raise InvalidOptionError("this session keeps no feature store: open it with "
                                      "SessionConfig(feature_store=True) and a backend that supports one")
         lo, hi = self._check_frame(start), self.n_frames - 1 if stop is None else self._check_frame(stop)
+        lo, hi = min(lo, hi), max(lo, hi)
         self._cancel.clear()
         encoded = 0
         dropping, self.features.drop_when_behind = self.features.drop_when_behind, False  # keep every frame
