@@ -37,6 +37,18 @@ def test_microscopy_preset_reaches_the_frame_store(tmp_path):
         assert hi == pytest.approx(float(np.percentile(stack[:, ::1, ::1], 99.8)), rel=0.05)
 
 
+@pytest.mark.parametrize("key,value", [("feature_disk_budget_bytes", -1), ("feature_disk_budget_bytes", "20GB"),
+                                       ("feature_disk_budget_bytes", 1.5), ("host_budget_bytes", None),
+                                       ("host_budget_bytes", -5), ("feature_cache_frames", True)])
+def test_nonsense_budgets_are_refused_when_the_config_is_built(key, value):
+    """A YAML preset's value reaches SessionConfig as written: a budget that is not a whole number of bytes (or
+    frames) is refused there, naming the key, not deep inside a session's open or its first eviction."""
+    with pytest.raises(InvalidOptionError, match=key):
+        SessionConfig(**{key: value})
+    assert SessionConfig(feature_disk_budget_bytes=None).feature_disk_budget_bytes is None  # no cap: allowed
+    assert SessionConfig(feature_disk_budget_bytes=0, feature_cache_frames=0).feature_cache_frames == 0
+
+
 def test_unknown_keys_are_named(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("session:\n  overlap_rul: nearer\n")

@@ -48,6 +48,13 @@ class SessionConfig:
             raise InvalidOptionError(f"overlap_rule={self.overlap_rule!r}: use one of {RULES}")
         if self.max_keyframes_in_attention is not None and self.max_keyframes_in_attention < 2:
             raise InvalidOptionError("max_keyframes_in_attention must be at least 2 (or None for all)")
+        for name, unit, optional in (("host_budget_bytes", "bytes", False), ("feature_cache_frames", "frames", False),
+                                     ("feature_disk_budget_bytes", "bytes", True)):
+            v = getattr(self, name)
+            if (v is None and not optional) or (v is not None and (
+                    isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0)):
+                raise InvalidOptionError(f"{name}={v!r}: give a whole number of {unit}, 0 or more"
+                                         + (" (null: no cap)" if optional else ""))
 
 
 @dataclass
