@@ -121,6 +121,13 @@ def test_another_process_is_named_and_its_crash_frees_the_folder(vid, tmp_path):
         msg = str(e.value)
         assert f"process {p.pid}" in msg and "holder-of-the-folder" in msg and "another work folder" in msg
         assert e.value.holder["pid"] == p.pid and folder_in_use(w)["pid"] == p.pid
+        # the library's open_video with other reader options would rebuild the holder's frame cache under it
+        sig = json.loads((w / "frames.zarr" / "zarr.json").read_text())["attributes"]["signature"]
+        with pytest.raises(SessionInUseError, match=f"process {p.pid}"):
+            samtrack.open_video(vid, workdir=w, reader="decord")
+        assert json.loads((w / "frames.zarr" / "zarr.json").read_text())["attributes"]["signature"] == sig
+        with samtrack.open_video(vid, workdir=w) as fs:  # the same options: read, nothing rebuilt
+            assert len(fs) == N and fs.read(3).shape == (48, 64, 3)
     finally:
         p.send_signal(signal.SIGKILL)  # a crash: no close, no release
         p.wait()

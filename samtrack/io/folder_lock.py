@@ -145,6 +145,17 @@ def folder_in_use(folder: str | os.PathLike) -> dict | None:
     return None
 
 
+def refuse_if_held_elsewhere(folder: str | os.PathLike) -> None:
+    """Raise :class:`~samtrack.errors.SessionInUseError` when a session of another process holds ``folder``
+    (this process's own sessions pass: a session opening its video calls this under its own lock). For a
+    caller about to replace a shared part of a session folder without being a session (the frame cache
+    rebuilt for other reader options). Probes like :func:`folder_in_use`."""
+    holder = folder_in_use(folder)
+    if holder is None or (holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()):
+        return
+    raise SessionInUseError(_in_use_message(Path(folder), holder), holder=holder)
+
+
 def read_owner(folder: str | os.PathLike) -> dict:
     """The owner record of ``folder`` (pid, host, command, since: epoch s, purpose), ``{}`` when absent or
     unreadable (a crash between lock and record, or a stale record: only a description)."""

@@ -33,6 +33,7 @@ import numpy as np
 
 from samtrack.errors import CacheError, CancelledError, DecodeError, FrameIndexError, InvalidOptionError, SamtrackError
 from samtrack.io.frame_builder import Builder as _Builder
+from samtrack.io.folder_lock import refuse_if_held_elsewhere
 from samtrack.io.frame_writer import DONE, MISSING, PARTIAL, ChunkWriter
 from samtrack.io.info import VideoInfo
 from samtrack.io.cache_meta import default_cache_root, default_chunk_frames, source_signature  # noqa: F401
@@ -114,6 +115,8 @@ class FrameStore(ChunkWriter):
     def _open_cache(self, BloscCodec) -> None:
         zarr = self._zarr
         sig = self.signature = source_signature(self.source, self._reader, self.intensity)  # identity: io/identity.py
+        if self.path.exists() and _signature_of(self.path) != sig:  # about to be rebuilt: not under a session
+            refuse_if_held_elsewhere(self.workdir)                 # of another process (one writer per folder)
         root = open_signed(self.path, sig, "frame cache")
         info = self._reader.info
         if root is None:
@@ -463,3 +466,13 @@ class FrameStore(ChunkWriter):
         with self._lock:
             self._fatal_error = e
             self._lock.notify_all()
+
+
+def _signature_of(path: Path) -> dict | None:
+    """The ``signature`` attribute of the zarr group at ``path`` (read-only), None when unreadable."""
+    import zarr
+
+    try:
+        return zarr.open_group(path, mode="r").attrs.get("signature")
+    except Exception:  # noqa: BLE001  (zarr raises several types for damaged metadata; open_signed rebuilds it)
+        return None
