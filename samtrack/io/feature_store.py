@@ -215,6 +215,11 @@ class FeatureStore:
                 a = self._arrays[name] = FrameArray(self._root[name], self.path / name)
             return a
 
+    def _shard_file(self, name: str, k: int) -> str:
+        """The file of array ``name``'s shard ``k`` (the array's handle is opened once: reading the group's
+        metadata per call cost 0.7 ms per array, on every frame read)."""
+        return shard_path(self.path / name, k, len(self._array(name).shape) - 1)
+
     def _submit(self, rows: dict[int, dict[str, np.ndarray]], may_drop: bool) -> None:
         """Hand ``rows`` to the writer thread; while MAX_SHARDS_IN_FLIGHT are queued, first wait, or
         drop them (``may_drop``)."""
@@ -339,7 +344,7 @@ class FeatureStore:
         try:
             rows = {}
             for name in self._dtypes:
-                p = shard_path(self.path / name, k, len(self._root[name].shape) - 1)
+                p = self._shard_file(name, k)
                 if not os.path.exists(p):
                     raise FileNotFoundError(f"{p} is missing")
                 rows[name] = self._array(name).read(frame)
@@ -357,7 +362,7 @@ class FeatureStore:
             self._sizes.pop(k, None)
         self._lru.pop(k, None)
         for name in self._dtypes:
-            p = shard_path(self.path / name, k, len(self._root[name].shape) - 1)
+            p = self._shard_file(name, k)
             try:
                 os.remove(p)
             except FileNotFoundError:
@@ -372,7 +377,7 @@ class FeatureStore:
     def _shard_bytes(self, k: int) -> int:
         total = 0
         for name in self._dtypes:
-            p = shard_path(self.path / name, k, len(self._root[name].shape) - 1)
+            p = self._shard_file(name, k)
             total += os.path.getsize(p) if os.path.exists(p) else 0
         return total
 
@@ -405,7 +410,7 @@ class FeatureStore:
         self._present[lo:hi] = False
         self._present_arr[lo:hi] = np.zeros(hi - lo, np.uint8)  # absent first, then the data goes
         for name in self._dtypes:
-            p = shard_path(self.path / name, k, len(self._root[name].shape) - 1)
+            p = self._shard_file(name, k)
             if os.path.exists(p):
                 os.remove(p)
         self._lru.pop(k, None)
