@@ -17,6 +17,7 @@ from typing import Callable
 
 from samtrack.batch.records import JobProgress, VideoEvent, VideoJob, VideoSummary
 from samtrack.errors import CacheError, JobMismatchError, SamtrackError, SessionInUseError
+from samtrack.io.folder_lock import in_use_message
 
 log = logging.getLogger(__name__)
 MARKER = "batch.json"
@@ -183,8 +184,8 @@ def run_job(job: VideoJob, models: ModelCache, emit: Emit, *, attempt: int = 1, 
                "or delete that folder to track the video again")
         return failed_summary(job, msg, attempts=attempt, device=models.device)
     except SessionInUseError as e:  # the job folder is open elsewhere (a track, a viewer, another batch)
-        msg = (f"{e.args[0].split('. Two sessions')[0]}: run this row again once it is closed (the batch resumes "
-               "it), or give this row another `name`")
+        msg = in_use_message(job.out_dir, e.holder, advice="run this row again once it is closed (the batch "
+                             "resumes it), or give this row another `name`")
         return failed_summary(job, msg, attempts=attempt, device=models.device)
     except SamtrackError as e:
         log.info("%s failed: %s", job.name, e)

@@ -61,7 +61,7 @@ class FolderLock:
             self.folder.mkdir(parents=True, exist_ok=True)
             if not self._try() and not self._collected_holder():
                 owner = read_owner(self.folder)
-                raise SessionInUseError(_in_use_message(self.folder, owner), holder=owner)
+                raise SessionInUseError(in_use_message(self.folder, owner), holder=owner)
         except OSError as e:
             what = ("is a file, not a folder" if isinstance(e, FileExistsError) else
                     "lies under a file, not a folder" if isinstance(e, NotADirectoryError) else
@@ -153,7 +153,7 @@ def refuse_if_held_elsewhere(folder: str | os.PathLike) -> None:
     holder = folder_in_use(folder)
     if holder is None or (holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()):
         return
-    raise SessionInUseError(_in_use_message(Path(folder), holder), holder=holder)
+    raise SessionInUseError(in_use_message(Path(folder), holder), holder=holder)
 
 
 def read_owner(folder: str | os.PathLike) -> dict:
@@ -174,7 +174,10 @@ def _write_owner(folder: Path, purpose: str) -> None:
     os.replace(tmp, folder / OWNER_NAME)
 
 
-def _in_use_message(folder: Path, owner: dict) -> str:
+def in_use_message(folder: str | os.PathLike, owner: dict, *, advice: str | None = None) -> str:
+    """The :class:`~samtrack.errors.SessionInUseError` message for ``folder`` held by ``owner`` (an owner
+    record, ``{}`` when unknown): who holds it, then what to do (``advice`` in the caller's terms, e.g. a batch
+    row's, instead of the default)."""
     pid, host = owner.get("pid"), owner.get("host")
     since = owner.get("since")
     when = f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))}" if isinstance(since, (int, float)) else ""
@@ -188,5 +191,7 @@ def _in_use_message(folder: Path, owner: dict) -> str:
     else:
         who = "another samtrack session"
         todo = "wait for it to finish or stop it, or open another work folder"
+    if advice is not None:
+        return f"{folder} is in use by {who}: {advice}"
     return (f"{folder} is in use by {who}. Two sessions writing one folder would overwrite each other's "
             f"prompts and results: {todo}")
