@@ -254,12 +254,9 @@ def test_a_folder_another_process_has_open_is_refused_with_409_naming_it(data, h
     ok(http.delete(f"/v1/sessions/{sid}"))
 
 
-def test_a_request_for_a_session_being_evicted_waits_for_its_close_then_reopens_it(tmp_path, monkeypatch):
-    """An eviction (--max-sessions, --idle-timeout) closes the session outside the id's opening lock: a request
-    for that id meanwhile reopens it from its folder, which the closing session still holds. The reopen waits
-    for the close instead of answering 409 'in use by another session of this process' (a session the client
-    cannot close). In-process, with a fake model; the close is held open by events, no timing."""
-    import samtrack.session as session_mod
+def _manager_of_one(tmp_path, monkeypatch):
+    """(an in-process SessionManager with --max-sessions 1 and a cost-free model, its root holding a.mp4 and
+    b.mp4)."""
     from samtrack.server.manager import SessionManager
     from samtrack.server.security import Roots
     from samtrack.session.backends.fake import FakeBackend
@@ -271,6 +268,17 @@ def test_a_request_for_a_session_being_evicted_waits_for_its_close_then_reopens_
     m = SessionManager(Roots([root]), tmp_path / "sessions", max_sessions=1)
     backend = FakeBackend(64)
     monkeypatch.setattr(m, "model", lambda args: backend)
+    return m, root
+
+
+def test_a_request_for_a_session_being_evicted_waits_for_its_close_then_reopens_it(tmp_path, monkeypatch):
+    """An eviction (--max-sessions, --idle-timeout) closes the session outside the id's opening lock: a request
+    for that id meanwhile reopens it from its folder, which the closing session still holds. The reopen waits
+    for the close instead of answering 409 'in use by another session of this process' (a session the client
+    cannot close). In-process, with a fake model; the close is held open by events, no timing."""
+    import samtrack.session as session_mod
+
+    m, root = _manager_of_one(tmp_path, monkeypatch)
     a = m.open({"video": "a.mp4", "workdir": str(root / "wa")})
     a.session.add_box(0, 1, [5, 5, 30, 30])
     m.release(a)
@@ -324,17 +332,8 @@ def test_an_open_refused_for_a_folder_in_use_evicts_no_other_session(tmp_path, m
     before room is made, so the idle session stays open."""
     from samtrack.errors import SessionInUseError
     from samtrack.io.folder_lock import FolderLock
-    from samtrack.server.manager import SessionManager
-    from samtrack.server.security import Roots
-    from samtrack.session.backends.fake import FakeBackend
 
-    root = tmp_path / "root"
-    root.mkdir()
-    for name in ("a.mp4", "b.mp4"):
-        media.write_video(root / name, 6, w=64, h=48)
-    m = SessionManager(Roots([root]), tmp_path / "sessions", max_sessions=1)
-    backend = FakeBackend(64)
-    monkeypatch.setattr(m, "model", lambda args: backend)
+    m, root = _manager_of_one(tmp_path, monkeypatch)
     a = m.open({"video": "a.mp4", "workdir": str(root / "wa")})
     m.release(a)
     with FolderLock(root / "wb").acquire(purpose="samtrack track (a test)"):

@@ -279,12 +279,10 @@ def test_screenshot_shows_masks_over_the_frame(make_napari_viewer, assets, tmp_p
     w.close_session()
 
 
-def test_cli_screenshot_of_a_track_result_and_read_only_view(make_napari_viewer, assets, tmp_path, monkeypatch):
+def _tracked_job(assets, tmp_path):
+    """A `samtrack track` job folder of the assets' video: object 1 prompted on frame 2, propagated forward."""
     import json
 
-    from typer.testing import CliRunner
-
-    from samtrack.cli import app
     from samtrack.job import run_track
 
     ck, vid = assets
@@ -292,6 +290,16 @@ def test_cli_screenshot_of_a_track_result_and_read_only_view(make_napari_viewer,
     prompts.write_text(json.dumps({"objects": [{"id": 1, "prompts": [{"frame": 2, "points": [[40, 50]], "labels": [1]}]}]}))
     out = tmp_path / "job"
     run_track(vid, prompts, out, checkpoint=str(ck), image_size=S, device="cpu", direction="forward").close()
+    return out
+
+
+def test_cli_screenshot_of_a_track_result_and_read_only_view(make_napari_viewer, assets, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from samtrack.cli import app
+
+    ck, vid = assets
+    out = _tracked_job(assets, tmp_path)
     png = tmp_path / "shot.png"
     r = CliRunner().invoke(app, ["view", str(vid), "--result", str(out), "--checkpoint", str(ck), "--frame", "6",
                                  "--screenshot", str(png)])
@@ -322,16 +330,10 @@ def test_cli_screenshot_of_a_track_result_and_read_only_view(make_napari_viewer,
 def test_a_job_another_session_writes_opens_read_only_saying_why(make_napari_viewer, assets, tmp_path):
     """``samtrack view --result job`` while a ``samtrack track`` still writes the job: the results so far are
     shown, prompting is refused naming the holder, and the tracker's folder is left alone."""
-    import json
-
     import samtrack
-    from samtrack.job import run_track
 
     ck, vid = assets
-    prompts = tmp_path / "p.json"
-    prompts.write_text(json.dumps({"objects": [{"id": 1, "prompts": [{"frame": 2, "points": [[40, 50]], "labels": [1]}]}]}))
-    out = tmp_path / "job"
-    run_track(vid, prompts, out, checkpoint=str(ck), image_size=S, device="cpu", direction="forward").close()
+    out = _tracked_job(assets, tmp_path)
     holder = samtrack.open_session(vid, checkpoint=str(ck), image_size=S, device="cpu", workdir=out)
     try:
         viewer = make_napari_viewer()
@@ -357,16 +359,11 @@ def test_choosing_the_model_of_a_job_shown_read_only_opens_the_job_once_it_is_fr
     """A job viewed read-only while another session wrote it: once that session is closed, choosing the job's
     model in the list opens the job's folder (its objects, prompting), not the model's default session folder
     (an empty session of the video, the job's results gone from the window)."""
-    import json
-
     import samtrack
-    from samtrack.job import read_job, run_track
+    from samtrack.job import read_job
 
     ck, vid = assets
-    prompts = tmp_path / "p.json"
-    prompts.write_text(json.dumps({"objects": [{"id": 1, "prompts": [{"frame": 2, "points": [[40, 50]], "labels": [1]}]}]}))
-    out = tmp_path / "job"
-    run_track(vid, prompts, out, checkpoint=str(ck), image_size=S, device="cpu", direction="forward").close()
+    out = _tracked_job(assets, tmp_path)
     holder = samtrack.open_session(vid, checkpoint=str(ck), image_size=S, device="cpu", workdir=out)
     try:
         _, w = view(vid, result=out, viewer=make_napari_viewer(), checkpoint=str(ck))
