@@ -180,7 +180,8 @@ def in_use_message(folder: str | os.PathLike, owner: dict, *, advice: str | None
     row's, instead of the default)."""
     pid, host = owner.get("pid"), owner.get("host")
     since = owner.get("since")
-    when = f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))}" if isinstance(since, (int, float)) else ""
+    when = (f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))}"
+            if isinstance(since, (int, float)) else "")
     if pid == os.getpid() and host == socket.gethostname():
         who = f"another session of this process ({owner.get('purpose') or 'a samtrack session'}{when})"
         todo = "close that session first, or keep using it"

@@ -130,9 +130,9 @@ def view(source=None, *, result=None, workdir=None, model: str | None = None, ch
             device=device, config=config, download=download, **video_options)
         widget = SamtrackWidget(viewer, session, results=results, frames=frames)
         widget.read_only = why
-        job_model, size, options = _as_job_ran(result, model, image_size, video_options)
+        _, size, options = _as_job_ran(result, model, image_size, video_options)
         if session is None:  # choosing the model later opens this folder (the job), not the model's default one
-            widget._keep_read_only_folder(job_model, checkpoint, result if result is not None else workdir)
+            widget._keep_read_only_folder(result=result, workdir=workdir, model=model, checkpoint=checkpoint)
         widget._open_options = {"image_size": size, "device": device, "config": config, **options}
     if isinstance(source, (str, os.PathLike)):
         viewer.title = f"samtrack: {Path(os.fspath(source)).name}"

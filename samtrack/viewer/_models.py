@@ -69,14 +69,17 @@ class ModelPicker:
         except SamtrackError:
             return None
 
-    def _keep_read_only_folder(self, model: str | None, checkpoint, folder) -> None:
-        """A session folder (a job's, or a --workdir) shown read-only (in use elsewhere, or no weights):
-        choosing ``model`` (None: the default model) in the list later opens that folder with ``checkpoint``,
-        as a model opened here before does, instead of the model's default session folder."""
+    def _keep_read_only_folder(self, *, result=None, workdir=None, model: str | None = None, checkpoint=None) -> None:
+        """A session folder (``result``, a job's, or ``workdir``) shown read-only (in use elsewhere, or no
+        weights): choosing its model (the job's, else ``model``, else the default) in the list later opens that
+        folder with ``checkpoint``, as a model opened here before does, instead of the model's default folder."""
         from samtrack.session.models import default_model, get_model
+        from samtrack.viewer import _as_job_ran
 
+        folder = result if result is not None else workdir
         if folder is None:
             return
+        model = _as_job_ran(result, model, None, {})[0]
         try:
             name = get_model(model).name if model is not None else default_model()
         except SamtrackError:

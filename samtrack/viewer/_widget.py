@@ -349,11 +349,8 @@ class SamtrackWidget(RemoteInput, ModelPicker, FindInput, PromptInput, ObjectLis
             return
         self._open_options = {k: v for k, v in kw.items() if k not in ("model", "checkpoint", "workdir", "result")}
         if self.session is None:  # choosing the model later opens this folder (the job), not the model's default one
-            from samtrack.viewer import _as_job_ran
-
-            folder = kw.get("result") if kw.get("result") is not None else kw.get("workdir")
-            job_model = _as_job_ran(kw.get("result"), kw.get("model"), None, {})[0]
-            self._keep_read_only_folder(job_model, kw.get("checkpoint"), folder)
+            self._keep_read_only_folder(result=kw.get("result"), workdir=kw.get("workdir"), model=kw.get("model"),
+                                        checkpoint=kw.get("checkpoint"))
         self._attach()
 
     def _open_dialog(self) -> None:
