@@ -159,6 +159,7 @@ class FrameStore(ChunkWriter):
     # -- public API ------------------------------------------------------------
     @property
     def info(self) -> VideoInfo:
+        """The source's frame count, size (pixels), fps and dtype, as its reader reports them."""
         return self._reader.info
 
     def __len__(self) -> int:
@@ -166,10 +167,12 @@ class FrameStore(ChunkWriter):
 
     @property
     def complete(self) -> bool:
+        """True when every frame is decoded into the cache (:meth:`build` finished)."""
         return bool((self._state == DONE).all())
 
     @property
     def cached_frames(self) -> int:
+        """Frames decoded into the cache so far (whole chunks only)."""
         return int(sum(self._chunk_len(k) for k in np.flatnonzero(self._state == DONE)))
 
     def read(self, index: int) -> np.ndarray:

@@ -77,6 +77,8 @@ class ServerConfig:
 
     @property
     def sessions(self) -> Path:
+        """The folder of session folders, uploads and id records (``sessions_dir``, else
+        ``<first root>/samtrack-sessions``)."""
         return Path(self.sessions_dir).expanduser() if self.sessions_dir else self.roots[0] / "samtrack-sessions"
 
 
@@ -156,6 +158,9 @@ class Guard:
 
 
 def error_response(exc: BaseException, status: int | None = None) -> JSONResponse:
+    """The JSON error answer for ``exc`` (``{"error": {"type", "message"}}``, see
+    :func:`~samtrack.remote.wire.error_body`) with ``status`` (default :func:`status_of`); a 5xx is logged, with
+    its traceback unless it is a typed error."""
     status = status or status_of(exc)
     if status >= 500 and isinstance(exc, E.SamtrackError):  # a typed error (no checkpoint, out of memory): said
         log.warning("%s: %s", type(exc).__name__, exc)   # to the client; no traceback in the server's log
